@@ -1,0 +1,40 @@
+"""keras_optx: the Flux.jl optimiser family, and PyTorch-compatible SGD/Adam, for Keras 3.
+
+Runs on the JAX, PyTorch and TensorFlow backends. See the README for the rule table.
+"""
+
+from . import _checks as checks
+from ._base import Rule, Transform
+from .adam import ADAM, ADAMW, NADAM, RADAM, AdaMax, AMSGrad
+from .adaptive import ADADelta, ADAGrad, RMSProp
+from .chain import Optimiser
+from .descent import Descent, Momentum, Nesterov
+from .schedules import ExpDecay, InvDecay
+from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADADelta",
+    "ADAGrad",
+    "ADAM",
+    "ADAMW",
+    "AMSGrad",
+    "AdaMax",
+    "ClipGlobalNorm",
+    "ClipNorm",
+    "ClipValue",
+    "Descent",
+    "ExpDecay",
+    "InvDecay",
+    "Momentum",
+    "NADAM",
+    "Nesterov",
+    "Optimiser",
+    "RADAM",
+    "RMSProp",
+    "Rule",
+    "Transform",
+    "WeightDecay",
+    "checks",
+]

@@ -1,0 +1,299 @@
+"""`Rule`: the one Keras optimizer class every keras_optx rule, transform and chain shares.
+
+A subclass states its hyperparameters (with their checks), its slots (with their
+initial values) and `delta`, the update as a formula. Everything Keras-shaped lives
+here, once: validation, slot variables, the update step on each backend, writing
+the results back (distribution-aware on TensorFlow, multi-tensor on torch),
+config and serialization.
+"""
+
+import keras
+
+from . import _checks as check
+from ._tensors import Many, _TORCH, ops
+
+if _TORCH:
+    import torch
+
+_BACKEND = keras.backend.backend()
+_Schedule = keras.optimizers.schedules.LearningRateSchedule
+_LOW_PRECISION = ("float16", "bfloat16")
+EPSILON = 1e-8
+
+
+class State(dict):
+    """A rule's slots for all variables, read as attributes: `s.m`, `s.v`."""
+
+    __getattr__ = dict.__getitem__
+
+
+class Rule(keras.optimizers.Optimizer):
+    """Base class of every keras_optx rule: a Keras optimizer whose update is `delta`.
+
+    Subclasses define:
+
+    - `hyperparameters`: `{name: check}`; each value given to `__init__` is validated
+      by its check, stored as an attribute and written to `get_config()`.
+    - `slots`: `{name: initial value}`; one variable per slot and model variable.
+    - `delta(ops, g, x, s, t, lr)`: returns `(Δ, new_slots)` for the update `x ← x − Δ`.
+      `g`, `x` and each `s.<slot>` hold every variable's tensor at once (`Many`),
+      `t` = 1, 2, … counts the updates, `lr` is the current learning rate, and
+      `ops` offers `sqrt`, `abs`, `maximum`, `minimum`, `clip`, `where`, `norm`
+      and `global_norm`. Arithmetic works as on tensors.
+    - `has_learning_rate = False` for transforms that take no rate.
+
+    Example, Flux's documented custom Momentum:
+
+    ```python
+    @keras.saving.register_keras_serializable("my_rules")
+    class MyMomentum(keras_optx.Rule):
+        hyperparameters = {"rho": keras_optx.checks.unit}
+        slots = {"velocity": 0.0}
+
+        def __init__(self, learning_rate=0.01, rho=0.9, **kwargs):
+            super().__init__(learning_rate, rho=rho, **kwargs)
+
+        def delta(self, ops, g, x, s, t, lr):
+            v = self.rho * s.velocity - lr * g
+            return -v, {"velocity": v}
+    ```
+
+    Every Keras optimizer keyword (`weight_decay`, `clipnorm`, `use_ema`,
+    `gradient_accumulation_steps`, `loss_scale_factor`, `name`, …) is accepted.
+    """
+
+    hyperparameters = {}
+    slots = {}
+    has_learning_rate = True
+
+    def __init__(self, learning_rate=1.0, **kwargs):
+        hyper = {k: kwargs.pop(k) for k in list(kwargs) if k in self.hyperparameters}
+        if self.has_learning_rate:
+            learning_rate = check.learning_rate(learning_rate)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        for name, value in hyper.items():
+            setattr(self, name, self.hyperparameters[name](name, value))
+        self._owner = None
+
+    # The update, as a formula ----------------------------------------------------
+    def delta(self, ops, g, x, s, t, lr):
+        raise NotImplementedError(f"{type(self).__name__} must define `delta(ops, g, x, s, t, lr)`.")
+
+    def _transform(self, g, x, state, t, step):
+        """(Δ, new slots) of this rule at update `t` (1-based) and optimizer step `step` (0-based)."""
+        return self.delta(ops, g, x, State(state), t, self._rate(step))
+
+    def _rate(self, step):
+        rate = self._learning_rate
+        if isinstance(rate, _Schedule):
+            rate = rate(step)
+        elif isinstance(rate, keras.Variable):
+            rate = rate.value
+        elif callable(rate):
+            rate = rate()
+        return _scalar(rate)
+
+    # Keras glue -------------------------------------------------------------------
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._slot_variables = {}
+        for name, initial in self.slots.items():
+            self._slot_variables[name] = [
+                self.add_variable(
+                    shape=v.shape,
+                    dtype=_state_dtype(v.dtype),
+                    initializer=keras.initializers.Constant(initial),
+                    name=f"{_variable_path(v)}_{name}",
+                )
+                for v in variables
+            ]
+
+    def _backend_update_step(self, grads, variables, learning_rate):
+        if _BACKEND == "tensorflow":
+            grads, variables = _tf_reduce_and_densify(self, grads, variables)
+        if _TORCH:
+            with torch.no_grad():
+                self._update(grads, variables)
+        else:
+            self._update(grads, variables)
+
+    def _update(self, grads, variables):
+        index = [self._get_variable_index(v) for v in variables]
+        slots = {name: [vs[i] for i in index] for name, vs in self._slot_variables.items()}
+        dtypes = [_state_dtype(v.dtype) for v in variables]
+        g = Many(_cast(gi, dt) for gi, dt in zip(grads, dtypes))
+        x = Many(_cast(v.value, dt) for v, dt in zip(variables, dtypes))
+        state = {name: Many(s.value for s in vs) for name, vs in slots.items()}
+        t, step = self._step_numbers()
+        delta, new_state = self._transform(g, x, state, t, step)
+        writes = [(s, new) for name, vs in slots.items() for s, new in zip(vs, new_state[name].items)]
+        _write(self, writes, list(zip(variables, delta.items)))
+
+    def _step_numbers(self):
+        """t = 1, 2, … (updates applied, as Keras counts `iterations`) and the raw step for schedules."""
+        if _TORCH:
+            step = int(self._iterations.value)
+            acc = self.gradient_accumulation_steps or 1
+            return step // acc + 1, step
+        t = keras.ops.cast(self.iterations + 1, "float32")
+        return t, self._iterations
+
+    def get_config(self):
+        config = super().get_config()
+        if not self.has_learning_rate:
+            config.pop("learning_rate")
+        for name in self.hyperparameters:
+            config[name] = getattr(self, name)
+        return config
+
+    def _claim(self, owner):
+        """Mark this rule as a member of `owner`: one rule, one chain, one set of slots."""
+        if self._owner is not None and self._owner is not owner:
+            raise ValueError(
+                f"{self.name} is already a member of {self._owner.name}; a rule keeps state for the chain "
+                "that owns it, so give each chain its own instance."
+            )
+        if self.built:
+            raise ValueError(f"{self.name} was already used to train on its own; pass a fresh instance to the chain.")
+        self._owner = owner
+
+    def _rate_variables(self):
+        """The learning-rate variables a chain must save for this member."""
+        return [self._learning_rate] if self.has_learning_rate and isinstance(self._learning_rate, keras.Variable) else []
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.hyperparameters)
+        rate = ""
+        if self.has_learning_rate:
+            lr = self._learning_rate
+            rate = f"learning_rate={float(lr.numpy()) if isinstance(lr, keras.Variable) else lr!r}"
+        return f"{type(self).__name__}({', '.join(p for p in (rate, args) if p)})"
+
+
+class Transform(Rule):
+    """A gradient transformation without a learning rate (weight decay, clipping).
+
+    It is a chain member, and also wraps any Keras optimizer: `ClipNorm(1.0,
+    keras.optimizers.Adam())` transforms each gradient, then hands it to Adam.
+    """
+
+    has_learning_rate = False
+
+    def __init__(self, optimizer=None, **kwargs):
+        super().__init__(1.0, **kwargs)
+        if isinstance(optimizer, dict):
+            optimizer = keras.optimizers.deserialize(optimizer)
+        if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise TypeError(
+                f"`optimizer` must be a Keras optimizer (keras.optimizers.Optimizer) or None; received {optimizer!r}."
+            )
+        self.optimizer = optimizer
+        if optimizer is not None:
+            _adopt_rate(self, optimizer._learning_rate)
+            for v in optimizer.variables:
+                self._track_variable(v)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        if self.optimizer is not None:
+            known = {id(v) for v in self._variables}
+            self.optimizer.build(variables)
+            for v in self.optimizer.variables:
+                if id(v) not in known:
+                    self._track_variable(v)
+
+    def _backend_update_step(self, grads, variables, learning_rate):
+        if self.optimizer is None:
+            return super()._backend_update_step(grads, variables, learning_rate)
+        t, step = self._step_numbers()
+        g = Many(keras.ops.convert_to_tensor(gi) for gi in grads)
+        delta, _ = self._transform(g, Many(v.value for v in variables), {}, t, step)
+        self.optimizer.apply(delta.items, variables)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.optimizer is not None:
+            config["optimizer"] = keras.optimizers.serialize(self.optimizer)
+        return config
+
+    def __repr__(self):
+        inner = "" if self.optimizer is None else f", {type(self.optimizer).__name__}"
+        return super().__repr__()[:-1] + inner + ")"
+
+
+# Helpers ---------------------------------------------------------------------------
+def _adopt_rate(optimizer, rate):
+    """Make `optimizer.learning_rate` read and set `rate` (a member's or wrapped optimizer's)."""
+    own = optimizer._learning_rate
+    if isinstance(own, keras.Variable):
+        optimizer._untrack_variable(own)
+    optimizer._learning_rate = rate
+
+
+def _variable_path(variable):
+    return getattr(variable, "path", variable.name).replace("/", "_").replace(":", "_")
+
+
+def _state_dtype(dtype):
+    """Slots and the update math run in float32 for float16/bfloat16 variables."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    return "float32" if dtype in _LOW_PRECISION else dtype
+
+
+def _cast(tensor, dtype):
+    if keras.backend.standardize_dtype(tensor.dtype) == dtype:
+        return tensor
+    return keras.ops.cast(tensor, dtype)
+
+
+def _scalar(value):
+    """On torch, scalars become Python floats so foreach kernels take their fast path."""
+    if _TORCH and not isinstance(value, (int, float)):
+        return float(value)
+    return value
+
+
+def _write(optimizer, slot_writes, variable_deltas):
+    """Store new slot values and apply x ← x − Δ, the fastest correct way per backend."""
+    if _TORCH:
+        if slot_writes:
+            torch._foreach_copy_([s.value for s, _ in slot_writes], [new for _, new in slot_writes])
+        xs = [v.value for v, _ in variable_deltas]
+        deltas = [d if d.dtype == x.dtype else d.to(x.dtype) for x, (_, d) in zip(xs, variable_deltas)]
+        torch._foreach_sub_(xs, deltas)
+        return
+    updates = [(s, new) for s, new in slot_writes]
+    updates += [(v, keras.ops.cast(v.value - keras.ops.cast(d, v.dtype), v.dtype)) for v, d in variable_deltas]
+    if _BACKEND == "tensorflow":
+        _tf_assign_all(optimizer, updates)
+    else:
+        for variable, value in updates:
+            variable.assign(value)
+
+
+def _tf_reduce_and_densify(optimizer, grads, variables):
+    import tensorflow as tf
+
+    pairs = optimizer._all_reduce_sum_gradients(list(zip(grads, [v for v in variables])))
+    grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g, _ in pairs]
+    return grads, variables
+
+
+def _tf_assign_all(optimizer, updates):
+    """Assign in cross-replica context so `tf.distribute` strategies update every replica."""
+    import tensorflow as tf
+
+    targets = [v.value if isinstance(v, keras.Variable) else v for v, _ in updates]
+    values = [value for _, value in updates]
+
+    def assign_all(distribution, targets, values):
+        for target, value in zip(targets, values):
+            distribution.extended.update(target, lambda var, val: var.assign(val), args=(value,), group=False)
+
+    tf.__internal__.distribute.interim.maybe_merge_call(
+        assign_all, optimizer._distribution_strategy, targets, values
+    )

@@ -1,0 +1,210 @@
+"""The ADAM family (Flux's ADAM, RADAM, AdaMax, AMSGrad, NADAM, ADAMW)."""
+
+import keras
+
+from . import _checks as check
+from ._base import EPSILON, Rule
+from .adaptive import _StartsAtEpsilon
+from .chain import Optimiser
+from .transforms import WeightDecay
+
+_register = keras.saving.register_keras_serializable(package="keras_optx")
+
+
+class _AdamFamily(Rule):
+    """Shared signature `(learning_rate=0.001, beta=(0.9, 0.999), epsilon=1e-8)` and moments."""
+
+    hyperparameters = {"beta": check.betas, "epsilon": check.nonnegative}
+    slots = {"m": 0.0, "v": 0.0}
+
+    def __init__(self, learning_rate=0.001, beta=(0.9, 0.999), epsilon=EPSILON, **kwargs):
+        super().__init__(learning_rate, beta=beta, epsilon=epsilon, **kwargs)
+
+    def moments(self, g, s):
+        """m ← β₁·m + (1−β₁)·g;  v ← β₂·v + (1−β₂)·g²."""
+        b1, b2 = self.beta
+        return b1 * s.m + (1 - b1) * g, b2 * s.v + (1 - b2) * g**2
+
+
+@_register
+class ADAM(_AdamFamily):
+    """ADAM (Flux `ADAM(η, β)`).
+
+    m ← β₁·m + (1−β₁)·g;  v ← β₂·v + (1−β₂)·g²;  Δ = η·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ϵ)
+
+    Args:
+        learning_rate: η, default 0.001.
+        beta: (β₁, β₂), each in [0, 1), default (0.9, 0.999).
+        epsilon: ϵ, default 1e-8.
+
+    Example:
+        >>> opt = keras_optx.ADAM(0.001, (0.9, 0.8))
+
+    Equals `torch.optim.Adam`. `keras.optimizers.Adam` uses ϵ = 1e-7 and adds it to
+    √v before the √(1−β₂ᵗ) correction (ϵ̂ = ϵ·√(1−β₂ᵗ)). Kingma & Ba 2014, arXiv:1412.6980.
+    """
+
+    def delta(self, ops, g, x, s, t, lr):
+        b1, b2 = self.beta
+        m, v = self.moments(g, s)
+        return lr * (m / (1 - b1**t)) / (ops.sqrt(v / (1 - b2**t)) + self.epsilon), {"m": m, "v": v}
+
+
+@_register
+class RADAM(_AdamFamily):
+    """Rectified ADAM (Flux `RADAM(η, β)`).
+
+    ρ∞ = 2/(1−β₂) − 1;  ρₜ = ρ∞ − 2t·β₂ᵗ/(1−β₂ᵗ);
+    Δ = r·η·m̂/(√v̂ + ϵ) with r = √((ρₜ−4)(ρₜ−2)ρ∞ / ((ρ∞−4)(ρ∞−2)ρₜ)) when ρₜ > 4, else Δ = η·m̂,
+    where m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ) and m, v are ADAM's moments.
+
+    Args:
+        learning_rate: η, default 0.001.
+        beta: (β₁, β₂), default (0.9, 0.999).
+        epsilon: ϵ, default 1e-8.
+
+    Example:
+        >>> opt = keras_optx.RADAM(0.001, (0.9, 0.8))
+
+    `torch.optim.RAdam` switches at ρₜ > 5, not 4. Liu et al. 2019, arXiv:1908.03265.
+    """
+
+    def delta(self, ops, g, x, s, t, lr):
+        b1, b2 = self.beta
+        m, v = self.moments(g, s)
+        rho_inf = 2 / (1 - b2) - 1
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        r = ops.sqrt(ops.maximum((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho), 0.0))
+        m_hat = m / (1 - b1**t)
+        rectified = r * lr * m_hat / (ops.sqrt(v / (1 - b2**t)) + self.epsilon)
+        return ops.where(rho > 4, rectified, lr * m_hat), {"m": m, "v": v}
+
+
+@_register
+class AdaMax(_AdamFamily):
+    """AdaMax, ADAM with the ∞-norm (Flux `AdaMax(η, β)`).
+
+    m ← β₁·m + (1−β₁)·g;  u ← max(β₂·u, |g|);  Δ = η/(1−β₁ᵗ) · m/(u + ϵ)
+
+    Args:
+        learning_rate: η, default 0.001.
+        beta: (β₁, β₂), default (0.9, 0.999).
+        epsilon: ϵ, default 1e-8.
+
+    Example:
+        >>> opt = keras_optx.AdaMax(0.001, (0.9, 0.995))
+
+    Equals `torch.optim.Adamax`; `keras.optimizers.Adamax` uses ϵ = 1e-7.
+    Kingma & Ba 2014, §7.1.
+    """
+
+    slots = {"m": 0.0, "u": 0.0}
+
+    def delta(self, ops, g, x, s, t, lr):
+        b1, b2 = self.beta
+        m = b1 * s.m + (1 - b1) * g
+        u = ops.maximum(b2 * s.u, ops.abs(g))
+        return lr / (1 - b1**t) * m / (u + self.epsilon), {"m": m, "u": u}
+
+
+@_register
+class AMSGrad(_StartsAtEpsilon, _AdamFamily):
+    """AMSGrad (Flux `AMSGrad(η, β)`): ADAM with a non-decreasing second moment.
+
+    m, v, v̂ start at ϵ;  m, v as ADAM;  v̂ ← max(v̂, v);  Δ = η·m/(√v̂ + ϵ)  (no bias correction)
+
+    Args:
+        learning_rate: η, default 0.001.
+        beta: (β₁, β₂), default (0.9, 0.999).
+        epsilon: ϵ, default 1e-8 (also every slot's start).
+
+    Example:
+        >>> opt = keras_optx.AMSGrad(0.001, (0.89, 0.995))
+
+    `keras.optimizers.Adam(amsgrad=True)` and torch's `Adam(amsgrad=True)` bias-correct;
+    Flux does not. Reddi, Kale & Kumar 2018.
+    """
+
+    state_names = ("m", "v", "v_hat")
+
+    def delta(self, ops, g, x, s, t, lr):
+        m, v = self.moments(g, s)
+        v_hat = ops.maximum(s.v_hat, v)
+        return lr * m / (ops.sqrt(v_hat) + self.epsilon), {"m": m, "v": v, "v_hat": v_hat}
+
+
+@_register
+class NADAM(_AdamFamily):
+    """NADAM, ADAM with Nesterov momentum (Flux `NADAM(η, β)`).
+
+    m, v as ADAM;  Δ = η·(β₁·m/(1−β₁ᵗ⁺¹) + (1−β₁)·g/(1−β₁ᵗ)) / (√(β₂·v/(1−β₂ᵗ)) + ϵ)
+
+    Args:
+        learning_rate: η, default 0.001.
+        beta: (β₁, β₂), default (0.9, 0.999).
+        epsilon: ϵ, default 1e-8.
+
+    Example:
+        >>> opt = keras_optx.NADAM(0.002, (0.89, 0.995))
+
+    `keras.optimizers.Nadam` and `torch.optim.NAdam` use Dozat's momentum-decay
+    schedule; Flux's (and this) does not. Dozat 2016.
+    """
+
+    def delta(self, ops, g, x, s, t, lr):
+        b1, b2 = self.beta
+        m, v = self.moments(g, s)
+        numerator = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
+        return lr * numerator / (ops.sqrt(b2 * v / (1 - b2**t)) + self.epsilon), {"m": m, "v": v}
+
+
+@_register
+class ADAMW(Optimiser):
+    """ADAM with decoupled weight decay (Flux `ADAMW(η, β, decay)`).
+
+    Exactly `Optimiser(ADAM(η, β), WeightDecay(decay))`: Δ = ADAM's Δ + decay·x.
+
+    Args:
+        learning_rate: η, default 0.001.
+        beta: (β₁, β₂), default (0.9, 0.999).
+        decay: the weight decay, ≥ 0, default 0.
+        epsilon: ϵ, default 1e-8.
+
+    Example:
+        >>> opt = keras_optx.ADAMW(0.001, (0.89, 0.995), 0.1)
+
+    Flux's decay is not multiplied by η; `keras.optimizers.AdamW` and `torch.optim.AdamW`
+    subtract η·λ·x (use `keras_optx.torch.AdamW` for theirs). Loshchilov & Hutter 2019,
+    arXiv:1711.05101.
+    """
+
+    def __init__(self, learning_rate=0.001, beta=(0.9, 0.999), decay=0.0, epsilon=1e-8, **kwargs):
+        super().__init__(ADAM(learning_rate, beta, epsilon), WeightDecay(decay), **kwargs)
+
+    @property
+    def beta(self):
+        return self.rules[0].beta
+
+    @property
+    def epsilon(self):
+        return self.rules[0].epsilon
+
+    @property
+    def decay(self):
+        return self.rules[1].wd
+
+    def get_config(self):
+        config = super().get_config()
+        del config["rules"]
+        config.update(learning_rate=self.rules[0].get_config()["learning_rate"], beta=self.beta, decay=self.decay, epsilon=self.epsilon)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = keras.saving.deserialize_keras_object(config["learning_rate"], custom_objects=custom_objects)
+        return cls(**config)
+
+    def __repr__(self):
+        return f"ADAMW({self.rules[0]!r}, decay={self.decay})"

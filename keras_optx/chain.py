@@ -1,0 +1,127 @@
+"""Flux's composition `Optimiser(r₁, r₂, …)`: a left fold of gradient transformations."""
+
+import keras
+
+from ._base import Rule, Transform, _adopt_rate, _scalar
+
+_register = keras.saving.register_keras_serializable(package="keras_optx")
+_Schedule = keras.optimizers.schedules.LearningRateSchedule
+
+
+class _Scaled(Rule):
+    """A schedule as a chain member (Flux's ExpDecay/InvDecay): Δ = schedule(n)·g."""
+
+    has_learning_rate = False
+
+    def __init__(self, schedule):
+        super().__init__(1.0)
+        self.schedule = schedule
+
+    def _transform(self, g, x, state, t, step):
+        return g * _scalar(self.schedule(step)), {}
+
+
+@_register
+class Optimiser(Rule):
+    """Flux's composition: each member transforms the output of the one before.
+
+    Δ = rₙ(… r₂(r₁(g)) …), each member with its own slots (owned by the chain).
+
+    Members are keras_optx rules and transforms, nested `Optimiser`s, and learning-rate
+    schedules such as `ExpDecay`/`InvDecay` (which scale the running Δ, as in Flux).
+    The chain is a Keras optimizer: compile it, `fit` with it, save it.
+
+    Its `learning_rate` is that of its last member that has one, so Keras callbacks
+    (`ReduceLROnPlateau`, `LearningRateScheduler`) steer the chain's main rule.
+
+    Args:
+        *rules: the members, in order.
+        **kwargs: any `keras.optimizers.Optimizer` keyword.
+
+    Example:
+        >>> opt = keras_optx.Optimiser(keras_optx.ClipNorm(1.0), keras_optx.WeightDecay(1e-4), keras_optx.ADAM(1e-3))
+        >>> opt[0], opt[1:], len(opt)     # members, a new chain of copies, 3
+
+    A member belongs to one chain (it keeps that chain's state); reusing one raises.
+    Flux.jl `Optimiser`; optax `chain`.
+    """
+
+    has_learning_rate = False
+
+    def __init__(self, *rules, **kwargs):
+        super().__init__(1.0, **kwargs)
+        self.rules = tuple(rules)
+        self._members = tuple(_member(r, i) for i, r in enumerate(rules))
+        for member in self._members:
+            member._claim(self)
+        lead = next((m for m in reversed(self._members) if m._rate_variables() or m.has_learning_rate), None)
+        if lead is not None:
+            _adopt_rate(self, lead._learning_rate)
+        for member in self._members:
+            for v in member._rate_variables():
+                self._track_variable(v)
+
+    @property
+    def slots(self):
+        return {f"{i}_{name}": init for i, m in enumerate(self._members) for name, init in m.slots.items()}
+
+    def _transform(self, g, x, state, t, step):
+        new_state = {}
+        for i, member in enumerate(self._members):
+            prefix = f"{i}_"
+            own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            g, updated = member._transform(g, x, own, t, step)
+            new_state.update({prefix + k: v for k, v in updated.items()})
+        return g, new_state
+
+    def _rate_variables(self):
+        return [v for m in self._members for v in m._rate_variables()]
+
+    # A sequence of members, as in Flux --------------------------------------------
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Optimiser(*(_copy(r) for r in self.rules[index]))
+        return self.rules[index]
+
+    def __len__(self):
+        return len(self.rules)
+
+    def __iter__(self):
+        return iter(self.rules)
+
+    def get_config(self):
+        config = super().get_config()
+        config["rules"] = [keras.saving.serialize_keras_object(r) for r in self.rules]
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        rules = [keras.saving.deserialize_keras_object(r, custom_objects=custom_objects) for r in config.pop("rules")]
+        return cls(*rules, **config)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(map(repr, self.rules))})"
+
+
+def _member(rule, position):
+    if isinstance(rule, _Schedule):
+        return _Scaled(rule)
+    if isinstance(rule, Transform) and rule.optimizer is not None:
+        raise ValueError(
+            f"Optimiser member {position} ({rule!r}) wraps a Keras optimizer; inside a chain use the bare "
+            f"transform and put the rule after it, e.g. Optimiser({type(rule).__name__}(...), ADAM())."
+        )
+    if isinstance(rule, Rule):
+        return rule
+    hint = ""
+    if isinstance(rule, keras.optimizers.Optimizer):
+        hint = " To clip or decay for a Keras optimizer, wrap it instead: ClipNorm(1.0, keras.optimizers.Adam())."
+    raise TypeError(
+        f"Optimiser member {position} must be a keras_optx rule, transform, Optimiser or LearningRateSchedule; "
+        f"received {rule!r} ({type(rule).__name__}).{hint}"
+    )
+
+
+def _copy(rule):
+    return type(rule).from_config(rule.get_config())

@@ -1,0 +1,89 @@
+"""Gradient descent and its momentum variants (Flux's Descent, Momentum, Nesterov)."""
+
+import keras
+
+from . import _checks as check
+from ._base import Rule
+
+_register = keras.saving.register_keras_serializable(package="keras_optx")
+
+
+@_register
+class Descent(Rule):
+    """Classic gradient descent (Flux `Descent(η)`): Δ = η·g.
+
+    Args:
+        learning_rate: η, default 0.1 (a float, a `LearningRateSchedule` or a callable).
+        **kwargs: any `keras.optimizers.Optimizer` keyword (`clipnorm`, `use_ema`, …).
+
+    Example:
+        >>> model.compile(optimizer=keras_optx.Descent(0.1), loss="mse")
+
+    Same as `keras.optimizers.SGD(learning_rate)` without momentum, but with Flux's
+    default rate 0.1 (Keras's is 0.01). Robbins & Monro 1951.
+    """
+
+    def __init__(self, learning_rate=0.1, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+
+    def delta(self, ops, g, x, s, t, lr):
+        return lr * g, {}
+
+
+@_register
+class Momentum(Rule):
+    """Gradient descent with momentum (Flux `Momentum(η, ρ)`).
+
+    v ← ρ·v − η·g;  Δ = −v
+
+    Args:
+        learning_rate: η, default 0.01.
+        rho: ρ ∈ [0, 1), default 0.9.
+
+    Example:
+        >>> opt = keras_optx.Momentum(0.01, 0.99)
+
+    With a constant rate this equals `keras.optimizers.SGD(η, momentum=ρ)` and
+    `torch.optim.SGD(lr=η, momentum=ρ)`; unlike them, the velocity carries η, so a
+    changed rate only affects new gradients. Polyak 1964; Sutskever et al. 2013.
+    """
+
+    hyperparameters = {"rho": check.unit}
+    slots = {"velocity": 0.0}
+
+    def __init__(self, learning_rate=0.01, rho=0.9, **kwargs):
+        super().__init__(learning_rate, rho=rho, **kwargs)
+
+    def delta(self, ops, g, x, s, t, lr):
+        v = self.rho * s.velocity - lr * g
+        return -v, {"velocity": v}
+
+
+@_register
+class Nesterov(Rule):
+    """Gradient descent with Nesterov momentum (Flux `Nesterov(η, ρ)`).
+
+    d = ρ²·v − (1+ρ)·η·g;  v ← ρ·v − η·g;  Δ = −d
+
+    Args:
+        learning_rate: η, default 0.001.
+        rho: ρ ∈ [0, 1), default 0.9.
+
+    Example:
+        >>> opt = keras_optx.Nesterov(0.003, 0.95)
+
+    With a constant rate this equals `keras.optimizers.SGD(η, momentum=ρ, nesterov=True)`
+    and torch's `SGD(nesterov=True)`. Nesterov 1983; Sutskever et al. 2013.
+    """
+
+    hyperparameters = {"rho": check.unit}
+    slots = {"velocity": 0.0}
+
+    def __init__(self, learning_rate=0.001, rho=0.9, **kwargs):
+        super().__init__(learning_rate, rho=rho, **kwargs)
+
+    def delta(self, ops, g, x, s, t, lr):
+        rho = self.rho
+        d = rho**2 * s.velocity - (1 + rho) * lr * g
+        v = rho * s.velocity - lr * g
+        return -d, {"velocity": v}
