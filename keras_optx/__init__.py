@@ -5,6 +5,7 @@ Runs on the JAX, PyTorch and TensorFlow backends. See the README for the rule ta
 
 from . import _checks as checks
 from ._base import Rule, Transform
+from ._grad import gradient, value_and_gradient
 from .adam import ADAM, ADAMW, NADAM, RADAM, AdaMax, AMSGrad
 from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
@@ -37,4 +38,6 @@ __all__ = [
     "Transform",
     "WeightDecay",
     "checks",
+    "gradient",
+    "value_and_gradient",
 ]

@@ -1,0 +1,134 @@
+"""Flux's `gradient(() -> loss, θ)` for Keras variables, on every backend.
+
+`loss_fn` takes no arguments and reads the variables it is differentiated with
+respect to (a model, a weight matrix), exactly as a Flux closure reads `θ`.
+"""
+
+import keras
+
+_BACKEND = keras.backend.backend()
+
+
+def value_and_gradient(loss_fn, variables):
+    """The loss and its gradient with respect to `variables` (Flux `gradient(() -> loss, θ)`).
+
+    Calls `loss_fn()` once and returns `(loss, grads)`: `grads[i] = ∂loss/∂variables[i]`,
+    a backend tensor of the variable's shape. The variables are left unchanged, so the
+    result can go straight to an optimizer: `opt.apply(grads, variables)`.
+
+    Works the same on every Keras backend: `jax.value_and_grad` (the variables read
+    through a `keras.StatelessScope`), `torch.autograd.grad`, `tf.GradientTape`.
+
+    Args:
+        loss_fn: a function of no arguments returning a scalar loss (a 0-d tensor).
+            It reads the variables, e.g. `lambda: keras.ops.sum((W @ x + b - y) ** 2)`.
+        variables: a list (or tuple) of `keras.Variable`s, e.g. `model.trainable_variables`;
+            trainable or not. A single variable gives a single gradient.
+
+    Returns:
+        `(loss, grads)`: the loss as a 0-d backend tensor and one gradient per variable.
+        A variable the loss does not depend on gets zeros (as JAX gives).
+
+    Example:
+        >>> W = keras.Variable(keras.random.normal((2, 5)))
+        >>> loss, (gW,) = keras_optx.value_and_gradient(lambda: keras.ops.sum(W ** 2), [W])
+        >>> # gW == 2 * W
+
+    Build a model (call it once) before differentiating through it: no variable may be
+    created inside `loss_fn`. On JAX, variable writes made inside `loss_fn` (BatchNorm
+    statistics, dropout seed counters) are not kept; pass `training=False` or use
+    `model.fit` when they matter.
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be a function of no arguments returning the loss; received {loss_fn!r}.")
+    single = isinstance(variables, keras.Variable)
+    variables = [variables] if single else _variable_list(variables)
+    loss, grads = _BACKENDS[_BACKEND](loss_fn, variables)
+    return loss, (grads[0] if single else grads)
+
+
+def gradient(loss_fn, variables):
+    """The gradient of `loss_fn()` with respect to `variables` (Flux `gradient(() -> loss, θ)`).
+
+    Same as `value_and_gradient(loss_fn, variables)[1]`; see there for the arguments.
+
+    Example:
+        >>> grads = keras_optx.gradient(lambda: loss(x, y), [W, b])
+        >>> for v, g in zip([W, b], grads):
+        ...     v.assign(v - 0.1 * g)        # x ← x − η·g, by hand
+    """
+    return value_and_gradient(loss_fn, variables)[1]
+
+
+def _variable_list(variables):
+    if isinstance(variables, (str, bytes)) or not hasattr(variables, "__iter__"):
+        raise TypeError(f"`variables` must be a keras.Variable or a list of them; received {variables!r}.")
+    variables = list(variables)
+    for i, v in enumerate(variables):
+        if not isinstance(v, keras.Variable):
+            raise TypeError(
+                f"`variables[{i}]` must be a keras.Variable (e.g. from model.trainable_variables); "
+                f"received {v!r} ({type(v).__name__})."
+            )
+    return variables
+
+
+def _checked_loss(loss):
+    """The loss as a backend tensor; a clear error when it is not one number."""
+    loss = keras.ops.convert_to_tensor(loss)
+    if len(loss.shape) != 0:
+        raise ValueError(
+            f"`loss_fn` must return a scalar (0-d) loss; it returned shape {tuple(loss.shape)}. "
+            "Reduce it first, e.g. with keras.ops.mean or keras.ops.sum."
+        )
+    return loss
+
+
+def _jax(loss_fn, variables):
+    import jax
+
+    def loss_of(values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return _checked_loss(loss_fn())
+
+    return jax.value_and_grad(loss_of)([v.value for v in variables])
+
+
+def _torch(loss_fn, variables):
+    import torch
+
+    tensors = [v.value for v in variables]
+    # Non-trainable variables are created with requires_grad=False; differentiate them too.
+    frozen = [t for t in tensors if not t.requires_grad]
+    for t in frozen:
+        t.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            loss = _checked_loss(loss_fn())
+            if not loss.requires_grad:  # the loss reads none of the variables
+                return loss, [torch.zeros_like(t) for t in tensors]
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    finally:
+        for t in frozen:
+            t.requires_grad_(False)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+    return loss.detach(), grads
+
+
+def _tensorflow(loss_fn, variables):
+    import tensorflow as tf
+
+    tensors = [v.value for v in variables]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(tensors)
+        loss = _checked_loss(loss_fn())
+    grads = tape.gradient(loss, tensors, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    # Embedding lookups give IndexedSlices; a dense tensor is what a hand-written update expects.
+    return loss, [tf.convert_to_tensor(g) for g in grads]
+
+
+def _numpy(loss_fn, variables):
+    raise NotImplementedError("keras_optx.gradient needs the jax, torch or tensorflow backend.")
+
+
+_BACKENDS = {"jax": _jax, "torch": _torch, "tensorflow": _tensorflow, "numpy": _numpy, "openvino": _numpy}
