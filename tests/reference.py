@@ -1,0 +1,245 @@
+"""The NumPy float64 oracle: each Flux rule transliterated from SPEC.md §1–§3, one short class each.
+
+A reference rule maps (gradients, variables, n) to the updates Δ (x ← x − Δ) for a list of
+variables, keeping per-variable state like Flux's `IdDict`; n = 1, 2, … counts updates.
+Rates may be numbers or functions of n (a schedule as a learning rate).
+"""
+
+import numpy as np
+
+EPS = 1e-8
+
+
+def _rate(eta, n):
+    return eta(n) if callable(eta) else eta
+
+
+class Reference:
+    """Per-variable state created on first use, as Flux's `get!(o.state, x)`."""
+
+    init = {}
+
+    def __init__(self):
+        self.state = {}
+
+    def __call__(self, gs, xs, n):
+        out = []
+        for i, (g, x) in enumerate(zip(gs, xs)):
+            s = self.state.setdefault(i, {k: np.full_like(x, v, dtype=np.float64) for k, v in self.initial().items()})
+            out.append(self.step(s, np.asarray(g, np.float64), np.asarray(x, np.float64), n))
+        return out
+
+    def initial(self):
+        return self.init
+
+
+class Descent(Reference):
+    def __init__(self, eta=0.1):
+        super().__init__()
+        self.eta = eta
+
+    def step(self, s, g, x, n):  # Δ = η g
+        return _rate(self.eta, n) * g
+
+
+class Momentum(Reference):
+    init = {"v": 0.0}
+
+    def __init__(self, eta=0.01, rho=0.9):
+        super().__init__()
+        self.eta, self.rho = eta, rho
+
+    def step(self, s, g, x, n):  # v = ρv − ηg; Δ = −v
+        s["v"] = self.rho * s["v"] - _rate(self.eta, n) * g
+        return -s["v"]
+
+
+class Nesterov(Reference):
+    init = {"v": 0.0}
+
+    def __init__(self, eta=0.001, rho=0.9):
+        super().__init__()
+        self.eta, self.rho = eta, rho
+
+    def step(self, s, g, x, n):  # d = ρ²v − (1+ρ)ηg; v = ρv − ηg; Δ = −d
+        eta, rho = _rate(self.eta, n), self.rho
+        d = rho**2 * s["v"] - (1 + rho) * eta * g
+        s["v"] = rho * s["v"] - eta * g
+        return -d
+
+
+class RMSProp(Reference):
+    init = {"a": 0.0}
+
+    def __init__(self, eta=0.001, rho=0.9, eps=EPS):
+        super().__init__()
+        self.eta, self.rho, self.eps = eta, rho, eps
+
+    def step(self, s, g, x, n):  # a = ρa + (1−ρ)g²; Δ = ηg/(√a + ϵ)
+        s["a"] = self.rho * s["a"] + (1 - self.rho) * g**2
+        return _rate(self.eta, n) * g / (np.sqrt(s["a"]) + self.eps)
+
+
+class _Betas(Reference):
+    init = {"m": 0.0, "v": 0.0}
+
+    def __init__(self, eta=0.001, beta=(0.9, 0.999), eps=EPS):
+        super().__init__()
+        self.eta, self.beta, self.eps = eta, beta, eps
+
+    def moments(self, s, g):
+        b1, b2 = self.beta
+        s["m"] = b1 * s["m"] + (1 - b1) * g
+        s["v"] = b2 * s["v"] + (1 - b2) * g**2
+        return s["m"], s["v"]
+
+
+class ADAM(_Betas):
+    def step(self, s, g, x, n):  # Δ = η (m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ϵ)
+        (b1, b2), m_v = self.beta, self.moments(s, g)
+        m, v = m_v
+        return _rate(self.eta, n) * (m / (1 - b1**n)) / (np.sqrt(v / (1 - b2**n)) + self.eps)
+
+
+class RADAM(_Betas):
+    def step(self, s, g, x, n):
+        b1, b2 = self.beta
+        m, v = self.moments(s, g)
+        eta = _rate(self.eta, n)
+        rho_inf = 2 / (1 - b2) - 1
+        rho = rho_inf - 2 * n * b2**n / (1 - b2**n)
+        if rho > 4:
+            r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            return r * eta * (m / (1 - b1**n)) / (np.sqrt(v / (1 - b2**n)) + self.eps)
+        return eta * m / (1 - b1**n)
+
+
+class AdaMax(_Betas):
+    init = {"m": 0.0, "u": 0.0}
+
+    def step(self, s, g, x, n):  # u = max(β₂u, |g|); Δ = η/(1−β₁ᵗ) · m/(u + ϵ)
+        b1, b2 = self.beta
+        s["m"] = b1 * s["m"] + (1 - b1) * g
+        s["u"] = np.maximum(b2 * s["u"], np.abs(g))
+        return _rate(self.eta, n) / (1 - b1**n) * s["m"] / (s["u"] + self.eps)
+
+
+class ADAGrad(Reference):
+    def __init__(self, eta=0.1, eps=EPS):
+        super().__init__()
+        self.eta, self.eps = eta, eps
+
+    def initial(self):
+        return {"a": self.eps}
+
+    def step(self, s, g, x, n):  # a starts at ϵ; a += g²; Δ = ηg/(√a + ϵ)
+        s["a"] = s["a"] + g**2
+        return _rate(self.eta, n) * g / (np.sqrt(s["a"]) + self.eps)
+
+
+class ADADelta(Reference):
+    init = {"a": 0.0, "d": 0.0}
+
+    def __init__(self, rho=0.9, eps=EPS):
+        super().__init__()
+        self.rho, self.eps = rho, eps
+
+    def step(self, s, g, x, n):  # a = ρa + (1−ρ)g²; Δ = g√(d+ϵ)/√(a+ϵ); d = ρd + (1−ρ)Δ²
+        rho, eps = self.rho, self.eps
+        s["a"] = rho * s["a"] + (1 - rho) * g**2
+        delta = g * np.sqrt(s["d"] + eps) / np.sqrt(s["a"] + eps)
+        s["d"] = rho * s["d"] + (1 - rho) * delta**2
+        return delta
+
+
+class AMSGrad(_Betas):
+    def initial(self):
+        return {"m": self.eps, "v": self.eps, "v_hat": self.eps}
+
+    def step(self, s, g, x, n):  # v̂ = max(v̂, v); Δ = ηm/(√v̂ + ϵ), no bias correction
+        m, v = self.moments(s, g)
+        s["v_hat"] = np.maximum(s["v_hat"], v)
+        return _rate(self.eta, n) * m / (np.sqrt(s["v_hat"]) + self.eps)
+
+
+class NADAM(_Betas):
+    def step(self, s, g, x, n):  # Δ = η(β₁m/(1−β₁ᵗ⁺¹) + (1−β₁)g/(1−β₁ᵗ)) / (√(β₂v/(1−β₂ᵗ)) + ϵ)
+        b1, b2 = self.beta
+        m, v = self.moments(s, g)
+        num = b1 * m / (1 - b1 ** (n + 1)) + (1 - b1) * g / (1 - b1**n)
+        return _rate(self.eta, n) * num / (np.sqrt(b2 * v / (1 - b2**n)) + self.eps)
+
+
+class WeightDecay(Reference):
+    def __init__(self, wd=0.0):
+        super().__init__()
+        self.wd = wd
+
+    def step(self, s, g, x, n):  # Δ = g + wd·x
+        return g + self.wd * x
+
+
+class ClipValue(Reference):
+    def __init__(self, thresh):
+        super().__init__()
+        self.thresh = thresh
+
+    def step(self, s, g, x, n):
+        return np.clip(g, -self.thresh, self.thresh)
+
+
+class ClipNorm(Reference):
+    def __init__(self, thresh):
+        super().__init__()
+        self.thresh = thresh
+
+    def step(self, s, g, x, n):  # rescale where ‖g‖₂ > thresh, as Flux
+        norm = np.linalg.norm(g)
+        return g * (self.thresh / norm) if norm > self.thresh else g
+
+
+class ClipGlobalNorm:
+    """One norm over all variables together."""
+
+    def __init__(self, thresh):
+        self.thresh = thresh
+
+    def __call__(self, gs, xs, n):
+        norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in gs))
+        scale = self.thresh / norm if norm > self.thresh else 1.0
+        return [np.asarray(g, np.float64) * scale for g in gs]
+
+
+def exp_decay(eta=0.001, decay=0.1, decay_step=1000, clip=1e-4, start=0):
+    """SPEC §3: the rate at the n-th update."""
+    return lambda n: max(eta * decay ** max(0, n // decay_step - start // decay_step), clip)
+
+
+def inv_decay(gamma=0.001, eta=1.0):
+    return lambda n: eta / (1 + gamma * n)
+
+
+class Scale:
+    """A schedule as a chain member: Δ = rate(n)·g."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, gs, xs, n):
+        return [self.rate(n) * np.asarray(g, np.float64) for g in gs]
+
+
+class Chain:
+    """Flux's Optimiser: each member transforms the output of the last."""
+
+    def __init__(self, *members):
+        self.members = members
+
+    def __call__(self, gs, xs, n):
+        for member in self.members:
+            gs = member(gs, xs, n)
+        return gs
+
+
+def ADAMW(eta=0.001, beta=(0.9, 0.999), decay=0.0, eps=EPS):
+    return Chain(ADAM(eta, beta, eps), WeightDecay(decay))
