@@ -1,0 +1,308 @@
+"""PyTorch-compatible optimizers: `torch.optim.SGD`, `Adam` and `AdamW` with torch's names.
+
+A PyTorch line ports word for word, minus `params`:
+
+```python
+from keras_optx.torch import SGD, Adam, AdamW
+
+torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=5e-4)
+SGD(0.1, momentum=0.9, weight_decay=5e-4)           # same trajectory, as a Keras optimizer
+```
+
+These are not the Flux rules of `keras_optx` (`ADAM`, `ADAMW`, `Momentum`): the
+names, arguments and the meaning of `weight_decay` are torch's. They also cover
+dtorch (`dtorch.optim.SGD`/`Adam`). This module does not import torch and runs on
+every Keras backend.
+
+`weight_decay` has torch's meaning (coupled L2 for SGD and Adam, lr-scaled and
+decoupled for AdamW). Keras's own `weight_decay` keyword of `keras.optimizers.Optimizer`
+is therefore not available here: the value is kept in `torch_weight_decay`, Keras's
+`weight_decay` attribute stays None so Keras does not decay a second time, and
+`get_config()` saves it under the key `weight_decay`.
+
+The rate is `lr` (torch) or `learning_rate` (Keras's name, used by `from_config`);
+`optimizer.learning_rate` reads and sets it, so Keras callbacks and schedules work.
+"""
+
+import math
+import numbers
+
+import keras
+
+from . import _checks as check
+from ._base import Rule
+
+__all__ = ["SGD", "Adam", "AdamW"]
+
+_LR = 1e-3  # torch's default rate; compared by identity to tell "lr not given"
+
+
+def _register(name):
+    # "keras_optx>torch.Adam" stays distinct from the Flux rule "keras_optx>ADAM".
+    return keras.saving.register_keras_serializable(package="keras_optx", name=f"torch.{name}")
+
+
+def _one_minus_power(beta, t):
+    """1 − βᵗ as −expm1(t·ln β): exact in float32 where β ≈ 1 and t is small.
+
+    `1 − 0.999**t` in float32 loses 4 digits to cancellation (and to rounding β);
+    torch computes it in float64, so this keeps us within float32 tolerance of torch.
+    """
+    if beta == 0:
+        return 1.0
+    if isinstance(t, numbers.Number):
+        return -math.expm1(t * math.log(beta))
+    return -keras.ops.expm1(t * math.log(beta))
+
+
+class _TorchRule(Rule):
+    """torch's `lr`/`weight_decay`/`maximize` handling shared by SGD, Adam and AdamW."""
+
+    def __init__(self, lr, weight_decay, learning_rate, **kwargs):
+        if learning_rate is not None:
+            if lr is not _LR:
+                raise ValueError(
+                    f"Pass the rate once, as `lr` (torch's name) or `learning_rate` (Keras's); "
+                    f"received lr={lr!r} and learning_rate={learning_rate!r}."
+                )
+            lr = learning_rate
+        if isinstance(lr, numbers.Real):
+            lr = check.nonnegative("lr", lr)
+        weight_decay = check.nonnegative("weight_decay", weight_decay)
+        super().__init__(lr, **kwargs)
+        self.torch_weight_decay = weight_decay
+
+    def get_config(self):
+        config = super().get_config()
+        config["weight_decay"] = self.torch_weight_decay
+        return config
+
+    def __repr__(self):
+        lr = self._learning_rate
+        lr = float(lr.numpy()) if isinstance(lr, keras.Variable) else lr
+        args = [f"lr={lr!r}"] + [f"{k}={getattr(self, k)!r}" for k in self.hyperparameters]
+        args.insert(len(self._positional) + 1, f"weight_decay={self.torch_weight_decay!r}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+@_register("SGD")
+class SGD(_TorchRule):
+    """Stochastic gradient descent as `torch.optim.SGD` (and `dtorch.optim.SGD`).
+
+    g ← g + λ·x  (λ = weight_decay, coupled L2)
+    b ← g at step 1;  afterwards b ← μ·b + (1−τ)·g  (μ = momentum, τ = dampening)
+    g ← g + μ·b if nesterov, else g ← b  (when μ > 0; with μ = 0 no buffer is kept)
+    x ← x − lr·g
+
+    Args:
+        lr: the learning rate, ≥ 0, default 1e-3 (a float, a `LearningRateSchedule`
+            or a callable). `learning_rate=` is accepted as Keras's alias.
+        momentum: μ ≥ 0, default 0.
+        dampening: τ ∈ [0, 1], default 0 (torch does not check it; this does).
+        weight_decay: λ ≥ 0, default 0: L2 added to the gradient, as torch.
+        nesterov: Nesterov momentum, default False; needs μ > 0 and τ = 0, as torch.
+        maximize: ascend instead of descend (g ← −g first), default False.
+        dampen_first_step: default False, torch's rule: the buffer starts as g. True
+            starts it at 0 and dampens from the first step, b ← μ·b + (1−τ)·g always.
+            With τ = μ this is dtorch's SGD, `v ← m·v + (1−m)·g; x ← x − lr·v`,
+            whose first step is (1−m)·lr·g; torch's `dampening=m` alone cannot
+            give that, since torch skips dampening on step 1. A flag on this class
+            (rather than a separate class) keeps one SGD with torch's names.
+        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`
+            (`clipnorm`, `use_ema`, `gradient_accumulation_steps`, …).
+
+    Example:
+        >>> opt = SGD(0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        >>> model.compile(optimizer=opt, loss="mse")
+        >>> # dtorch.optim.SGD(params, lr=0.01, momentum=0.9):
+        >>> opt = SGD(0.01, momentum=0.9, dampening=0.9, dampen_first_step=True)
+
+    Equivalences (constant lr): `SGD(η, momentum=ρ)` = Flux `Momentum(η, ρ)`;
+    `SGD(η, momentum=ρ, nesterov=True)` = Flux `Nesterov(η, ρ)`;
+    `SGD(η, momentum=ρ, weight_decay=λ)` = `Optimiser(WeightDecay(λ), Momentum(η, ρ))`;
+    `keras.optimizers.SGD(η, momentum=ρ)` is the same as well. With a changing lr they
+    differ: torch's buffer holds gradients (a new lr rescales the whole step), Flux's
+    and Keras's velocity holds η·g. Keras's `weight_decay=` is decoupled (x ← x − η·λ·x).
+    Robbins & Monro 1951; Polyak 1964; Sutskever et al. 2013 (Nesterov form).
+    """
+
+    hyperparameters = {
+        "momentum": check.nonnegative,
+        "dampening": check.closed_unit,
+        "nesterov": check.flag,
+        "maximize": check.flag,
+        "dampen_first_step": check.flag,
+    }
+    _positional = ("momentum", "dampening")  # torch's order: lr, momentum, dampening, weight_decay, nesterov
+
+    def __init__(
+        self,
+        lr=_LR,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        *,
+        maximize=False,
+        dampen_first_step=False,
+        learning_rate=None,
+        **kwargs,
+    ):
+        super().__init__(
+            lr,
+            weight_decay,
+            learning_rate,
+            momentum=momentum,
+            dampening=dampening,
+            nesterov=nesterov,
+            maximize=maximize,
+            dampen_first_step=dampen_first_step,
+            **kwargs,
+        )
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError(
+                "`nesterov=True` requires `momentum` > 0 and `dampening` = 0 (as torch.optim.SGD); "
+                f"received momentum={self.momentum}, dampening={self.dampening}."
+            )
+
+    @property
+    def slots(self):
+        # torch keeps no buffer without momentum; neither do we.
+        return {"momentum_buffer": 0.0} if self.momentum else {}
+
+    def delta(self, ops, g, x, s, t, lr):
+        if self.maximize:
+            g = -g
+        if self.torch_weight_decay:
+            g = g + self.torch_weight_decay * x
+        if not self.momentum:
+            return lr * g, {}
+        keep = 1.0 - self.dampening
+        if not self.dampen_first_step:
+            # torch sets b ← g on step 1; b is still 0 then, so only g's factor differs.
+            keep = ops.where(t > 1, keep, 1.0)
+        buf = self.momentum * s.momentum_buffer + keep * g
+        d = g + self.momentum * buf if self.nesterov else buf
+        return lr * d, {"momentum_buffer": buf}
+
+
+class _Adam(_TorchRule):
+    hyperparameters = {"betas": check.betas, "eps": check.nonnegative, "amsgrad": check.flag, "maximize": check.flag}
+    _positional = ("betas", "eps")  # torch's order: lr, betas, eps, weight_decay, amsgrad
+    _decoupled = False
+
+    def __init__(self, lr, betas, eps, weight_decay, amsgrad, maximize, learning_rate, **kwargs):
+        super().__init__(
+            lr, weight_decay, learning_rate, betas=betas, eps=eps, amsgrad=amsgrad, maximize=maximize, **kwargs
+        )
+
+    @property
+    def slots(self):
+        names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
+        return dict.fromkeys(names, 0.0)
+
+    def delta(self, ops, g, x, s, t, lr):
+        b1, b2 = self.betas
+        wd = self.torch_weight_decay
+        if self.maximize:
+            g = -g
+        if wd and not self._decoupled:
+            g = g + wd * x
+        m = b1 * s.exp_avg + (1 - b1) * g
+        v = b2 * s.exp_avg_sq + (1 - b2) * g * g
+        new = {"exp_avg": m, "exp_avg_sq": v}
+        if self.amsgrad:
+            v = new["max_exp_avg_sq"] = ops.maximum(s.max_exp_avg_sq, v)
+        # torch's order of operations: lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)
+        step = (lr / _one_minus_power(b1, t)) * m / (ops.sqrt(v) / ops.sqrt(_one_minus_power(b2, t)) + self.eps)
+        if wd and self._decoupled:
+            step = step + (lr * wd) * x
+        return step, new
+
+
+@_register("Adam")
+class Adam(_Adam):
+    """Adam as `torch.optim.Adam` (and `dtorch.optim.Adam`), coupled L2 weight decay.
+
+    g ← g + λ·x;  m ← β₁·m + (1−β₁)·g;  v ← β₂·v + (1−β₂)·g²
+    v̂ ← max(v̂, v) if amsgrad (v̂ starts at 0), and v̂ replaces v below
+    x ← x − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)
+
+    Args:
+        lr: the learning rate, ≥ 0, default 1e-3 (float, schedule or callable);
+            `learning_rate=` is accepted as Keras's alias.
+        betas: (β₁, β₂), each in [0, 1), default (0.9, 0.999).
+        eps: ε ≥ 0, default 1e-8, added outside the square root.
+        weight_decay: λ ≥ 0, default 0: L2 added to the gradient before the moments.
+        amsgrad: keep the running maximum of v, with torch's bias correction, default False.
+        maximize: ascend instead of descend, default False.
+        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
+
+    Example:
+        >>> opt = Adam(3e-4, betas=(0.9, 0.98), weight_decay=1e-4)
+
+    Equivalences: `Adam(η, β, ε)` = Flux `ADAM(η, β, ε)`;
+    `Adam(η, β, ε, weight_decay=λ)` = `Optimiser(WeightDecay(λ), ADAM(η, β, ε))` (the
+    decay passes through Adam's scaling; for the decoupled kind use `AdamW`).
+    `Adam(amsgrad=True)` bias-corrects and starts at 0, unlike Flux `AMSGrad`.
+    `keras.optimizers.Adam` differs: ε = 1e-7 by default and applied as ε·√(1−β₂ᵗ).
+    Kingma & Ba 2014, arXiv:1412.6980; Reddi, Kale & Kumar 2018 (AMSGrad).
+    """
+
+    def __init__(
+        self,
+        lr=_LR,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        amsgrad=False,
+        *,
+        maximize=False,
+        learning_rate=None,
+        **kwargs,
+    ):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, learning_rate, **kwargs)
+
+
+@_register("AdamW")
+class AdamW(_Adam):
+    """AdamW as `torch.optim.AdamW`: Adam with decoupled, lr-scaled weight decay.
+
+    x ← x·(1 − lr·λ), then the Adam step of `Adam` (without L2):
+    m ← β₁·m + (1−β₁)·g;  v ← β₂·v + (1−β₂)·g²;  (v̂ ← max(v̂, v) if amsgrad)
+    x ← x − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)
+
+    Args:
+        lr: the learning rate, ≥ 0, default 1e-3; `learning_rate=` is Keras's alias.
+        betas: (β₁, β₂), each in [0, 1), default (0.9, 0.999).
+        eps: ε ≥ 0, default 1e-8.
+        weight_decay: λ ≥ 0, default 1e-2 (torch's default), multiplied by lr.
+        amsgrad: as `Adam`, default False.
+        maximize: ascend instead of descend, default False.
+        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
+
+    Example:
+        >>> opt = AdamW(1e-3, weight_decay=0.05)
+
+    Equivalences (constant lr η): `AdamW(η, β, ε, λ)` = Flux `ADAMW(η, β, decay=η·λ, ε)` =
+    `Optimiser(ADAM(η, β, ε), WeightDecay(η·λ))`: Flux's decay is not multiplied by η,
+    torch's is, so under a schedule torch's decay follows the rate and Flux's does not.
+    `keras.optimizers.AdamW` decays the same way but uses Keras's ε placement.
+    Loshchilov & Hutter 2019, arXiv:1711.05101.
+    """
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        lr=_LR,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        amsgrad=False,
+        *,
+        maximize=False,
+        learning_rate=None,
+        **kwargs,
+    ):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, learning_rate, **kwargs)
