@@ -43,7 +43,7 @@ def _register(name):
 
 
 def _one_minus_power(beta, t):
-    """1 − βᵗ as −expm1(t·ln β): exact in float32 where β ≈ 1 and t is small.
+    """1 − βᵗ as −expm1(t·ln β): accurate in float32 where β ≈ 1 and t is small.
 
     `1 − 0.999**t` in float32 loses 4 digits to cancellation (and to rounding β);
     torch computes it in float64, so this keeps us within float32 tolerance of torch.
