@@ -1,0 +1,717 @@
+"""Builds the tutorial notebooks from the cell text below: `python tutorials/_build.py`.
+
+The notebooks are generated so that their source stays reviewable as plain Python and
+is committed without outputs; `tests/test_tutorials.py` executes them on each backend.
+"""
+
+import copy
+import pathlib
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = pathlib.Path(__file__).parent
+
+
+def md(text):
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(text):
+    return new_code_cell(text.strip("\n"))
+
+
+SETUP = code(
+    """
+import os
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quieter TensorFlow start-up
+
+import numpy as np
+import keras
+from keras import ops
+import keras_optx as ox
+
+keras.utils.set_random_seed(0)
+print("Keras backend:", keras.backend.backend())
+"""
+)
+
+BACKEND_NOTE = md(
+    """
+The notebook runs unchanged on the JAX, PyTorch and TensorFlow backends: choose one with
+the environment variable `KERAS_BACKEND` before starting Jupyter (`KERAS_BACKEND=jax jupyter lab`).
+"""
+)
+
+# 01 ---------------------------------------------------------------------------------
+LINEAR_REGRESSION = [
+    md(
+        """
+# 1. Linear regression by hand, then with an optimiser
+
+This retells the opening of Flux's *Optimisers* page in Keras. We create dummy data,
+compute a loss, take gradients for the parameters `W` and `b`, update them by hand, and
+then let an optimiser do the same.
+"""
+    ),
+    BACKEND_NOTE,
+    SETUP,
+    md(
+        """
+The model is `W·x .+ b` with `W` a 2×5 matrix and `b` a 2-vector, and the loss is the summed
+squared error. Parameters are `keras.Variable`s; `loss` reads them, as a Flux closure does.
+"""
+    ),
+    code(
+        """
+W = keras.Variable(keras.random.uniform((2, 5)), name="W")
+b = keras.Variable(keras.random.uniform((2,)), name="b")
+
+
+def predict(x):
+    return ops.matmul(W, x) + b
+
+
+def loss(x, y):
+    return ops.sum((predict(x) - y) ** 2)
+
+
+x, y = keras.random.uniform((5,)), keras.random.uniform((2,))  # dummy data
+l = float(loss(x, y))
+l
+"""
+    ),
+    md(
+        """
+`keras_optx.gradient(loss_fn, θ)` is Flux's `gradient(() -> loss(x, y), θ)`: it calls the
+function of no arguments and returns one gradient per variable, on any backend.
+"""
+    ),
+    code(
+        """
+θ = [W, b]
+grads = ox.gradient(lambda: loss(x, y), θ)
+[tuple(g.shape) for g in grads]
+"""
+    ),
+    md(
+        """
+## By hand: `x .-= η .* Δ`
+
+Gradient descent subtracts η times the gradient from each parameter. We keep a copy of the
+starting point so we can replay the same step with an optimiser.
+"""
+    ),
+    code(
+        """
+η = 0.1  # learning rate
+start = [p.numpy().copy() for p in θ]  # copy: on torch, .numpy() shares memory with the variable
+for p, g in zip(θ, grads):
+    p.assign(p - η * g)
+by_hand = [p.numpy().copy() for p in θ]
+l_hand = float(loss(x, y))
+print(f"loss {l:.4f} -> {l_hand:.4f}")
+assert l_hand < l  # the step went downhill
+"""
+    ),
+    md(
+        """
+## The same step with `Descent(0.1)`
+
+An optimiser's `apply(grads, variables)` is Flux's `update!(opt, θ, grads)`. `Descent(η)` is
+exactly the hand-written update, so from the same starting point it gives the same numbers.
+"""
+    ),
+    code(
+        """
+for p, value in zip(θ, start):
+    p.assign(value)  # rewind
+
+opt = ox.Descent(0.1)
+opt.apply(grads, θ)
+for p, expected in zip(θ, by_hand):
+    np.testing.assert_allclose(p.numpy(), expected, rtol=1e-6, atol=1e-7)
+print("Descent(0.1) took the same step as the hand update")
+"""
+    ),
+    md(
+        """
+## A training loop, and swapping in ADAM
+
+A loop repeats: gradient, update. Replacing `Descent` by a more elaborate rule such as
+`ADAM` is a one-word change. Here both start from the same parameters and take 60 steps.
+"""
+    ),
+    code(
+        """
+def train(opt, steps=60):
+    for p, value in zip(θ, start):
+        p.assign(value)
+    losses = []
+    for _ in range(steps):
+        value, grads = ox.value_and_gradient(lambda: loss(x, y), θ)
+        opt.apply(grads, θ)
+        losses.append(float(value))
+    losses.append(float(loss(x, y)))
+    return losses
+
+
+curves = {"Descent(0.1)": train(ox.Descent(0.1)), "ADAM(0.05)": train(ox.ADAM(0.05))}
+for name, losses in curves.items():
+    print(f"{name:>12}: " + "  ".join(f"{v:.2e}" for v in losses[::10]))
+"""
+    ),
+    code(
+        """
+for name, losses in curves.items():
+    assert losses[-1] < 1e-2 * losses[0], name  # both drive the loss down a hundredfold
+"""
+    ),
+]
+
+# 02 ---------------------------------------------------------------------------------
+PYTORCH_LOOP = [
+    md(
+        """
+# 2. A PyTorch training step, in Keras
+
+This follows a classic PyTorch notebook on optimisers: a 3→10→1 network, binary
+cross-entropy, 20 points, one step of `optim.SGD(lr=1e-2)`. `keras_optx.torch.SGD` takes
+PyTorch's names and arguments (minus `params`) and produces PyTorch's trajectory, as a
+Keras optimizer on any backend.
+
+| PyTorch | Keras + keras_optx |
+|---|---|
+| `nn.Sequential(nn.Linear(3,10), nn.ReLU(), nn.Linear(10,1), nn.Sigmoid())` | `keras.Sequential([Dense(10, "relu"), Dense(1, "sigmoid")])` |
+| `optim.SGD(model.parameters(), lr=1e-2)` | `keras_optx.torch.SGD(lr=1e-2)` |
+| `loss_fn(preds, targets)` | `loss_fn(targets, preds)` (Keras puts the truth first) |
+| `opt.zero_grad(); loss.backward()` | `grads = keras_optx.gradient(...)` |
+| `opt.step()` | `opt.apply(grads, model.trainable_variables)` |
+"""
+    ),
+    BACKEND_NOTE,
+    SETUP,
+    code(
+        """
+from keras import layers
+from keras_optx.torch import SGD
+
+model = keras.Sequential([keras.Input((3,)), layers.Dense(10, activation="relu"), layers.Dense(1, activation="sigmoid")])
+{v.path: tuple(v.shape) for v in model.weights}  # PyTorch's state_dict()
+"""
+    ),
+    md(
+        """
+Twenty points: the second half is shifted by 0.25 and labelled 1.
+"""
+    ),
+    code(
+        """
+rng = np.random.default_rng(0)
+inputs = rng.standard_normal((20, 3)).astype("float32")
+inputs[10:] += 0.25
+targets = np.zeros((20, 1), "float32")
+targets[10:] = 1
+
+loss_fn = keras.losses.BinaryCrossentropy()
+preds = model(inputs)
+float(loss_fn(targets, preds))
+"""
+    ),
+    md(
+        """
+## Gradients
+
+PyTorch accumulates gradients into `.grad`, hence `zero_grad()` before `backward()`. In
+Keras a gradient is a value returned by a function, so there is nothing to zero.
+"""
+    ),
+    code(
+        """
+weights = model.trainable_variables
+loss, grads = ox.value_and_gradient(lambda: loss_fn(targets, model(inputs)), weights)
+print("loss", float(loss))
+ops.convert_to_numpy(grads[0])[:, :3]  # first kernel, a few columns
+"""
+    ),
+    md(
+        """
+## One optimizer step
+
+Plain SGD moves every parameter by exactly `lr · grad` (to float32 rounding).
+"""
+    ),
+    code(
+        """
+lr = 1e-2
+opt = SGD(lr=lr)
+before = [w.numpy().copy() for w in weights]  # copies: on torch .numpy() is a view
+opt.apply(grads, weights)  # opt.step()
+after = [w.numpy().copy() for w in weights]
+
+for b0, b1, g in zip(before, after, grads):
+    np.testing.assert_allclose(b1, b0 - lr * ops.convert_to_numpy(g), rtol=1e-6, atol=1e-7)
+print("kernel[0, :3] before", before[0][0, :3], "after", after[0][0, :3])
+"""
+    ),
+    md(
+        """
+## The same step with `model.fit`
+
+Compiling the model with the optimizer and fitting one full batch for one epoch takes the
+same step from the same starting point.
+"""
+    ),
+    code(
+        """
+for w, value in zip(weights, before):
+    w.assign(value)  # rewind
+
+model.compile(optimizer=SGD(lr=lr), loss=loss_fn)
+model.fit(inputs, targets, batch_size=20, epochs=1, shuffle=False, verbose=0)
+for w, expected in zip(weights, after):
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-5, atol=1e-7)
+print("model.fit took the same step")
+"""
+    ),
+    md(
+        """
+Training for longer is the usual `fit`; here with momentum, as `optim.SGD(..., momentum=0.9)`.
+"""
+    ),
+    code(
+        """
+model.compile(optimizer=SGD(lr=0.1, momentum=0.9), loss=loss_fn, metrics=["accuracy"])
+history = model.fit(inputs, targets, batch_size=20, epochs=40, verbose=0)
+losses = history.history["loss"]
+print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}, accuracy {history.history['accuracy'][-1]:.2f}")
+assert losses[-1] < losses[0]
+"""
+    ),
+]
+
+# 03 ---------------------------------------------------------------------------------
+CUSTOM_RULE = [
+    md(
+        """
+# 3. Writing your own rule
+
+Flux's *Optimiser Interface* builds a Momentum optimiser by hand: parameters as fields, a
+velocity per parameter as state, and an `apply!` that computes the update:
+
+v = ρ·v − η·Δ;  Δ = −v
+
+In keras_optx a rule is a `keras_optx.Rule` subclass: its hyperparameters (with a check
+each), its slots (per-variable state with an initial value) and `delta`, which returns the
+update Δ for `x ← x − Δ` and the new slot values. `g`, `x` and `s.velocity` hold every
+variable at once and support ordinary arithmetic, so the rule reads like the formula.
+"""
+    ),
+    BACKEND_NOTE,
+    SETUP,
+    code(
+        """
+@keras.saving.register_keras_serializable(package="tutorial")
+class MyMomentum(ox.Rule):
+    \"\"\"Flux's interface example: v ← ρ·v − η·g; Δ = −v.\"\"\"
+
+    hyperparameters = {"rho": ox.checks.unit}  # ρ in [0, 1), checked
+    slots = {"velocity": 0.0}
+
+    def __init__(self, learning_rate=0.01, rho=0.9, **kwargs):
+        super().__init__(learning_rate, rho=rho, **kwargs)
+
+    def delta(self, ops, g, x, s, t, lr):
+        v = self.rho * s.velocity - lr * g
+        return -v, {"velocity": v}
+"""
+    ),
+    md(
+        """
+Hyperparameters are checked, stored as attributes and saved in the config:
+"""
+    ),
+    code(
+        """
+print(MyMomentum(0.01, 0.99).get_config()["rho"])
+try:
+    MyMomentum(rho=1.5)
+except ValueError as error:
+    print("refused:", error)
+"""
+    ),
+    md(
+        """
+## Same numbers as the built-in `Momentum`
+
+Apply both to identical copies of some parameters, with the gradients of the same loss, for a
+few steps.
+"""
+    ),
+    code(
+        """
+target = ops.convert_to_numpy(keras.random.normal((4, 3)))
+start = ops.convert_to_numpy(keras.random.normal((4, 3)))
+
+
+def run(opt, steps=5):
+    w = keras.Variable(start)
+    for _ in range(steps):
+        grads = ox.gradient(lambda: ops.sum((w - target) ** 2), [w])
+        opt.apply(grads, [w])
+    return w.numpy().copy()
+
+
+mine, builtin = run(MyMomentum(0.01, 0.9)), run(ox.Momentum(0.01, 0.9))
+np.testing.assert_allclose(mine, builtin, rtol=1e-6, atol=1e-7)
+print("MyMomentum matches keras_optx.Momentum:", np.abs(mine - builtin).max())
+"""
+    ),
+    md(
+        """
+## In a chain
+
+A custom rule composes like any other. `Optimiser(ClipNorm(1.0), MyMomentum())` first clips
+each gradient to norm 1, then applies momentum; so on the first step, whatever the
+gradient's size, each variable moves by exactly η·1.
+"""
+    ),
+    code(
+        """
+w = keras.Variable(start)
+before = w.numpy().copy()
+chain = ox.Optimiser(ox.ClipNorm(1.0), MyMomentum(0.01))
+grads = ox.gradient(lambda: 100.0 * ops.sum((w - target) ** 2), [w])  # a large gradient
+chain.apply(grads, [w])
+step = np.linalg.norm(before - w.numpy())
+print("gradient norm", float(ops.norm(grads[0])), "-> step norm", step)
+assert float(ops.norm(grads[0])) > 1.0
+np.testing.assert_allclose(step, 0.01 * 1.0, rtol=1e-5)
+"""
+    ),
+    md(
+        """
+## In `model.fit`, saved and loaded
+
+The chain is a Keras optimizer: compile with it, fit, save to a `.keras` file. Loading
+brings back the chain, the custom rule with its hyperparameters, and its velocities, so
+training resumes where it stopped.
+"""
+    ),
+    code(
+        """
+import tempfile
+
+rng = np.random.default_rng(0)
+features = rng.standard_normal((64, 4)).astype("float32")
+labels = features @ np.array([[1.0], [-2.0], [0.5], [0.0]], "float32") + 0.1
+
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+model.compile(optimizer=ox.Optimiser(ox.ClipNorm(1.0), MyMomentum(0.05)), loss="mse")
+history = model.fit(features, labels, batch_size=16, epochs=8, shuffle=False, verbose=0)
+losses = history.history["loss"]
+print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+assert losses[-1] < 0.5 * losses[0]
+
+path = os.path.join(tempfile.mkdtemp(), "custom_rule.keras")
+model.save(path)
+loaded = keras.saving.load_model(path)
+print(loaded.optimizer)
+"""
+    ),
+    code(
+        """
+member = loaded.optimizer[1]
+assert isinstance(member, MyMomentum) and member.rho == 0.9
+for saved, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
+    np.testing.assert_array_equal(ops.convert_to_numpy(saved), ops.convert_to_numpy(restored))
+
+# One more epoch on each: the restored model continues the same trajectory.
+model.fit(features, labels, batch_size=16, epochs=1, shuffle=False, verbose=0)
+loaded.fit(features, labels, batch_size=16, epochs=1, shuffle=False, verbose=0)
+for a, b in zip(model.get_weights(), loaded.get_weights()):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+print("the loaded model resumes the same trajectory")
+"""
+    ),
+]
+
+# 04 ---------------------------------------------------------------------------------
+COMPOSING = [
+    md(
+        """
+# 4. Composing optimisers
+
+Flux's `Optimiser(r₁, r₂, …)` feeds the gradient through each member in turn: each produces a
+modified gradient for the next, and the last one's output is the update. keras_optx has the
+same `Optimiser`; schedules (`ExpDecay`, `InvDecay`), `WeightDecay` and clipping are members
+like any rule.
+
+Flux's example fits `w` to `w1` (two random 10×10 matrices) through the loss
+`mse(w·x, w1·x)` on random `x`, with `Optimiser(ExpDecay(0.001, 0.1, 1000, 1e-4), Descent())`
+for 10⁵ steps, and the loss falls from about 9 to about 0.9. We keep the shape of the example
+but take a batch of 16 random `x` per step and larger rates, so that 150 steps take seconds.
+"""
+    ),
+    BACKEND_NOTE,
+    SETUP,
+    code(
+        """
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from IPython.display import Image, display
+
+# NumPy copies of the starting point: on torch a Variable built from a tensor shares its memory.
+start_w = ops.convert_to_numpy(keras.random.normal((10, 10), seed=1))
+start_w1 = ops.convert_to_numpy(keras.random.normal((10, 10), seed=2))
+w, w1 = keras.Variable(start_w), keras.Variable(start_w1)
+θ = [w, w1]
+probe = keras.random.uniform((10, 1000), seed=3)  # a fixed large sample of x, to measure the loss
+
+
+def loss(x):  # x: 10×batch
+    return ops.mean((ops.matmul(w, x) - ops.matmul(w1, x)) ** 2)  # Flux.mse
+
+
+def fit(opt, steps=150, batch=16, seed=0):
+    \"\"\"Rewind w and w1, take `steps` updates; return the loss of every step.\"\"\"
+    for p, value in zip(θ, (start_w, start_w1)):
+        p.assign(value)
+    gen = keras.random.SeedGenerator(seed)  # the same x for every optimiser
+    losses = []
+    for _ in range(steps):
+        x = keras.random.uniform((10, batch), seed=gen)
+        value, grads = ox.value_and_gradient(lambda: loss(x), θ)
+        opt.apply(grads, θ)
+        losses.append(float(value))
+    return np.array(losses)
+
+
+before = float(loss(probe))
+before
+"""
+    ),
+    md(
+        """
+## Exponential decay, then descent
+
+`ExpDecay(η, decay, decay_step, clip)` multiplies the step by η·decay^⌊n/decay_step⌋ (never below
+`clip`). Here the step starts at 1.0·0.3 and halves every 50 steps.
+"""
+    ),
+    code(
+        """
+schedule = ox.ExpDecay(1.0, 0.5, 50, 1e-2)
+decayed = fit(ox.Optimiser(schedule, ox.Descent(0.3)))
+rates = [0.3 * float(schedule(n)) for n in range(len(decayed))]
+after = float(loss(probe))
+print(f"loss {before:.3f} -> {after:.3f}")
+assert after < 0.1 * before  # at least tenfold, as in Flux
+"""
+    ),
+    md(
+        """
+The same schedule can also be the `learning_rate` of the rule: `Descent(ExpDecay(0.3, 0.5, 50, 3e-3))`
+scales η directly and gives the same trajectory.
+"""
+    ),
+    code(
+        """
+as_rate = fit(ox.Descent(ox.ExpDecay(0.3, 0.5, 50, 3e-3)), steps=60)
+np.testing.assert_allclose(as_rate, decayed[:60], rtol=1e-4)
+"""
+    ),
+    md(
+        """
+## Weight decay in a chain
+
+`WeightDecay(wd)` adds `wd·x` to the gradient. The loss only sees `w − w1`, so their gradients
+cancel in the sum: without decay `w + w1` never changes, and with
+`Optimiser(WeightDecay(wd), Descent(η))` it shrinks by exactly (1 − η·wd) per step.
+"""
+    ),
+    code(
+        """
+wd, η, steps = 0.05, 0.1, 50
+fit(ox.Descent(η), steps=steps)
+plain_sum = ops.convert_to_numpy(w + w1)
+fit(ox.Optimiser(ox.WeightDecay(wd), ox.Descent(η)), steps=steps)
+decay_sum = ops.convert_to_numpy(w + w1)
+start_sum = start_w + start_w1
+
+np.testing.assert_allclose(plain_sum, start_sum, rtol=1e-4, atol=1e-4)
+np.testing.assert_allclose(decay_sum, start_sum * (1 - η * wd) ** steps, rtol=1e-3, atol=1e-4)
+print(f"|w + w1|: start {np.linalg.norm(start_sum):.3f}, no decay {np.linalg.norm(plain_sum):.3f}, "
+      f"decay {np.linalg.norm(decay_sum):.3f}")
+"""
+    ),
+    md(
+        """
+## Clipping, then ADAM
+
+Flux's gradient-clipping example is `Optimiser(ClipValue(1e-3), ADAM(1e-3))`: every gradient
+entry is clamped to ±10⁻³ before ADAM sees it. ADAM divides by a running root-mean-square of
+the gradient, so it hardly notices the clamp; clipping guards against rare huge gradients
+rather than setting the step size.
+"""
+    ),
+    code(
+        """
+clipped = fit(ox.Optimiser(ox.ClipValue(1e-3), ox.ADAM(1e-3)))
+clipped_after = float(loss(probe))
+adam = fit(ox.ADAM(1e-3))
+adam_after = float(loss(probe))
+print(f"loss {before:.3f} -> ADAM {adam_after:.3f}, ClipValue + ADAM {clipped_after:.3f}")
+assert clipped_after < 0.9 * before
+assert abs(clipped_after - adam_after) < 0.1 * (before - adam_after)  # the clamp changes little
+"""
+    ),
+    md(
+        """
+## The learning rate and the losses, plotted
+"""
+    ),
+    code(
+        """
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+left.plot(rates)
+left.set(title="ExpDecay(1.0, 0.5, 50) then Descent(0.3): step size", xlabel="step", ylabel="η", yscale="log")
+for name, curve in [("ExpDecay + Descent", decayed), ("ADAM(1e-3)", adam), ("ClipValue + ADAM", clipped)]:
+    right.plot(np.convolve(curve, np.ones(10) / 10, mode="valid"), label=name)  # 10-step average
+right.set(title="loss", xlabel="step", yscale="log")
+right.legend()
+fig.tight_layout()
+
+png = os.path.join(tempfile.mkdtemp(), "composing.png")
+fig.savefig(png)
+plt.close(fig)
+display(Image(filename=png))
+with open(png, "rb") as f:
+    assert f.read(8) == b"\\x89PNG\\r\\n\\x1a\\n"
+"""
+    ),
+]
+
+# 05 ---------------------------------------------------------------------------------
+CHOOSING = [
+    md(
+        """
+# 5. Choosing a rule
+
+Which rule should you use? Try several on your problem. Here all twelve Flux rules, with
+Flux's default hyperparameters, train the same small network on scikit-learn's handwritten
+digits (8×8 images, 10 classes, shipped with scikit-learn), from the same initial weights
+and with the same batches.
+
+For a longer, command-line version of this comparison, with a table of timings, run
+`python -m keras_optx.compare` (see `--help`).
+"""
+    ),
+    BACKEND_NOTE,
+    SETUP,
+    code(
+        """
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from IPython.display import Image, display
+from sklearn.datasets import load_digits
+
+x, y = load_digits(return_X_y=True)
+order = np.random.default_rng(0).permutation(len(x))
+x, y = (x[order] / 16).astype("float32"), y[order]
+x_train, y_train, x_test, y_test = x[:800], y[:800], x[800:1200], y[800:1200]  # a subsample: fast
+
+model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+initial = [w.copy() for w in model.get_weights()]
+loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+"""
+    ),
+    code(
+        """
+rules = {
+    "Descent": ox.Descent(), "Momentum": ox.Momentum(), "Nesterov": ox.Nesterov(),
+    "RMSProp": ox.RMSProp(), "ADAM": ox.ADAM(), "RADAM": ox.RADAM(), "AdaMax": ox.AdaMax(),
+    "ADAGrad": ox.ADAGrad(), "ADADelta": ox.ADADelta(), "AMSGrad": ox.AMSGrad(),
+    "NADAM": ox.NADAM(), "ADAMW": ox.ADAMW(),
+}
+start_loss = float(loss(y_train, model(x_train)))
+curves, accuracy = {}, {}
+for name, rule in rules.items():
+    model.set_weights(initial)
+    model.compile(optimizer=rule, loss=loss)
+    keras.utils.set_random_seed(0)  # the same batch order for every rule
+    history = model.fit(x_train, y_train, batch_size=50, epochs=8, verbose=0)
+    curves[name] = [start_loss] + history.history["loss"]
+    accuracy[name] = float((ops.convert_to_numpy(model(x_test)).argmax(1) == y_test).mean())
+    print(f"{name:>9}: loss {curves[name][-1]:.3f}, test accuracy {accuracy[name]:.1%}")
+"""
+    ),
+    code(
+        """
+fig, ax = plt.subplots(figsize=(8, 5))
+for i, (name, curve) in enumerate(curves.items()):
+    ax.plot(curve, "-" if i < 10 else "--", marker="o", markersize=3, label=name)
+ax.set(xlabel="epoch", ylabel="training loss (mean over the epoch)", yscale="log", title="Flux's rules, default settings")
+ax.legend(ncol=2, fontsize="small")
+fig.tight_layout()
+png = os.path.join(tempfile.mkdtemp(), "choosing.png")
+fig.savefig(png)
+plt.close(fig)
+display(Image(filename=png))
+assert os.path.getsize(png) > 0
+"""
+    ),
+    md(
+        """
+What the curves say:
+
+- Every rule lowers the loss.
+- With default settings the learning rate matters more than the rule: Descent and ADAGrad
+  (η = 0.1) are far ahead of Nesterov (η = 0.001) after a few epochs.
+- ADAMW with its default `decay = 0` is ADAM exactly.
+
+So tune η before switching rules; the command-line comparison accepts a rate per rule,
+e.g. `--rules descent,adam:0.01,nesterov:0.05`.
+"""
+    ),
+    code(
+        """
+for name, curve in curves.items():
+    assert curve[-1] < curve[0], name
+assert max(curves["Descent"][-1], curves["ADAGrad"][-1]) < curves["Nesterov"][-1]
+np.testing.assert_allclose(curves["ADAMW"], curves["ADAM"], rtol=1e-5)
+"""
+    ),
+]
+
+NOTEBOOKS = {
+    "01_linear_regression.ipynb": LINEAR_REGRESSION,
+    "02_pytorch_loop_in_keras.ipynb": PYTORCH_LOOP,
+    "03_custom_rule.ipynb": CUSTOM_RULE,
+    "04_composing.ipynb": COMPOSING,
+    "05_choosing_a_rule.ipynb": CHOOSING,
+}
+
+
+def build():
+    for name, cells in NOTEBOOKS.items():
+        cells = [copy.deepcopy(c) for c in cells]
+        for i, cell in enumerate(cells):
+            cell.id = f"{name[:2]}-{i:02d}"  # stable ids: a rebuild gives no spurious diff
+        nb = new_notebook(cells=cells)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["language_info"] = {"name": "python"}
+        nbformat.validate(nb)
+        nbformat.write(nb, HERE / name)
+
+
+if __name__ == "__main__":
+    build()
