@@ -65,6 +65,10 @@ class Rule(keras.optimizers.Optimizer):
     hyperparameters = {}
     slots = {}
     has_learning_rate = True
+    # Optional torch fast path `_torch_fused(xs, gs, slots, t, lr) -> bool` (True when it
+    # applied the update). Used only when the rule is the optimizer itself (a chain member
+    # never runs `_update`) and every variable is float32/float64 with a matching gradient.
+    _torch_fused = None
 
     def __init__(self, learning_rate=1.0, **kwargs):
         hyper = {k: kwargs.pop(k) for k in list(kwargs) if k in self.hyperparameters}
@@ -122,6 +126,13 @@ class Rule(keras.optimizers.Optimizer):
     def _update(self, grads, variables):
         index = [self._get_variable_index(v) for v in variables]
         slots = {name: [vs[i] for i in index] for name, vs in self._slot_variables.items()}
+        if _TORCH and self._torch_fused is not None:
+            # A torch fused kernel that computes this very rule (tested against `delta`).
+            xs = [v.value for v in variables]  # `.value` costs microseconds: read it once
+            if _fusable(grads, xs):
+                t, step = self._step_numbers()
+                if self._torch_fused(xs, list(grads), {n: [s.value for s in vs] for n, vs in slots.items()}, t, self._rate(step)):
+                    return
         dtypes = [_state_dtype(v.dtype) for v in variables]
         g = Many(_cast(gi, dt) for gi, dt in zip(grads, dtypes))
         x = Many(_cast(v.value, dt) for v, dt in zip(variables, dtypes))
@@ -242,6 +253,32 @@ def _state_dtype(dtype):
     """Slots and the update math run in float32 for float16/bfloat16 variables."""
     dtype = keras.backend.standardize_dtype(dtype)
     return "float32" if dtype in _LOW_PRECISION else dtype
+
+
+def _fusable(grads, xs):
+    """Whether torch fused kernels may run on variable values `xs`: float32/64 (no float16
+    casting), dense contiguous gradients of the same dtype, one device, not under torch.compile."""
+    if not xs or torch.compiler.is_compiling():
+        return False
+    device = xs[0].device
+    for g, x in zip(grads, xs):
+        if (
+            x.dtype not in (torch.float32, torch.float64)
+            or not torch.is_tensor(g)
+            or g.dtype != x.dtype
+            or g.device != device
+            or x.device != device
+            or g.shape != x.shape
+            or g.is_sparse
+            or not (g.is_contiguous() and x.is_contiguous())
+        ):
+            return False
+    return True
+
+
+def _step_tensors(t, xs):
+    """The per-variable step counts torch's fused kernels read (one shared float tensor)."""
+    return [torch.tensor(float(t), dtype=torch.float32, device=xs[0].device)] * len(xs)
 
 
 def _cast(tensor, dtype):

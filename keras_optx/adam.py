@@ -3,10 +3,14 @@
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule
+from ._base import EPSILON, Rule, _step_tensors
+from ._tensors import _TORCH
 from .adaptive import _StartsAtEpsilon
 from .chain import Optimiser
 from .transforms import WeightDecay
+
+if _TORCH:
+    import torch
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -48,6 +52,14 @@ class ADAM(_AdamFamily):
         b1, b2 = self.beta
         m, v = self.moments(g, s)
         return lr * (m / (1 - b1**t)) / (ops.sqrt(v / (1 - b2**t)) + self.epsilon), {"m": m, "v": v}
+
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        b1, b2 = self.beta
+        torch._fused_adam_(
+            xs, gs, slots["m"], slots["v"], [], _step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2,
+            weight_decay=0.0, eps=self.epsilon, amsgrad=False, maximize=False,
+        )
+        return True
 
 
 @_register
@@ -132,6 +144,15 @@ class AMSGrad(_StartsAtEpsilon, _AdamFamily):
         v_hat = ops.maximum(s.v_hat, v)
         return lr * m / (ops.sqrt(v_hat) + self.epsilon), {"m": m, "v": v, "v_hat": v_hat}
 
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # torch's AMSGrad at step = ∞: its bias corrections 1 − βᵗ become 1, as in Flux.
+        b1, b2 = self.beta
+        torch._fused_adam_(
+            xs, gs, slots["m"], slots["v"], slots["v_hat"], _step_tensors(float("inf"), xs), lr=lr,
+            beta1=b1, beta2=b2, weight_decay=0.0, eps=self.epsilon, amsgrad=True, maximize=False,
+        )
+        return True
+
 
 @_register
 class NADAM(_AdamFamily):
@@ -180,6 +201,18 @@ class ADAMW(Optimiser):
 
     def __init__(self, learning_rate=0.001, beta=(0.9, 0.999), decay=0.0, epsilon=1e-8, **kwargs):
         super().__init__(ADAM(learning_rate, beta, epsilon), WeightDecay(decay), **kwargs)
+
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # torch's AdamW first scales x by 1 − η·λ: λ = decay/η gives Flux's x − decay·x (ADAM's Δ
+        # does not depend on x, so the order does not matter).
+        if self.decay and not lr > 0:
+            return False
+        b1, b2 = self.beta
+        torch._fused_adamw_(
+            xs, gs, slots["0_m"], slots["0_v"], [], _step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2,
+            weight_decay=self.decay / lr if self.decay else 0.0, eps=self.epsilon, amsgrad=False, maximize=False,
+        )
+        return True
 
     @property
     def beta(self):

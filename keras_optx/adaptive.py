@@ -3,7 +3,11 @@
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule
+from ._base import EPSILON, Rule, _step_tensors
+from ._tensors import _TORCH
+
+if _TORCH:
+    import torch
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -35,6 +39,20 @@ class RMSProp(Rule):
     def delta(self, ops, g, x, s, t, lr):
         a = self.rho * s.acc + (1 - self.rho) * g**2
         return lr * g / (ops.sqrt(a) + self.epsilon), {"acc": a}
+
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # RMSProp is torch's fused Adam with β₁ = 0 (m = g) and no bias correction (step = ∞
+        # makes 1 − βᵗ = 1). The kernel needs an m buffer: scratch, one per variable, not state.
+        scratch = getattr(self, "_fused_scratch", None)
+        if scratch is None or len(scratch) != len(xs) or any(
+            m.shape != x.shape or m.dtype != x.dtype or m.device != x.device for m, x in zip(scratch, xs)
+        ):
+            scratch = self._fused_scratch = [torch.zeros_like(x) for x in xs]
+        torch._fused_adam_(
+            xs, gs, scratch, slots["acc"], [], _step_tensors(float("inf"), xs), lr=lr, beta1=0.0,
+            beta2=self.rho, weight_decay=0.0, eps=self.epsilon, amsgrad=False, maximize=False,
+        )
+        return True
 
 
 class _StartsAtEpsilon:
@@ -72,6 +90,14 @@ class ADAGrad(_StartsAtEpsilon, Rule):
     def delta(self, ops, g, x, s, t, lr):
         a = s.acc + g**2
         return lr * g / (ops.sqrt(a) + self.epsilon), {"acc": a}
+
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # torch's Adagrad with lr_decay = 0 is this rule (its step count is then unused).
+        torch._fused_adagrad_(
+            xs, gs, slots["acc"], _step_tensors(t, xs), lr=lr, lr_decay=0.0, weight_decay=0.0,
+            eps=self.epsilon, maximize=False,
+        )
+        return True
 
 
 @_register

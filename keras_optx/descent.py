@@ -4,6 +4,10 @@ import keras
 
 from . import _checks as check
 from ._base import Rule
+from ._tensors import _TORCH
+
+if _TORCH:
+    import torch
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -28,6 +32,10 @@ class Descent(Rule):
 
     def delta(self, ops, g, x, s, t, lr):
         return lr * g, {}
+
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        torch._fused_sgd_(xs, gs, [], weight_decay=0.0, momentum=0.0, lr=lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
+        return True
 
 
 @_register
@@ -58,6 +66,17 @@ class Momentum(Rule):
         v = self.rho * s.velocity - lr * g
         return -v, {"velocity": v}
 
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # torch's buf ← ρ·buf + (1 − dampening)·g with dampening = 1 + η is Flux's v ← ρv − ηg
+        # (the slot keeps Flux's meaning); x ← x − lr·buf with lr = −1 is x ← x + v.
+        if self.rho == 0:  # torch then skips the buffer
+            return False
+        torch._fused_sgd_(
+            xs, gs, slots["velocity"], weight_decay=0.0, momentum=self.rho, lr=-1.0, dampening=1.0 + lr,
+            nesterov=False, maximize=False, is_first_step=False,
+        )
+        return True
+
 
 @_register
 class Nesterov(Rule):
@@ -87,3 +106,16 @@ class Nesterov(Rule):
         d = rho**2 * s.velocity - (1 + rho) * lr * g
         v = rho * s.velocity - lr * g
         return -d, {"velocity": v}
+
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # d = ρ²v − (1+ρ)ηg = ρv' − ηg with v' = ρv − ηg: Momentum's kernel mapping with x ← x + ρv',
+        # then x ← x − ηg. (torch's own Nesterov step, g + ρ·buf, needs g rescaled, and its
+        # grad_scale overwrites the caller's gradients.)
+        if self.rho == 0:
+            return False
+        torch._fused_sgd_(
+            xs, gs, slots["velocity"], weight_decay=0.0, momentum=self.rho, lr=-self.rho, dampening=1.0 + lr,
+            nesterov=False, maximize=False, is_first_step=False,
+        )
+        torch._foreach_add_(xs, gs, alpha=-lr)
+        return True

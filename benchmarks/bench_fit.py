@@ -1,0 +1,102 @@
+"""End-to-end `model.fit` speed on a 784-512-512-10 MLP with random data, per backend.
+
+    .venv/bin/python benchmarks/bench_fit.py                   # all three backends (subprocesses)
+    .venv/bin/python benchmarks/bench_fit.py --backend torch --quick
+
+Steps per second for each optimizer, and the optimizer's share of the training step:
+(step time − step time with a no-op optimizer) / step time, also given over plain SGD.
+Models are built and compiled once each, then timed one epoch at a time, interleaved.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["jax", "torch", "tensorflow", "all"], default="all")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    if args.backend == "all":
+        for backend in ("torch", "jax", "tensorflow"):
+            rest = [a for a in sys.argv[1:] if a not in ("--backend", "all")]
+            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+            subprocess.run([sys.executable, __file__, "--backend", backend] + rest, env=env, check=True)
+        return
+    os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.path.insert(0, os.path.dirname(__file__))
+    from bench_step import limit_threads
+
+    limit_threads(args.threads)
+    run(args)
+
+
+def run(args):
+    import numpy as np
+
+    import keras
+    import keras_optx as ox
+
+    class NoOp(keras.optimizers.Optimizer):
+        """Leaves every variable as it is: the fit loop's cost without an update."""
+
+        def update_step(self, gradient, variable, learning_rate):
+            pass
+
+        def _backend_update_step(self, grads, variables, learning_rate):
+            pass
+
+    backend = keras.backend.backend()
+    batch, steps = 128, (10 if args.quick else 40)
+    rounds = 3 if args.quick else 5
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch * steps, 784)).astype("float32")
+    y = rng.integers(0, 10, size=(batch * steps,))
+    optimizers = {
+        "no-op": lambda: NoOp(learning_rate=0.0),
+        "keras SGD": lambda: keras.optimizers.SGD(0.01),
+        "keras Adam": lambda: keras.optimizers.Adam(),
+        "keras_optx ADAM": lambda: ox.ADAM(),
+        "keras_optx Momentum": lambda: ox.Momentum(),
+        "keras_optx NADAM": lambda: ox.NADAM(),
+        "keras_optx chain(ClipNorm,WeightDecay,ADAM)": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM()),
+    }
+    models = {}
+    for name, make in optimizers.items():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((784,)),
+            keras.layers.Dense(512, activation="relu"),
+            keras.layers.Dense(512, activation="relu"),
+            keras.layers.Dense(10),
+        ])
+        model.compile(optimizer=make(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # warm-up: trace, compile, build
+        models[name] = model
+    times = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+            times[name].append((time.perf_counter() - start) / steps)
+    step = {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    print(f"\n### model.fit, {backend}: MLP 784-512-512-10, batch {batch}, {steps} steps/epoch, "
+          f"median and min of {rounds} epochs; {cpu}, {os.cpu_count()} cores, {os.environ.get('OMP_NUM_THREADS')} thread(s)\n")
+    print("| optimizer | ms/step (median / min) | steps/s (median) | share over no-op (median / min) | share over SGD (median / min) |")
+    print("|---|---:|---:|---:|---:|")
+    noop, sgd = step["no-op"], step["keras SGD"]
+    for name, (med, low) in step.items():
+        share = f"{(med - noop[0]) / med:.0%} / {(low - noop[1]) / low:.0%}"
+        over_sgd = f"{(med - sgd[0]) / med:.0%} / {(low - sgd[1]) / low:.0%}"
+        print(f"| {name} | {med * 1e3:.2f} / {low * 1e3:.2f} | {1 / med:.1f} | {share} | {over_sgd} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Fast paths compute the rule's own formula, and nothing breaks compilation.
+
+On torch, a rule with a `_torch_fused` hook runs a fused kernel when it is the optimizer
+itself; here the hook and the generic path (`delta`, evaluated over all variables) are
+run side by side and must give the same trajectory, slots included. On JAX and
+TensorFlow every rule runs its formula under XLA / tf.function; `model.fit` with
+`jit_compile=True` must match the eager run.
+"""
+
+import numpy as np
+import pytest
+
+import keras
+import keras_optx as ox
+from conftest import BACKEND
+
+SHAPES = [(3, 4), (7,), (2, 3, 5), (1,), (64, 33)]
+STEPS = 20
+
+# Every rule with a torch fast path, with non-default hyperparameters.
+FAST = {
+    "Descent": lambda: ox.Descent(0.05),
+    "Momentum": lambda: ox.Momentum(0.02, 0.8),
+    "Nesterov": lambda: ox.Nesterov(0.02, 0.85),
+    "RMSProp": lambda: ox.RMSProp(0.003, 0.85),
+    "ADAGrad": lambda: ox.ADAGrad(0.05),
+    "ADAM": lambda: ox.ADAM(0.003, (0.85, 0.99)),
+    "AMSGrad": lambda: ox.AMSGrad(0.003, (0.85, 0.99)),
+    "ADAMW": lambda: ox.ADAMW(0.003, (0.85, 0.99), 0.01),
+}
+# The learning rate changes every step where the slot carries η (Flux's velocity).
+VARYING_RATE = {"Momentum", "Nesterov", "Descent", "ADAM", "ADAMW"}
+
+torch_only = pytest.mark.skipif(
+    BACKEND != "torch", reason="torch fused kernels exist only on torch; jax/tf run `delta` under XLA/tf.function"
+)
+
+
+def _variables(rng, dtype="float32"):
+    return [keras.Variable(rng.normal(size=s).astype("float32"), dtype=dtype) for s in SHAPES]
+
+
+def _generic(opt):
+    opt._torch_fused = None  # an instance attribute hides the hook: `delta` runs
+    return opt
+
+
+def _counting(opt):
+    calls = []
+    hook = opt._torch_fused
+
+    def counted(*args):
+        handled = hook(*args)
+        calls.append(handled)
+        return handled
+
+    opt._torch_fused = counted
+    return opt, calls
+
+
+def _slots(opt):
+    return {v.path: keras.ops.convert_to_numpy(v) for v in opt.variables if "iteration" not in v.path}
+
+
+@torch_only
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_fast_path_matches_formula(name):
+    rng = np.random.default_rng(1)
+    fast, calls = _counting(FAST[name]())
+    slow = _generic(FAST[name]())
+    xs_fast, xs_slow = _variables(rng), _variables(np.random.default_rng(1))
+    for step in range(STEPS):
+        grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+        if name in VARYING_RATE:
+            rate = 0.01 * (1 + step % 5)
+            fast.learning_rate = rate
+            slow.learning_rate = rate
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+        for a, b in zip(xs_fast, xs_slow):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6, err_msg=f"{name} step {step + 1}")
+        slots_fast, slots_slow = _slots(fast), _slots(slow)
+        assert len(slots_fast) == len(slots_slow)
+        for a, b in zip(slots_fast.values(), slots_slow.values()):
+            # Absolute tolerance on the slot's scale: an EMA near zero cancels catastrophically.
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * np.abs(b).max(), err_msg=f"{name} slots, step {step + 1}")
+    assert calls == [True] * STEPS, "the fast path did not run"
+
+
+@torch_only
+def test_fast_path_leaves_gradients_alone():
+    rng = np.random.default_rng(2)
+    for name, make in FAST.items():
+        opt = make()
+        grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES]
+        before = [keras.ops.convert_to_numpy(g).copy() for g in grads]
+        opt.apply(grads, _variables(rng))
+        for g, b in zip(grads, before):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(g), b, err_msg=name)
+
+
+@torch_only
+def test_fast_path_skipped_for_float16_and_in_chains():
+    rng = np.random.default_rng(3)
+    half, calls = _counting(ox.ADAM(0.01))
+    xs = _variables(rng, "float16")
+    half.apply([keras.ops.convert_to_tensor(rng.normal(size=s).astype("float16")) for s in SHAPES], xs)
+    assert calls == [], "float16 variables must take the generic (float32 state) path"
+
+    member, calls = _counting(ox.ADAM(0.01))
+    chain = ox.Optimiser(ox.ClipNorm(1.0), member)
+    chain.apply([keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES], _variables(rng))
+    assert calls == [], "a chain member runs through the chain's formula"
+
+
+def _fit(optimizer, jit_compile):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8)).astype("float32"), rng.normal(size=(64, 1)).astype("float32")
+    history = model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    return history.history["loss"], [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+JIT_CASES = {
+    "ADAM": lambda: ox.ADAM(0.01),
+    "RMSProp": lambda: ox.RMSProp(0.01),
+    "Nesterov": lambda: ox.Nesterov(0.01),
+    "chain": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM(0.01)),
+}
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="jit_compile on torch is torch.compile (dynamo); the fused kernels run eagerly")
+@pytest.mark.parametrize("name", sorted(JIT_CASES))
+def test_jit_compile_fit_matches_eager(name):
+    loss_jit, weights_jit = _fit(JIT_CASES[name](), jit_compile=True)
+    loss_eager, weights_eager = _fit(JIT_CASES[name](), jit_compile=False)
+    assert np.all(np.isfinite(loss_jit)) and loss_jit[-1] < loss_jit[0]
+    np.testing.assert_allclose(loss_jit, loss_eager, rtol=1e-4)
+    for a, b in zip(weights_jit, weights_eager):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
