@@ -7,6 +7,9 @@ the results back (distribution-aware on TensorFlow, multi-tensor on torch),
 config and serialization.
 """
 
+import copy
+import weakref
+
 import keras
 
 from . import _checks as check
@@ -114,6 +117,26 @@ class Rule(keras.optimizers.Optimizer):
                 for v in variables
             ]
 
+    def apply(self, grads, trainable_variables=None):
+        # Keras zips grads with variables: an extra gradient or a wrong shape would be
+        # dropped silently or fail half-way through the writes. Refuse before any write.
+        grads = list(grads)
+        if trainable_variables is not None:
+            trainable_variables = list(trainable_variables)
+            if len(grads) != len(trainable_variables):
+                raise ValueError(
+                    f"`grads` and `trainable_variables` must have the same length; received "
+                    f"{len(grads)} gradients for {len(trainable_variables)} variables."
+                )
+        targets = trainable_variables if trainable_variables is not None else getattr(self, "_trainable_variables", [])
+        for i, (g, v) in enumerate(zip(grads, targets)):
+            if g is not None and tuple(g.shape) != tuple(v.shape):
+                raise ValueError(
+                    f"Gradient {i} has shape {tuple(g.shape)} but its variable {_variable_path(v)} has shape "
+                    f"{tuple(v.shape)}; `grads` must follow the order of `trainable_variables`."
+                )
+        return super().apply(grads, trainable_variables)
+
     def _backend_update_step(self, grads, variables, learning_rate):
         if _BACKEND == "tensorflow":
             grads, variables = _tf_reduce_and_densify(self, grads, variables)
@@ -124,6 +147,7 @@ class Rule(keras.optimizers.Optimizer):
             self._update(grads, variables)
 
     def _update(self, grads, variables):
+        grads = [g if keras.ops.is_tensor(g) else keras.ops.convert_to_tensor(g) for g in grads]
         index = [self._get_variable_index(v) for v in variables]
         slots = {name: [vs[i] for i in index] for name, vs in self._slot_variables.items()}
         if _TORCH and self._torch_fused is not None:
@@ -143,13 +167,13 @@ class Rule(keras.optimizers.Optimizer):
         _write(self, writes, list(zip(variables, delta.items)))
 
     def _step_numbers(self):
-        """t = 1, 2, … (updates applied, as Keras counts `iterations`) and the raw step for schedules."""
+        """t = 1, 2, … and the 0-based step for schedules, both counting updates applied
+        (`iterations`), so with gradient accumulation a schedule advances once per update."""
         if _TORCH:
-            step = int(self._iterations.value)
-            acc = self.gradient_accumulation_steps or 1
-            return step // acc + 1, step
+            step = int(self._iterations.value) // (self.gradient_accumulation_steps or 1)
+            return step + 1, step
         t = keras.ops.cast(self.iterations + 1, "float32")
-        return t, self._iterations
+        return t, self.iterations
 
     def get_config(self):
         config = super().get_config()
@@ -159,16 +183,23 @@ class Rule(keras.optimizers.Optimizer):
             config[name] = getattr(self, name)
         return config
 
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # Keras's from_config deserializes the schedule in place; keep the caller's dict intact.
+        return super().from_config(dict(config), custom_objects=custom_objects)
+
     def _claim(self, owner):
         """Mark this rule as a member of `owner`: one rule, one chain, one set of slots."""
-        if self._owner is not None and self._owner is not owner:
+        current = self._owner() if self._owner is not None else None
+        if current is not None and current is not owner:
             raise ValueError(
-                f"{self.name} is already a member of {self._owner.name}; a rule keeps state for the chain "
+                f"{self.name} is already a member of {current.name}; a rule keeps state for the chain "
                 "that owns it, so give each chain its own instance."
             )
         if self.built:
             raise ValueError(f"{self.name} was already used to train on its own; pass a fresh instance to the chain.")
-        self._owner = owner
+        # A weak reference: Keras's loader walks attributes and recurses forever on a cycle.
+        self._owner = weakref.ref(owner)
 
     def _rate_variables(self):
         """The learning-rate variables a chain must save for this member."""
@@ -179,7 +210,7 @@ class Rule(keras.optimizers.Optimizer):
         rate = ""
         if self.has_learning_rate:
             lr = self._learning_rate
-            rate = f"learning_rate={float(lr.numpy()) if isinstance(lr, keras.Variable) else lr!r}"
+            rate = f"learning_rate={float(f'{float(lr.numpy()):.7g}') if isinstance(lr, keras.Variable) else lr!r}"
         return f"{type(self).__name__}({', '.join(p for p in (rate, args) if p)})"
 
 
@@ -194,8 +225,8 @@ class Transform(Rule):
 
     def __init__(self, optimizer=None, **kwargs):
         super().__init__(1.0, **kwargs)
-        if isinstance(optimizer, dict):
-            optimizer = keras.optimizers.deserialize(optimizer)
+        if isinstance(optimizer, dict):  # from_config; Keras rewrites the dict it deserializes
+            optimizer = keras.optimizers.deserialize(copy.deepcopy(optimizer))
         if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
             raise TypeError(
                 f"`optimizer` must be a Keras optimizer (keras.optimizers.Optimizer) or None; received {optimizer!r}."
@@ -204,18 +235,16 @@ class Transform(Rule):
         if optimizer is not None:
             _adopt_rate(self, optimizer._learning_rate)
             for v in optimizer.variables:
-                self._track_variable(v)
+                _track_once(self, v)
 
     def build(self, variables):
         if self.built:
             return
         super().build(variables)
         if self.optimizer is not None:
-            known = {id(v) for v in self._variables}
             self.optimizer.build(variables)
             for v in self.optimizer.variables:
-                if id(v) not in known:
-                    self._track_variable(v)
+                _track_once(self, v)
 
     def _backend_update_step(self, grads, variables, learning_rate):
         if self.optimizer is None:
@@ -243,6 +272,12 @@ def _adopt_rate(optimizer, rate):
     if isinstance(own, keras.Variable):
         optimizer._untrack_variable(own)
     optimizer._learning_rate = rate
+
+
+def _track_once(optimizer, variable):
+    """Track a variable unless already tracked (Keras also tracks Variables set as attributes)."""
+    if not any(v is variable for v in optimizer._variables):
+        optimizer._track_variable(variable)
 
 
 def _variable_path(variable):

@@ -133,6 +133,14 @@ class _Ops:
         return math.sqrt(x) if isinstance(x, numbers.Number) else keras.ops.sqrt(x)
 
     @staticmethod
+    def one_minus_pow(base, t):
+        """1 − baseᵗ for a scalar step t, accurate in float32 when baseᵗ is near 1 (via expm1)."""
+        log_base = math.log(base) if base > 0 else -math.inf
+        if isinstance(t, numbers.Number):
+            return -math.expm1(t * log_base)
+        return -keras.ops.expm1(t * log_base)
+
+    @staticmethod
     def abs(x):
         return _unary("abs", x)
 

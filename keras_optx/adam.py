@@ -24,6 +24,9 @@ class _AdamFamily(Rule):
     def __init__(self, learning_rate=0.001, beta=(0.9, 0.999), epsilon=EPSILON, **kwargs):
         super().__init__(learning_rate, beta=beta, epsilon=epsilon, **kwargs)
 
+    # Bias corrections 1 − βᵗ are written `ops.one_minus_pow(β, t)`: the plain form loses ~1e-5
+    # relative accuracy in float32 (jax/tf) when βᵗ is near 1.
+
     def moments(self, g, s):
         """m ← β₁·m + (1−β₁)·g;  v ← β₂·v + (1−β₂)·g²."""
         b1, b2 = self.beta
@@ -51,7 +54,7 @@ class ADAM(_AdamFamily):
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.beta
         m, v = self.moments(g, s)
-        return lr * (m / (1 - b1**t)) / (ops.sqrt(v / (1 - b2**t)) + self.epsilon), {"m": m, "v": v}
+        return lr * (m / ops.one_minus_pow(b1, t)) / (ops.sqrt(v / ops.one_minus_pow(b2, t)) + self.epsilon), {"m": m, "v": v}
 
     def _torch_fused(self, xs, gs, slots, t, lr):
         b1, b2 = self.beta
@@ -85,10 +88,11 @@ class RADAM(_AdamFamily):
         b1, b2 = self.beta
         m, v = self.moments(g, s)
         rho_inf = 2 / (1 - b2) - 1
-        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        # 1 − β₂ᵗ via expm1: in float32 the plain form errs by ~0.03 in ρₜ near the ρₜ > 4 switch.
+        rho = rho_inf - 2 * t * b2**t / ops.one_minus_pow(b2, t)
         r = ops.sqrt(ops.maximum((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho), 0.0))
-        m_hat = m / (1 - b1**t)
-        rectified = r * lr * m_hat / (ops.sqrt(v / (1 - b2**t)) + self.epsilon)
+        m_hat = m / ops.one_minus_pow(b1, t)
+        rectified = r * lr * m_hat / (ops.sqrt(v / ops.one_minus_pow(b2, t)) + self.epsilon)
         return ops.where(rho > 4, rectified, lr * m_hat), {"m": m, "v": v}
 
 
@@ -116,7 +120,7 @@ class AdaMax(_AdamFamily):
         b1, b2 = self.beta
         m = b1 * s.m + (1 - b1) * g
         u = ops.maximum(b2 * s.u, ops.abs(g))
-        return lr / (1 - b1**t) * m / (u + self.epsilon), {"m": m, "u": u}
+        return lr / ops.one_minus_pow(b1, t) * m / (u + self.epsilon), {"m": m, "u": u}
 
 
 @_register
@@ -175,8 +179,8 @@ class NADAM(_AdamFamily):
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.beta
         m, v = self.moments(g, s)
-        numerator = b1 * m / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t)
-        return lr * numerator / (ops.sqrt(b2 * v / (1 - b2**t)) + self.epsilon), {"m": m, "v": v}
+        numerator = b1 * m / ops.one_minus_pow(b1, t + 1) + (1 - b1) * g / ops.one_minus_pow(b1, t)
+        return lr * numerator / (ops.sqrt(b2 * v / ops.one_minus_pow(b2, t)) + self.epsilon), {"m": m, "v": v}
 
 
 @_register
@@ -200,6 +204,7 @@ class ADAMW(Optimiser):
     """
 
     def __init__(self, learning_rate=0.001, beta=(0.9, 0.999), decay=0.0, epsilon=1e-8, **kwargs):
+        decay = check.nonnegative("decay", decay)
         super().__init__(ADAM(learning_rate, beta, epsilon), WeightDecay(decay), **kwargs)
 
     def _torch_fused(self, xs, gs, slots, t, lr):

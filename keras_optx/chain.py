@@ -2,7 +2,7 @@
 
 import keras
 
-from ._base import Rule, Transform, _adopt_rate, _scalar
+from ._base import Rule, Transform, _adopt_rate, _scalar, _track_once
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
@@ -59,7 +59,7 @@ class Optimiser(Rule):
             _adopt_rate(self, lead._learning_rate)
         for member in self._members:
             for v in member._rate_variables():
-                self._track_variable(v)
+                _track_once(self, v)
 
     @property
     def slots(self):

@@ -24,7 +24,6 @@ The rate is `lr` (torch) or `learning_rate` (Keras's name, used by `from_config`
 `optimizer.learning_rate` reads and sets it, so Keras callbacks and schedules work.
 """
 
-import math
 import numbers
 
 import keras
@@ -40,19 +39,6 @@ _LR = 1e-3  # torch's default rate; compared by identity to tell "lr not given"
 def _register(name):
     # "keras_optx>torch.Adam" stays distinct from the Flux rule "keras_optx>ADAM".
     return keras.saving.register_keras_serializable(package="keras_optx", name=f"torch.{name}")
-
-
-def _one_minus_power(beta, t):
-    """1 − βᵗ as −expm1(t·ln β): accurate in float32 where β ≈ 1 and t is small.
-
-    `1 − 0.999**t` in float32 loses 4 digits to cancellation (and to rounding β);
-    torch computes it in float64, so this keeps us within float32 tolerance of torch.
-    """
-    if beta == 0:
-        return 1.0
-    if isinstance(t, numbers.Number):
-        return -math.expm1(t * math.log(beta))
-    return -keras.ops.expm1(t * math.log(beta))
 
 
 class _TorchRule(Rule):
@@ -214,7 +200,7 @@ class _Adam(_TorchRule):
         if self.amsgrad:
             v = new["max_exp_avg_sq"] = ops.maximum(s.max_exp_avg_sq, v)
         # torch's order of operations: lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)
-        step = (lr / _one_minus_power(b1, t)) * m / (ops.sqrt(v) / ops.sqrt(_one_minus_power(b2, t)) + self.eps)
+        step = (lr / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) / ops.sqrt(ops.one_minus_pow(b2, t)) + self.eps)
         if wd and self._decoupled:
             step = step + (lr * wd) * x
         return step, new
