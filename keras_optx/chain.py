@@ -3,6 +3,10 @@
 import keras
 
 from ._base import Rule, Transform, _adopt_rate, _scalar, _track_once
+from ._tensors import _TORCH, Many
+
+if _TORCH:
+    import torch
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
@@ -66,13 +70,35 @@ class Optimiser(Rule):
         return {f"{i}_{name}": init for i, m in enumerate(self._members) for name, init in m.slots.items()}
 
     def _transform(self, g, x, state, t, step):
+        return self._fold(self._members, g, x, state, t, step)
+
+    @staticmethod
+    def _fold(members, g, x, state, t, step):
+        """Apply `members` (a prefix of the chain's) in order; slots are keyed `<position>_<name>`."""
         new_state = {}
-        for i, member in enumerate(self._members):
-            prefix = f"{i}_"
-            own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            g, updated = member._transform(g, x, own, t, step)
-            new_state.update({prefix + k: v for k, v in updated.items()})
+        for i, member in enumerate(members):
+            g, updated = member._transform(g, x, _own(state, i), t, step)
+            new_state.update({f"{i}_{k}": v for k, v in updated.items()})
         return g, new_state
+
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # torch: the members before the last run as foreach ops, then the last member's fused
+        # kernel (if it has one) applies the update, so a chain costs its transforms + one kernel.
+        *head, last = self._members
+        if not head or last._torch_fused is None:
+            return False
+        many = {k: Many(v) for k, v in slots.items()}
+        g, new_state = self._fold(head, Many(gs), Many(xs), many, t, t - 1)
+        for name, value in new_state.items():
+            torch._foreach_copy_(slots[name], value.items)
+        own = _own(slots, len(head))
+        if not last._torch_fused(xs, g.items, own, t, last._rate(t - 1)):
+            # The kernel declined; finish with the last member's formula (the head already ran).
+            delta, updated = last._transform(g, Many(xs), {k: Many(v) for k, v in own.items()}, t, t - 1)
+            for name, value in updated.items():
+                torch._foreach_copy_(own[name], value.items)
+            torch._foreach_sub_(xs, delta.items)
+        return True
 
     def _rate_variables(self):
         return [v for m in self._members for v in m._rate_variables()]
@@ -121,6 +147,12 @@ def _member(rule, position):
         f"Optimiser member {position} must be a keras_optx rule, transform, Optimiser or LearningRateSchedule; "
         f"received {rule!r} ({type(rule).__name__}).{hint}"
     )
+
+
+def _own(state, position):
+    """A member's slots out of its chain's, with the `<position>_` prefix removed."""
+    prefix = f"{position}_"
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _copy(rule):
