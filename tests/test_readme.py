@@ -19,3 +19,15 @@ def test_quickstart_runs_as_pasted(tmp_path):
     assert mse < 0.05  # y = Σx has variance ≈ 0.67 before training
     assert "Optimiser(ClipNorm(thresh=1.0), WeightDecay(wd=0.0001), ADAM(learning_rate=0.01" in result.stdout
     assert (tmp_path / "quickstart.keras").exists()
+
+
+def test_gradient_example_takes_a_descent_step():
+    code = re.search(r"## Gradients by hand.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    import keras
+    import numpy as np
+
+    import keras_optx as ox
+
+    scope = {"np": np, "keras": keras, "ox": ox}
+    exec(code.replace("opt.apply(", "before = float(keras.ops.convert_to_numpy(loss()))\nopt.apply("), scope)
+    assert float(keras.ops.convert_to_numpy(scope["loss"]())) < scope["before"]
