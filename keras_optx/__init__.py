@@ -10,6 +10,7 @@ from .adam import ADAM, ADAMW, NADAM, RADAM, AdaMax, AMSGrad
 from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
+from .guard import SkipNonFinite
 from .schedules import ExpDecay, InvDecay
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 
@@ -35,6 +36,7 @@ __all__ = [
     "RADAM",
     "RMSProp",
     "Rule",
+    "SkipNonFinite",
     "Transform",
     "WeightDecay",
     "checks",

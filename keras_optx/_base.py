@@ -249,10 +249,17 @@ class Transform(Rule):
     def _backend_update_step(self, grads, variables, learning_rate):
         if self.optimizer is None:
             return super()._backend_update_step(grads, variables, learning_rate)
+        replicas = 1
+        if _BACKEND == "tensorflow":
+            # Transform the dense gradient summed over replicas (a global norm of per-replica
+            # or IndexedSlices gradients is wrong); the wrapped optimizer sums over replicas
+            # again, so each replica hands it its 1/n share.
+            grads, variables = _tf_reduce_and_densify(self, grads, variables)
+            replicas = self._distribution_strategy.num_replicas_in_sync
         t, step = self._step_numbers()
         g = Many(keras.ops.convert_to_tensor(gi) for gi in grads)
         delta, _ = self._transform(g, Many(v.value for v in variables), {}, t, step)
-        self.optimizer.apply(delta.items, variables)
+        self.optimizer.apply([d / replicas for d in delta.items] if replicas > 1 else delta.items, variables)
 
     def get_config(self):
         config = super().get_config()
