@@ -13,6 +13,7 @@ from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .schedules import ExpDecay, InvDecay
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
+from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
 
 __version__ = "0.1.0"
 

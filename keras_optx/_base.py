@@ -141,8 +141,7 @@ class Rule(keras.optimizers.Optimizer):
         if _BACKEND == "tensorflow":
             grads, variables = _tf_reduce_and_densify(self, grads, variables)
         if _TORCH:
-            with torch.no_grad():
-                self._update(grads, variables)
+            _torch_update(self, grads, variables)
         else:
             self._update(grads, variables)
 
@@ -279,6 +278,16 @@ def _adopt_rate(optimizer, rate):
     if isinstance(own, keras.Variable):
         optimizer._untrack_variable(own)
     optimizer._learning_rate = rate
+
+
+if _TORCH:
+
+    @torch.compiler.disable
+    def _torch_update(optimizer, grads, variables):
+        # Under `jit_compile=True` (torch.compile) the step runs eagerly: it is foreach/fused
+        # kernels already, and dynamo cannot trace its Python-side step and rate logic.
+        with torch.no_grad():
+            optimizer._update(grads, variables)
 
 
 def _track_once(optimizer, variable):
