@@ -61,6 +61,9 @@ class Rule(keras.optimizers.Optimizer):
             return -v, {"velocity": v}
     ```
 
+    The design follows Optimisers.jl and optax: a rule is a gradient transformation
+    (Flux.jl, Innes 2018, arXiv:1811.01457).
+
     Every Keras optimizer keyword (`weight_decay`, `clipnorm`, `use_ema`,
     `gradient_accumulation_steps`, `loss_scale_factor`, `name`, …) is accepted.
     """
@@ -120,21 +123,7 @@ class Rule(keras.optimizers.Optimizer):
     def apply(self, grads, trainable_variables=None):
         # Keras zips grads with variables: an extra gradient or a wrong shape would be
         # dropped silently or fail half-way through the writes. Refuse before any write.
-        grads = list(grads)
-        if trainable_variables is not None:
-            trainable_variables = list(trainable_variables)
-            if len(grads) != len(trainable_variables):
-                raise ValueError(
-                    f"`grads` and `trainable_variables` must have the same length; received "
-                    f"{len(grads)} gradients for {len(trainable_variables)} variables."
-                )
-        targets = trainable_variables if trainable_variables is not None else getattr(self, "_trainable_variables", [])
-        for i, (g, v) in enumerate(zip(grads, targets)):
-            if g is not None and tuple(g.shape) != tuple(v.shape):
-                raise ValueError(
-                    f"Gradient {i} has shape {tuple(g.shape)} but its variable {_variable_path(v)} has shape "
-                    f"{tuple(v.shape)}; `grads` must follow the order of `trainable_variables`."
-                )
+        grads, trainable_variables = _checked_gradients(self, grads, trainable_variables)
         return super().apply(grads, trainable_variables)
 
     def _backend_update_step(self, grads, variables, learning_rate):
@@ -218,6 +207,19 @@ class Transform(Rule):
 
     It is a chain member, and also wraps any Keras optimizer: `ClipNorm(1.0,
     keras.optimizers.Adam())` transforms each gradient, then hands it to Adam.
+    Subclasses pass `optimizer` through and define `delta` (ignoring `lr`).
+
+    Example, a transform that flips the gradient's sign (signSGD's direction, Bernstein et al.
+    2018, arXiv:1802.04434):
+
+    ```python
+    class Sign(keras_optx.Transform):
+        def __init__(self, optimizer=None, **kwargs):
+            super().__init__(optimizer, **kwargs)
+
+        def delta(self, ops, g, x, s, t, lr):
+            return ops.sign(g), {}
+    ```
     """
 
     has_learning_rate = False
@@ -288,6 +290,26 @@ if _TORCH:
         # kernels already, and dynamo cannot trace its Python-side step and rate logic.
         with torch.no_grad():
             optimizer._update(grads, variables)
+
+
+def _checked_gradients(optimizer, grads, trainable_variables):
+    """`grads` and the variables as lists, refused (before any write) on a length or shape mismatch."""
+    grads = list(grads)
+    if trainable_variables is not None:
+        trainable_variables = list(trainable_variables)
+        if len(grads) != len(trainable_variables):
+            raise ValueError(
+                f"`grads` and `trainable_variables` must have the same length; received "
+                f"{len(grads)} gradients for {len(trainable_variables)} variables."
+            )
+    targets = trainable_variables if trainable_variables is not None else getattr(optimizer, "_trainable_variables", [])
+    for i, (g, v) in enumerate(zip(grads, targets)):
+        if g is not None and tuple(g.shape) != tuple(v.shape):
+            raise ValueError(
+                f"Gradient {i} has shape {tuple(g.shape)} but its variable {_variable_path(v)} has shape "
+                f"{tuple(v.shape)}; `grads` must follow the order of `trainable_variables`."
+            )
+    return grads, trainable_variables
 
 
 def _track_once(optimizer, variable):

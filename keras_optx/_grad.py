@@ -38,6 +38,8 @@ def value_and_gradient(loss_fn, variables):
     created inside `loss_fn`. On JAX, variable writes made inside `loss_fn` (BatchNorm
     statistics, dropout seed counters) are not kept; pass `training=False` or use
     `model.fit` when they matter.
+
+    Flux.jl's `withgradient` (Innes 2018, arXiv:1811.01457).
     """
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be a function of no arguments returning the loss; received {loss_fn!r}.")
@@ -56,6 +58,8 @@ def gradient(loss_fn, variables):
         >>> grads = keras_optx.gradient(lambda: loss(x, y), [W, b])
         >>> for v, g in zip([W, b], grads):
         ...     v.assign(v - 0.1 * g)        # x ← x − η·g, by hand
+
+    Flux.jl's `gradient` (Innes 2018, arXiv:1811.01457).
     """
     return value_and_gradient(loss_fn, variables)[1]
 

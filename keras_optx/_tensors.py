@@ -119,6 +119,17 @@ def _unary(name, many):
     return Many(fn(a) for a in many.items)
 
 
+def _symmetric(name, python_fn, x, y):
+    """A commutative elementwise op on any mix of `Many`, tensors and Python numbers."""
+    if isinstance(x, Many):
+        return _binary(name, x, y)
+    if isinstance(y, Many):
+        return _binary(name, y, x)
+    if isinstance(x, numbers.Number) and isinstance(y, numbers.Number):
+        return python_fn(x, y)
+    return getattr(keras.ops, name)(x, y)
+
+
 class _Ops:
     """The handful of functions a rule needs beyond arithmetic.
 
@@ -150,23 +161,11 @@ class _Ops:
 
     @staticmethod
     def maximum(x, y):
-        if isinstance(x, Many):
-            return _binary("maximum", x, y)
-        if isinstance(y, Many):
-            return _binary("maximum", y, x)
-        if isinstance(x, numbers.Number) and isinstance(y, numbers.Number):
-            return max(x, y)
-        return keras.ops.maximum(x, y)
+        return _symmetric("maximum", max, x, y)
 
     @staticmethod
     def minimum(x, y):
-        if isinstance(x, Many):
-            return _binary("minimum", x, y)
-        if isinstance(y, Many):
-            return _binary("minimum", y, x)
-        if isinstance(x, numbers.Number) and isinstance(y, numbers.Number):
-            return min(x, y)
-        return keras.ops.minimum(x, y)
+        return _symmetric("minimum", min, x, y)
 
     @staticmethod
     def clip(x, low, high):

@@ -47,7 +47,7 @@ class Optimiser(Rule):
         >>> opt[0], opt[1:], len(opt)     # members, a new chain of copies, 3
 
     A member belongs to one chain (it keeps that chain's state); reusing one raises.
-    Flux.jl `Optimiser`; optax `chain`.
+    Flux.jl `Optimiser` (Innes 2018, arXiv:1811.01457); optax `chain`.
     """
 
     has_learning_rate = False

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from ._base import _adopt_rate
+from ._base import _adopt_rate, _checked_gradients
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -63,7 +63,8 @@ class SkipNonFinite(keras.optimizers.Optimizer):
 
     Unlike `keras.optimizers.LossScaleOptimizer` (which also skips non-finite steps,
     but only as part of loss scaling), this changes no loss scale and works for
-    float32 training.
+    float32 training. The skip rule is the one dynamic loss scaling uses (Micikevicius et
+    al. 2018, arXiv:1710.03740), without the scaling.
     """
 
     def __init__(self, optimizer, name=None, **kwargs):
@@ -111,14 +112,8 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         self.optimizer.learning_rate = value
 
     def apply(self, grads, trainable_variables=None):
-        grads = list(grads)
+        grads, trainable_variables = _checked_gradients(self, grads, trainable_variables)
         if trainable_variables is not None:
-            trainable_variables = list(trainable_variables)
-            if len(grads) != len(trainable_variables):
-                raise ValueError(
-                    f"`grads` and `trainable_variables` must have the same length; received "
-                    f"{len(grads)} gradients for {len(trainable_variables)} variables."
-                )
             if not self.built:
                 with keras.name_scope(self.name, caller=self):
                     self.build(trainable_variables)

@@ -28,7 +28,8 @@ class ExpDecay(_Schedule):
         >>> opt = keras_optx.Optimiser(keras_optx.ExpDecay(0.1, 0.5, 100), keras_optx.Descent(1.0))
 
     Both give the same trajectory. Unlike `keras.optimizers.schedules.ExponentialDecay`
-    it counts updates from 1, decays in whole steps and never goes below `clip`.
+    it counts updates from 1, decays in whole steps and never goes below `clip`. Step decay as
+    in Krizhevsky, Sutskever & Hinton 2012; Flux.jl (Innes 2018, arXiv:1811.01457).
     """
 
     def __init__(self, learning_rate=0.001, decay=0.1, decay_step=1000, clip=1e-4, start=0):
@@ -64,6 +65,8 @@ class InvDecay(_Schedule):
         >>> opt = keras_optx.Momentum(keras_optx.InvDecay(0.01, learning_rate=0.1))   # the same
 
     Like `keras.optimizers.schedules.InverseTimeDecay(η, 1, γ)`, but counting updates from 1.
+    The 1/n-type rate of stochastic approximation: Robbins & Monro 1951; Flux.jl (Innes 2018,
+    arXiv:1811.01457).
     """
 
     def __init__(self, gamma=0.001, learning_rate=1.0):

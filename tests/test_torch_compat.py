@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import BACKEND
+from test_conformance import compiled_apply
 
 import keras_optx as ox
 from keras_optx.torch import SGD, Adam, AdamW
@@ -156,7 +157,7 @@ def _reference(name, kwargs, ref, x0, grads):
 def _trajectory(opt, x0, grads, compiled=False, lr_drop=None):
     variables = [keras.Variable(x) for x in x0]
     grads = [[keras.ops.convert_to_tensor(g) for g in gs] for gs in grads]
-    step = _compiled_step(opt, variables) if compiled else (lambda gs: opt.apply(gs, variables))
+    step = compiled_apply(opt, variables) if compiled else (lambda gs: opt.apply(gs, variables))
     out = []
     for i, gs in enumerate(grads):
         if lr_drop and i == lr_drop[0]:
@@ -164,26 +165,6 @@ def _trajectory(opt, x0, grads, compiled=False, lr_drop=None):
         step(gs)
         out.append([keras.ops.convert_to_numpy(v.value) for v in variables])
     return out
-
-
-def _compiled_step(opt, variables):
-    opt.build(variables)
-    if BACKEND == "jax":
-        import jax
-
-        apply = jax.jit(opt.stateless_apply)
-
-        def step(gs):
-            tv, ov = apply([v.value for v in opt.variables], gs, [v.value for v in variables])
-            for v, value in zip(variables, tv):
-                v.assign(value)
-            for v, value in zip(opt.variables, ov):
-                v.assign(value)
-
-        return step
-    import tensorflow as tf
-
-    return tf.function(lambda gs: opt.apply(gs, variables), jit_compile=True)
 
 
 def _assert_same(ours, reference, what="", rtol=RTOL, atol=ATOL):
