@@ -23,16 +23,29 @@ def _is_scalar_tensor(value):
 
 
 class Many:
-    """One tensor per variable, with elementwise arithmetic across all of them."""
+    """One tensor per variable, with elementwise arithmetic across all of them.
 
-    __slots__ = ("items",)
+    On torch a product with a Python number stays pending (`value = scale · tensors`), so
+    `a + s·b` is one `_foreach_add(a, b, alpha=s)` and `s₁·a + s₂·b` one new buffer plus an
+    in-place add into it: large CPU tensors pay mostly for fresh allocations. Reading `items`
+    applies a pending scale, so nothing downstream can see an unscaled value.
+    """
+
+    __slots__ = ("_items", "_scale")
     __array_priority__ = 1000  # make numpy scalars defer to our operators
 
-    def __init__(self, items):
-        self.items = list(items)
+    def __init__(self, items, scale=None):
+        self._items = list(items)
+        self._scale = scale
+
+    @property
+    def items(self):
+        if self._scale is not None:
+            self._items, self._scale = torch._foreach_mul(self._items, self._scale), None
+        return self._items
 
     def __len__(self):
-        return len(self.items)
+        return len(self._items)
 
     def __iter__(self):
         return iter(self.items)
@@ -68,7 +81,34 @@ class Many:
         return _binary("pow", self, exponent)
 
     def __neg__(self):
+        if _TORCH:
+            return self._scaled(-1.0)
         return _unary("neg", self)
+
+    def _scaled(self, factor):
+        return Many(self._items, factor if self._scale is None else self._scale * factor)
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _torch_lazy(name, many, other):
+    """The torch cases that fold a pending scale into the op; None when there is none."""
+    if name == "mul" and _is_number(other):
+        return many._scaled(float(other))
+    if name == "mul" and isinstance(other, Many) and (many._scale is not None or other._scale is not None):
+        scale = (many._scale or 1.0) * (other._scale or 1.0)
+        return Many(torch._foreach_mul(many._items, other._items), scale)
+    if name in ("add", "sub") and isinstance(other, Many):
+        alpha = 1.0 if other._scale is None else other._scale
+        alpha = -alpha if name == "sub" else alpha
+        if many._scale is None:
+            return Many(torch._foreach_add(many._items, other._items, alpha=alpha))
+        fresh = torch._foreach_mul(many._items, many._scale)  # a new buffer only this op holds
+        torch._foreach_add_(fresh, other._items, alpha=alpha)
+        return Many(fresh)
+    return None
 
 
 def _operand(other, like):
@@ -105,9 +145,12 @@ _KERAS_UNARY = {
 
 
 def _binary(name, many, other):
-    other = _operand(other, many)
     if _TORCH:
-        return Many(getattr(torch, f"_foreach_{name}")(many.items, other))
+        lazy = _torch_lazy(name, many, other)
+        if lazy is not None:
+            return lazy
+        return Many(getattr(torch, f"_foreach_{name}")(many.items, _operand(other, many)))
+    other = _operand(other, many)
     fn = _KERAS_BINARY[name]
     return Many(fn(a, b) for a, b in zip(many.items, other))
 

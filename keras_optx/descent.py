@@ -102,9 +102,10 @@ class Nesterov(Rule):
         super().__init__(learning_rate, rho=rho, **kwargs)
 
     def delta(self, ops, g, x, s, t, lr):
-        rho = self.rho
-        d = rho**2 * s.velocity - (1 + rho) * lr * g
-        v = rho * s.velocity - lr * g
+        v = self.rho * s.velocity - lr * g
+        # Flux's d = ρ²v − (1+ρ)ηg, written through the new v (= ρ·v_new − ηg): then Δ needs no
+        # old velocity, so XLA updates it in place instead of copying it first.
+        d = self.rho * v - lr * g
         return -d, {"velocity": v}
 
     def _torch_fused(self, xs, gs, slots, t, lr):

@@ -87,8 +87,9 @@ def test_fast_path_matches_formula(name):
         slots_fast, slots_slow = _slots(fast), _slots(slow)
         assert len(slots_fast) == len(slots_slow)
         for a, b in zip(slots_fast.values(), slots_slow.values()):
-            # Absolute tolerance on the slot's scale: an EMA near zero cancels catastrophically.
-            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * np.abs(b).max(), err_msg=f"{name} slots, step {step + 1}")
+            # Absolute tolerance on the scale of the terms summed (unit-scale gradients, so ≥ 0.1):
+            # an EMA that cancels to near zero keeps their rounding, not its own relative precision.
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * max(np.abs(b).max(), 0.1), err_msg=f"{name} slots, step {step + 1}")
     assert calls == [True] * STEPS, "the fast path did not run"
 
 
