@@ -54,7 +54,9 @@ class ADAM(_AdamFamily):
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.beta
         m, v = self.moments(g, s)
-        return lr * (m / ops.one_minus_pow(b1, t)) / (ops.sqrt(v / ops.one_minus_pow(b2, t)) + self.epsilon), {"m": m, "v": v}
+        # η·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ϵ), with the corrections as scalars: fewer per-element divisions.
+        step_size = lr / ops.one_minus_pow(b1, t)
+        return step_size * m / (ops.sqrt(v) * (1 / ops.sqrt(ops.one_minus_pow(b2, t))) + self.epsilon), {"m": m, "v": v}
 
     def _torch_fused(self, xs, gs, slots, t, lr):
         b1, b2 = self.beta
