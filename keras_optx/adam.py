@@ -47,8 +47,8 @@ class ADAM(_AdamFamily):
     Example:
         >>> opt = keras_optx.ADAM(0.001, (0.9, 0.8))
 
-    Equals `torch.optim.Adam`. `keras.optimizers.Adam` uses ϵ = 1e-7 and adds it to
-    √v before the √(1−β₂ᵗ) correction (ϵ̂ = ϵ·√(1−β₂ᵗ)). Kingma & Ba 2014, arXiv:1412.6980.
+    Equals `torch.optim.Adam`. `keras.optimizers.Adam` uses ϵ = 1e-7 and adds it to √v
+    before the bias correction: η·m̂/(√v̂ + ϵ/√(1−β₂ᵗ)). Kingma & Ba 2014, arXiv:1412.6980.
     """
 
     def delta(self, ops, g, x, s, t, lr):
