@@ -152,7 +152,7 @@ class Rule(keras.optimizers.Optimizer):
         t, step = self._step_numbers()
         delta, new_state = self._transform(g, x, state, t, step)
         writes = [(s, new) for name, vs in slots.items() for s, new in zip(vs, new_state[name].items)]
-        _write(self, writes, list(zip(variables, delta.items)))
+        _write(self, writes, variables, delta)
 
     def _step_numbers(self):
         """t = 1, 2, … and the 0-based step for schedules, both counting updates applied
@@ -367,15 +367,17 @@ def _scalar(value):
     return value
 
 
-def _write(optimizer, slot_writes, variable_deltas):
-    """Store new slot values and apply x ← x − Δ, the fastest correct way per backend."""
+def _write(optimizer, slot_writes, variables, delta):
+    """Store new slot values and apply x ← x − Δ (`delta` a `Many`), the fastest correct way per backend."""
     if _TORCH:
         if slot_writes:
             torch._foreach_copy_([s.value for s, _ in slot_writes], [new for _, new in slot_writes])
-        xs = [v.value for v, _ in variable_deltas]
-        deltas = [d if d.dtype == x.dtype else d.to(x.dtype) for x, (_, d) in zip(xs, variable_deltas)]
-        torch._foreach_sub_(xs, deltas)
+        xs = [v.value for v in variables]
+        deltas, scale = delta._items, delta._scale  # a pending scale goes into `alpha`: one pass
+        deltas = [d if d.dtype == x.dtype else d.to(x.dtype) for x, d in zip(xs, deltas)]
+        torch._foreach_add_(xs, deltas, alpha=-1.0 if scale is None else -scale)
         return
+    variable_deltas = list(zip(variables, delta.items))
     updates = [(s, new) for s, new in slot_writes]
     updates += [(v, keras.ops.cast(v.value - keras.ops.cast(d, v.dtype), v.dtype)) for v, d in variable_deltas]
     if _BACKEND == "tensorflow":

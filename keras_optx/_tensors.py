@@ -98,8 +98,14 @@ def _torch_lazy(name, many, other):
     if name == "mul" and _is_number(other):
         return many._scaled(float(other))
     if name == "mul" and isinstance(other, Many) and (many._scale is not None or other._scale is not None):
-        scale = (many._scale or 1.0) * (other._scale or 1.0)
+        scale = (1.0 if many._scale is None else many._scale) * (1.0 if other._scale is None else other._scale)
         return Many(torch._foreach_mul(many._items, other._items), scale)
+    if name in ("add", "sub") and _is_number(other) and many._scale is not None:
+        fresh = torch._foreach_mul(many._items, many._scale)  # a new buffer only this op holds
+        torch._foreach_add_(fresh, float(other) if name == "add" else -float(other))
+        return Many(fresh)
+    if name == "div" and isinstance(other, Many) and many._scale is not None and other._scale is None:
+        return Many(torch._foreach_div(many._items, other._items), many._scale)
     if name in ("add", "sub") and isinstance(other, Many):
         alpha = 1.0 if other._scale is None else other._scale
         alpha = -alpha if name == "sub" else alpha

@@ -93,9 +93,9 @@ class RADAM(_AdamFamily):
         # 1 − β₂ᵗ via expm1: in float32 the plain form errs by ~0.03 in ρₜ near the ρₜ > 4 switch.
         rho = rho_inf - 2 * t * b2**t / ops.one_minus_pow(b2, t)
         r = ops.sqrt(ops.maximum((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho), 0.0))
-        m_hat = m / ops.one_minus_pow(b1, t)
-        rectified = r * lr * m_hat / (ops.sqrt(v / ops.one_minus_pow(b2, t)) + self.epsilon)
-        return ops.where(rho > 4, rectified, lr * m_hat), {"m": m, "v": v}
+        rate = lr / ops.one_minus_pow(b1, t)  # η·m̂ = rate·m: the corrections stay scalars
+        rectified = (r * rate) * m / (ops.sqrt(v) * (1 / ops.sqrt(ops.one_minus_pow(b2, t))) + self.epsilon)
+        return ops.where(rho > 4, rectified, rate * m), {"m": m, "v": v}
 
 
 @_register
@@ -181,8 +181,9 @@ class NADAM(_AdamFamily):
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.beta
         m, v = self.moments(g, s)
-        numerator = b1 * m / ops.one_minus_pow(b1, t + 1) + (1 - b1) * g / ops.one_minus_pow(b1, t)
-        return lr * numerator / (ops.sqrt(b2 * v / ops.one_minus_pow(b2, t)) + self.epsilon), {"m": m, "v": v}
+        # η(β₁m/(1−β₁ᵗ⁺¹) + (1−β₁)g/(1−β₁ᵗ)) / (√(β₂v/(1−β₂ᵗ)) + ϵ), corrections folded into scalars.
+        numerator = (lr * b1 / ops.one_minus_pow(b1, t + 1)) * m + (lr * (1 - b1) / ops.one_minus_pow(b1, t)) * g
+        return numerator / (ops.sqrt(v) * ops.sqrt(b2 / ops.one_minus_pow(b2, t)) + self.epsilon), {"m": m, "v": v}
 
 
 @_register
