@@ -129,13 +129,13 @@ class Rule(keras.optimizers.Optimizer):
     def _backend_update_step(self, grads, variables, learning_rate):
         if _BACKEND == "tensorflow":
             grads, variables = _tf_reduce_and_densify(self, grads, variables)
+        grads = [g if keras.ops.is_tensor(g) else keras.ops.convert_to_tensor(g) for g in grads]
         if _TORCH:
             _torch_update(self, grads, variables)
         else:
             self._update(grads, variables)
 
     def _update(self, grads, variables):
-        grads = [g if keras.ops.is_tensor(g) else keras.ops.convert_to_tensor(g) for g in grads]
         index = [self._get_variable_index(v) for v in variables]
         slots = {name: [vs[i] for i in index] for name, vs in self._slot_variables.items()}
         if _TORCH and self._torch_fused is not None:
@@ -247,19 +247,15 @@ class Transform(Rule):
             for v in self.optimizer.variables:
                 _track_once(self, v)
 
-    def _backend_update_step(self, grads, variables, learning_rate):
+    def _update(self, grads, variables):
         if self.optimizer is None:
-            return super()._backend_update_step(grads, variables, learning_rate)
-        replicas = 1
-        if _BACKEND == "tensorflow":
-            # Transform the dense gradient summed over replicas (a global norm of per-replica
-            # or IndexedSlices gradients is wrong); the wrapped optimizer sums over replicas
-            # again, so each replica hands it its 1/n share.
-            grads, variables = _tf_reduce_and_densify(self, grads, variables)
-            replicas = self._distribution_strategy.num_replicas_in_sync
+            return super()._update(grads, variables)
         t, step = self._step_numbers()
-        g = Many(keras.ops.convert_to_tensor(gi) for gi in grads)
-        delta, _ = self._transform(g, Many(v.value for v in variables), {}, t, step)
+        delta, _ = self._transform(Many(grads), Many(v.value for v in variables), {}, t, step)
+        # On TensorFlow the base handed us the dense gradient summed over replicas (a norm of
+        # per-replica or IndexedSlices gradients is wrong); the wrapped optimizer sums over
+        # replicas again, so each replica passes its 1/n share.
+        replicas = self._distribution_strategy.num_replicas_in_sync if _BACKEND == "tensorflow" else 1
         self.optimizer.apply([d / replicas for d in delta.items] if replicas > 1 else delta.items, variables)
 
     def get_config(self):
