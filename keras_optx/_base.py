@@ -8,6 +8,7 @@ config and serialization.
 """
 
 import copy
+import functools
 import weakref
 
 import keras
@@ -72,8 +73,9 @@ class Rule(keras.optimizers.Optimizer):
     slots = {}
     has_learning_rate = True
     # Optional torch fast path `_torch_fused(xs, gs, slots, t, lr) -> bool` (True when it
-    # applied the update). Used only when the rule is the optimizer itself (a chain member
-    # never runs `_update`) and every variable is float32/float64 with a matching gradient.
+    # applied the update). Used only when the rule is the optimizer itself or a chain's last
+    # member, every variable is float32/float64 with a matching gradient, and no subclass
+    # redefined the formula below the hook (see `_fast_path`).
     _torch_fused = None
 
     def __init__(self, learning_rate=1.0, **kwargs):
@@ -138,12 +140,13 @@ class Rule(keras.optimizers.Optimizer):
     def _update(self, grads, variables):
         index = [self._get_variable_index(v) for v in variables]
         slots = {name: [vs[i] for i in index] for name, vs in self._slot_variables.items()}
-        if _TORCH and self._torch_fused is not None:
+        fused = _fast_path(self, "_torch_fused") if _TORCH else None
+        if fused is not None:
             # A torch fused kernel that computes this very rule (tested against `delta`).
             xs = [v.value for v in variables]  # `.value` costs microseconds: read it once
             if _fusable(grads, xs):
                 t, step = self._step_numbers()
-                if self._torch_fused(xs, list(grads), {n: [s.value for s in vs] for n, vs in slots.items()}, t, self._rate(step)):
+                if fused(xs, list(grads), {n: [s.value for s in vs] for n, vs in slots.items()}, t, self._rate(step)):
                     return
         dtypes = [_state_dtype(v.dtype) for v in variables]
         g = Many(_cast(gi, dt) for gi, dt in zip(grads, dtypes))
@@ -324,6 +327,25 @@ def _state_dtype(dtype):
     return "float32" if dtype in _LOW_PRECISION else dtype
 
 
+def _fast_path(rule, name):
+    """`rule`'s torch fast path `name`, or None where a subclass redefines the formula
+    (`delta`, `_transform` or ADAM's `moments`) below the class that wrote the hook: the hook computes its
+    own class's formula, not the subclass's."""
+    if name in vars(rule):  # set on the instance (tests swap hooks this way)
+        return vars(rule)[name]
+    return getattr(rule, name) if _hook_is_current(type(rule), name) else None
+
+
+@functools.cache
+def _hook_is_current(cls, name):
+    mro = cls.__mro__
+    owner = next((i for i, c in enumerate(mro) if name in vars(c)), None)
+    if owner is None or vars(mro[owner])[name] is None:
+        return False
+    formula = min(next((i for i, c in enumerate(mro) if f in vars(c)), len(mro)) for f in ("delta", "_transform", "moments"))
+    return owner <= formula
+
+
 def _fusable(grads, xs):
     """Whether torch fused kernels may run on variable values `xs`: float32/64 (no float16
     casting), dense contiguous gradients of the same dtype, one device, not under torch.compile."""
@@ -348,6 +370,44 @@ def _fusable(grads, xs):
 def _step_tensors(t, xs):
     """The per-variable step counts torch's fused kernels read (one shared float tensor)."""
     return [torch.tensor(float(t), dtype=torch.float32, device=xs[0].device)] * len(xs)
+
+
+def _scratch(owner, xs, count=1):
+    """`count` buffer lists shaped like `xs`, kept by `owner` between steps.
+
+    Torch fast paths write their temporaries here: on CPU a fresh large buffer costs page
+    faults on every step, often more than the arithmetic. Uninitialised; callers overwrite."""
+    buffers = getattr(owner, "_torch_scratch", [])
+    if len(buffers) < count or not _like(buffers[0], xs):
+        buffers = owner._torch_scratch = [[torch.empty_like(x) for x in xs] for _ in range(count)]
+    return buffers[:count]
+
+
+def _like(buffers, xs):
+    return len(buffers) == len(xs) and all(
+        b.shape == x.shape and b.dtype == x.dtype and b.device == x.device for b, x in zip(buffers, xs)
+    )
+
+
+def _into(outs, name, tensors, *args, **kwargs):
+    """outs ← torch.<name>(tensors, *args, **kwargs) elementwise, with no fresh tensors.
+
+    An argument that is a list (or tuple) is taken per tensor (`_into(out, "add", g, xs, alpha=λ)`);
+    `outs` may be `tensors` itself. Large tensors: one `out=` call each. Many small ones: a
+    foreach copy and the foreach in-place op (a pass over little memory costs less than a
+    Python call per tensor)."""
+    if sum(t.numel() for t in tensors) >= _LARGE * len(tensors):
+        fn = getattr(torch, name)
+        for i, (out, tensor) in enumerate(zip(outs, tensors)):
+            fn(tensor, *(a[i] if isinstance(a, (list, tuple)) else a for a in args), out=out, **kwargs)
+    else:
+        if outs is not tensors:
+            torch._foreach_copy_(outs, tensors)
+        getattr(torch, f"_foreach_{name}_")(outs, *args, **kwargs)
+    return outs
+
+
+_LARGE = 1 << 15  # elements per tensor from which a Python call costs less than a pass
 
 
 def _cast(tensor, dtype):

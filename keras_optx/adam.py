@@ -1,9 +1,11 @@
 """The ADAM family (Flux's ADAM, RADAM, AdaMax, AMSGrad, NADAM, ADAMW)."""
 
+import math
+
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule, _step_tensors
+from ._base import EPSILON, Rule, _into, _scratch, _step_tensors
 from ._tensors import _TORCH
 from .adaptive import _StartsAtEpsilon
 from .chain import Optimiser
@@ -31,6 +33,19 @@ class _AdamFamily(Rule):
         """m ← β₁·m + (1−β₁)·g;  v ← β₂·v + (1−β₂)·g²."""
         b1, b2 = self.beta
         return b1 * s.m + (1 - b1) * g, b2 * s.v + (1 - b2) * g**2
+
+
+def _one_minus_pow(base, t):
+    """1 − baseᵗ in Python floats (torch's step count is a Python int), accurate near 1."""
+    return -math.expm1(t * math.log(base)) if base > 0 else 1.0
+
+
+def _torch_moments(rule, gs, slots):
+    """ADAM's m ← β₁·m + (1−β₁)·g and v ← β₂·v + (1−β₂)·g², in place on the slots (torch)."""
+    b1, b2 = rule.beta
+    torch._foreach_lerp_(slots["m"], gs, 1 - b1)
+    torch._foreach_mul_(slots["v"], b2)
+    torch._foreach_addcmul_(slots["v"], gs, gs, value=1 - b2)
 
 
 @_register
@@ -97,6 +112,19 @@ class RADAM(_AdamFamily):
         rectified = (r * rate) * m / (ops.sqrt(v) * (1 / ops.sqrt(ops.one_minus_pow(b2, t))) + self.epsilon)
         return ops.where(rho > 4, rectified, rate * m), {"m": m, "v": v}
 
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # Rectified, RADAM is ADAM at rate r·η: torch's fused Adam. Before that (ρₜ ≤ 4, the
+        # first few steps) the moments update in place and Δ = η·m̂.
+        b1, b2 = self.beta
+        rho_inf = 2 / (1 - b2) - 1
+        rho = rho_inf - 2 * t * b2**t / _one_minus_pow(b2, t)
+        if rho > 4:
+            r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            return ADAM._torch_fused(self, xs, gs, slots, t, r * lr)
+        _torch_moments(self, gs, slots)
+        torch._foreach_add_(xs, slots["m"], alpha=-lr / _one_minus_pow(b1, t))
+        return True
+
 
 @_register
 class AdaMax(_AdamFamily):
@@ -123,6 +151,18 @@ class AdaMax(_AdamFamily):
         m = b1 * s.m + (1 - b1) * g
         u = ops.maximum(b2 * s.u, ops.abs(g))
         return lr / ops.one_minus_pow(b1, t) * m / (u + self.epsilon), {"m": m, "u": u}
+
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # The formula as in-place foreach ops on the slots and one kept buffer: no fresh tensors.
+        b1, b2 = self.beta
+        m, u = slots["m"], slots["u"]
+        (buffer,) = _scratch(self, xs)
+        torch._foreach_lerp_(m, gs, 1 - b1)  # β₁·m + (1−β₁)·g
+        torch._foreach_mul_(u, b2)
+        torch._foreach_maximum_(u, _into(buffer, "abs", gs))
+        _into(buffer, "add", u, self.epsilon)
+        torch._foreach_addcdiv_(xs, m, buffer, value=-lr / _one_minus_pow(b1, t))
+        return True
 
 
 @_register
@@ -184,6 +224,20 @@ class NADAM(_AdamFamily):
         # η(β₁m/(1−β₁ᵗ⁺¹) + (1−β₁)g/(1−β₁ᵗ)) / (√(β₂v/(1−β₂ᵗ)) + ϵ), corrections folded into scalars.
         numerator = (lr * b1 / ops.one_minus_pow(b1, t + 1)) * m + (lr * (1 - b1) / ops.one_minus_pow(b1, t)) * g
         return numerator / (ops.sqrt(v) * ops.sqrt(b2 / ops.one_minus_pow(b2, t)) + self.epsilon), {"m": m, "v": v}
+
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # In place on the slots and one kept buffer: √v·k + ϵ = k·(√v + ϵ/k), k = √(β₂/(1−β₂ᵗ)),
+        # so x ← x − (c₁·m + c₂·g)/(k·(√v + ϵ/k)) is two addcdiv passes.
+        b1, b2 = self.beta
+        if b2 == 0:  # k = 0: Δ = numerator/ϵ; the formula handles it
+            return False
+        k = math.sqrt(b2 / _one_minus_pow(b2, t))
+        _torch_moments(self, gs, slots)
+        (denominator,) = _scratch(self, xs)
+        torch._foreach_add_(_into(denominator, "sqrt", slots["v"]), self.epsilon / k)
+        torch._foreach_addcdiv_(xs, slots["m"], denominator, value=-lr * b1 / _one_minus_pow(b1, t + 1) / k)
+        torch._foreach_addcdiv_(xs, gs, denominator, value=-lr * (1 - b1) / _one_minus_pow(b1, t) / k)
+        return True
 
 
 @_register

@@ -3,7 +3,7 @@
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule, _step_tensors
+from ._base import EPSILON, Rule, _into, _scratch, _step_tensors
 from ._tensors import _TORCH
 
 if _TORCH:
@@ -131,3 +131,19 @@ class ADADelta(Rule):
         step = g * ops.sqrt(s.acc_delta + eps) / ops.sqrt(a + eps)
         d = rho * s.acc_delta + (1 - rho) * step**2
         return lr * step, {"acc": a, "acc_delta": d}
+
+    def _torch_fused(self, xs, gs, slots, t, lr):
+        # The formula in place on the slots and two kept buffers (no fresh tensors);
+        # √(d+ϵ)/√(a+ϵ) is taken as √((d+ϵ)/(a+ϵ)): one square root instead of two.
+        rho, eps = self.rho, self.epsilon
+        a, d = slots["acc"], slots["acc_delta"]
+        step, denominator = _scratch(self, xs, 2)
+        torch._foreach_mul_(a, rho)
+        torch._foreach_addcmul_(a, gs, gs, value=1 - rho)
+        torch._foreach_div_(_into(step, "add", d, eps), _into(denominator, "add", a, eps))
+        torch._foreach_sqrt_(step)
+        torch._foreach_mul_(step, gs)
+        torch._foreach_mul_(d, rho)
+        torch._foreach_addcmul_(d, step, step, value=1 - rho)
+        torch._foreach_add_(xs, step, alpha=-lr)
+        return True

@@ -2,7 +2,7 @@
 
 import keras
 
-from ._base import Rule, Transform, _adopt_rate, _scalar, _track_once
+from ._base import Rule, Transform, _adopt_rate, _fast_path, _into, _scalar, _scratch, _track_once
 from ._tensors import _TORCH, Many
 
 if _TORCH:
@@ -23,6 +23,9 @@ class _Scaled(Rule):
 
     def _transform(self, g, x, state, t, step):
         return g * _scalar(self.schedule(step)), {}
+
+    def _torch_into(self, out, g, xs, t, step):
+        _into(out, "mul", g, float(self.schedule(step)))
 
 
 @_register
@@ -85,14 +88,25 @@ class Optimiser(Rule):
         # torch: the members before the last run as foreach ops, then the last member's fused
         # kernel (if it has one) applies the update, so a chain costs its transforms + one kernel.
         *head, last = self._members
-        if not head or last._torch_fused is None:
+        fused = _fast_path(last, "_torch_fused")
+        if not head or fused is None:
             return False
-        many = {k: Many(v) for k, v in slots.items()}
-        g, new_state = self._fold(head, Many(gs), Many(xs), many, t, t - 1)
-        for name, value in new_state.items():
-            torch._foreach_copy_(slots[name], value.items)
+        into = [_fast_path(member, "_torch_into") for member in head]
+        if all(into):
+            # Transforms only: each writes into one kept buffer (no fresh tensors, gs untouched).
+            (g,) = _scratch(self, xs)
+            source = gs
+            for write in into:
+                write(g, source, xs, t, t - 1)
+                source = g
+            g = Many(g)
+        else:
+            many = {k: Many(v) for k, v in slots.items()}
+            g, new_state = self._fold(head, Many(gs), Many(xs), many, t, t - 1)
+            for name, value in new_state.items():
+                torch._foreach_copy_(slots[name], value.items)
         own = _own(slots, len(head))
-        if not last._torch_fused(xs, g.items, own, t, last._rate(t - 1)):
+        if not fused(xs, g.items, own, t, last._rate(t - 1)):
             # The kernel declined; finish with the last member's formula (the head already ran).
             delta, updated = last._transform(g, Many(xs), {k: Many(v) for k, v in own.items()}, t, t - 1)
             for name, value in updated.items():

@@ -3,12 +3,20 @@
 Each is a chain member (`Optimiser(ClipNorm(1.0), ADAM())`) and also wraps any Keras
 optimizer, built-ins included (`ClipNorm(1.0, keras.optimizers.Adam())`): the gradient
 is transformed, then handed to the wrapped optimizer.
+
+On torch each also has `_torch_into(out, g, xs, t, step)`: its Δ written into a kept
+buffer, so a chain of transforms before a fused rule allocates nothing (tested to equal
+`delta`).
 """
 
 import keras
 
 from . import _checks as check
-from ._base import Transform
+from ._base import Transform, _into
+from ._tensors import _TORCH
+
+if _TORCH:
+    import torch
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -41,6 +49,9 @@ class WeightDecay(Transform):
     def delta(self, ops, g, x, s, t, lr):
         return g + self.wd * x, {}
 
+    def _torch_into(self, out, g, xs, t, step):
+        _into(out, "add", g, xs, alpha=self.wd)
+
 
 @_register
 class ClipValue(Transform):
@@ -64,6 +75,9 @@ class ClipValue(Transform):
 
     def delta(self, ops, g, x, s, t, lr):
         return ops.clip(g, -self.thresh, self.thresh), {}
+
+    def _torch_into(self, out, g, xs, t, step):
+        _into(_into(out, "clamp_min", g, -self.thresh), "clamp_max", out, self.thresh)
 
 
 @_register
@@ -92,6 +106,12 @@ class ClipNorm(Transform):
     def delta(self, ops, g, x, s, t, lr):
         return g * (self.thresh / ops.maximum(ops.norm(g), self.thresh)), {}
 
+    def _torch_into(self, out, g, xs, t, step):
+        scales = torch._foreach_norm(g)
+        torch._foreach_clamp_min_(scales, self.thresh)
+        torch._foreach_reciprocal_(scales)
+        _into(out, "mul", g, torch._foreach_mul(scales, self.thresh))
+
 
 @_register
 class ClipGlobalNorm(Transform):
@@ -117,3 +137,7 @@ class ClipGlobalNorm(Transform):
 
     def delta(self, ops, g, x, s, t, lr):
         return g * (self.thresh / ops.maximum(ops.global_norm(g), self.thresh)), {}
+
+    def _torch_into(self, out, g, xs, t, step):
+        norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(g)]))
+        _into(out, "mul", g, self.thresh / torch.clamp_min(norm, self.thresh))

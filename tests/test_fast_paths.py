@@ -27,22 +27,29 @@ FAST = {
     "ADAM": lambda: ox.ADAM(0.003, (0.85, 0.99)),
     "AMSGrad": lambda: ox.AMSGrad(0.003, (0.85, 0.99)),
     "ADAMW": lambda: ox.ADAMW(0.003, (0.85, 0.99), 0.01),
+    # In-place foreach paths (no torch kernel): the slots and kept buffers are updated in place.
+    "AdaMax": lambda: ox.AdaMax(0.003, (0.85, 0.99)),
+    "ADADelta": lambda: ox.ADADelta(0.85, 1e-6, learning_rate=0.5),
+    "NADAM": lambda: ox.NADAM(0.003, (0.85, 0.99)),
+    # β₂ = 0.9: ρₜ > 4 from t = 5, so the run covers both of RADAM's branches.
+    "RADAM": lambda: ox.RADAM(0.003, (0.85, 0.9)),
     # Chains: the transforms fold as foreach ops, the last member's kernel applies the update.
     "ClipNorm>WeightDecay>ADAM": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-2), ox.ADAM(0.003, (0.85, 0.99))),
     "ExpDecay>Momentum": lambda: ox.Optimiser(ox.ExpDecay(1.0, 0.5, 4, 0.1), ox.Momentum(0.02, 0.8)),
     "AdaMax>WeightDecay>Momentum(ρ=0)": lambda: ox.Optimiser(ox.AdaMax(0.01), ox.WeightDecay(1e-2), ox.Momentum(0.5, 0.0)),
+    "ClipGlobalNorm>RMSProp": lambda: ox.Optimiser(ox.ClipGlobalNorm(2.0), ox.RMSProp(0.003, 0.85)),
     "ClipValue>(WeightDecay>Nesterov)": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.Optimiser(ox.WeightDecay(1e-2), ox.Nesterov(0.02, 0.85))),
 }
 # The learning rate changes every step where the slot carries η (Flux's velocity).
-VARYING_RATE = {"Momentum", "Nesterov", "Descent", "ADAM", "ADAMW", "ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"}
+VARYING_RATE = {"Momentum", "Nesterov", "Descent", "ADAM", "ADAMW", "AdaMax", "ADADelta", "NADAM", "RADAM", "ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"}
 
 torch_only = pytest.mark.skipif(
     BACKEND != "torch", reason="torch fused kernels exist only on torch; jax/tf run `delta` under XLA/tf.function"
 )
 
 
-def _variables(rng, dtype="float32"):
-    return [keras.Variable(rng.normal(size=s).astype("float32"), dtype=dtype) for s in SHAPES]
+def _variables(rng, dtype="float32", shapes=SHAPES):
+    return [keras.Variable(rng.normal(size=s).astype("float32"), dtype=dtype) for s in shapes]
 
 
 def _generic(opt):
@@ -70,12 +77,28 @@ def _slots(opt):
 @torch_only
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_fast_path_matches_formula(name):
+    _compare_fast_and_generic(name, SHAPES, STEPS)
+
+
+# Tensors of ≥ 32768 elements take the per-tensor `out=` branch of the in-place helpers
+# (`_into`); the small shapes above take the foreach copy-then-in-place branch.
+LARGE_SHAPES = [(300, 200), (70001,)]
+
+
+@torch_only
+@pytest.mark.parametrize("name", ["AdaMax", "ADADelta", "NADAM", "RADAM", "ClipNorm>WeightDecay>ADAM",
+                                  "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp", "ExpDecay>Momentum"])
+def test_fast_path_matches_formula_on_large_tensors(name):
+    _compare_fast_and_generic(name, LARGE_SHAPES, 6)
+
+
+def _compare_fast_and_generic(name, shapes, steps):
     rng = np.random.default_rng(1)
     fast, calls = _counting(FAST[name]())
     slow = _generic(FAST[name]())
-    xs_fast, xs_slow = _variables(rng), _variables(np.random.default_rng(1))
-    for step in range(STEPS):
-        grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+    xs_fast, xs_slow = _variables(rng, shapes=shapes), _variables(np.random.default_rng(1), shapes=shapes)
+    for step in range(steps):
+        grads = [rng.normal(size=s).astype("float32") for s in shapes]
         if name in VARYING_RATE:
             rate = 0.01 * (1 + step % 5)
             fast.learning_rate = rate
@@ -90,7 +113,33 @@ def test_fast_path_matches_formula(name):
             # Absolute tolerance on the scale of the terms summed (unit-scale gradients, so ≥ 0.1):
             # an EMA that cancels to near zero keeps their rounding, not its own relative precision.
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * max(np.abs(b).max(), 0.1), err_msg=f"{name} slots, step {step + 1}")
-    assert calls == [True] * STEPS, "the fast path did not run"
+    assert calls == [True] * steps, "the fast path did not run"
+
+
+@torch_only
+def test_subclass_that_redefines_the_formula_runs_its_own_formula():
+    # A hook computes its own class's formula; a subclass's new `delta` must not be bypassed.
+    class HalfADAM(ox.ADAM):
+        def delta(self, ops, g, x, s, t, lr):
+            step, slots = super().delta(ops, g, x, s, t, lr)
+            return 0.5 * step, slots
+
+    class DoubleDecay(ox.WeightDecay):
+        def delta(self, ops, g, x, s, t, lr):
+            return g + 2 * self.wd * x, {}
+
+    def moved(make):
+        xs = _variables(np.random.default_rng(4))
+        before = [keras.ops.convert_to_numpy(x).copy() for x in xs]
+        grads = [keras.ops.convert_to_tensor(np.random.default_rng(5).normal(size=s).astype("float32")) for s in SHAPES]
+        make().apply(grads, xs)
+        return [b - keras.ops.convert_to_numpy(x) for b, x in zip(before, xs)]
+
+    for half, full in zip(moved(lambda: HalfADAM(0.01)), moved(lambda: ox.ADAM(0.01))):
+        np.testing.assert_allclose(half, 0.5 * full, rtol=1e-5, atol=3e-7)  # x − x′ rounds at x's ulp
+    for ours, expected in zip(moved(lambda: ox.Optimiser(DoubleDecay(0.1), ox.Descent(0.1))),
+                              moved(lambda: ox.Optimiser(ox.WeightDecay(0.2), ox.Descent(0.1)))):
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=3e-7)
 
 
 @torch_only
