@@ -69,9 +69,10 @@ class ADAM(_AdamFamily):
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.beta
         m, v = self.moments(g, s)
-        # η·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ϵ), with the corrections as scalars: fewer per-element divisions.
-        step_size = lr / ops.one_minus_pow(b1, t)
-        return step_size * m / (ops.sqrt(v) * (1 / ops.sqrt(ops.one_minus_pow(b2, t))) + self.epsilon), {"m": m, "v": v}
+        # η·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ϵ) = η·c/(1−β₁ᵗ) · m/(√v + ϵ·c) with c = √(1−β₂ᵗ):
+        # the corrections as scalars, the fewest per-element operations.
+        c = ops.sqrt(ops.one_minus_pow(b2, t))
+        return (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.epsilon * c), {"m": m, "v": v}
 
     def _torch_fused(self, xs, gs, slots, t, lr):
         b1, b2 = self.beta
@@ -140,7 +141,8 @@ class AdaMax(_AdamFamily):
     Example:
         >>> opt = keras_optx.AdaMax(0.001, (0.9, 0.995))
 
-    Equals `torch.optim.Adamax`; `keras.optimizers.Adamax` uses ϵ = 1e-7.
+    `torch.optim.Adamax` puts ϵ inside the maximum, u ← max(β₂·u, |g| + ϵ) (a difference of
+    order (1−β₂)·ϵ); `keras.optimizers.Adamax` uses ϵ = 1e-7.
     Kingma & Ba 2014, §7.1.
     """
 
