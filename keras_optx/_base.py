@@ -9,6 +9,8 @@ config and serialization.
 
 import copy
 import functools
+import itertools
+import operator
 import weakref
 
 import keras
@@ -19,9 +21,19 @@ from ._tensors import Many, _TORCH, ops
 if _TORCH:
     import torch
 
+    try:  # Keras internals that `_values` needs to skip `.value`'s per-variable checks safely
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+        from keras.src.backend.common.variables import get_autocast_scope
+        from keras.src.backend.torch.core import Variable as _TorchVariable
+        from keras.src.backend.torch.core import get_device as _torch_device
+    except ImportError:  # another Keras layout: `_values` reads `.value`
+        _TorchVariable = None
+
 _BACKEND = keras.backend.backend()
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 _LOW_PRECISION = ("float16", "bfloat16")
+_FUSED_DTYPES = (torch.float32, torch.float64) if _TORCH else ()
+_TORCH_VALUE = _TorchVariable.value if _TORCH and _TorchVariable is not None else None  # what `_values` inlines
 EPSILON = 1e-8
 
 
@@ -131,22 +143,32 @@ class Rule(keras.optimizers.Optimizer):
     def _backend_update_step(self, grads, variables, learning_rate):
         if _BACKEND == "tensorflow":
             grads, variables = _tf_reduce_and_densify(self, grads, variables)
-        grads = [g if keras.ops.is_tensor(g) else keras.ops.convert_to_tensor(g) for g in grads]
         if _TORCH:
+            # `isinstance` is what keras.ops.is_tensor tests on torch, without two calls per gradient.
+            grads = [g if isinstance(g, torch.Tensor) else keras.ops.convert_to_tensor(g) for g in grads]
             _torch_update(self, grads, variables)
         else:
+            grads = [g if keras.ops.is_tensor(g) else keras.ops.convert_to_tensor(g) for g in grads]
             self._update(grads, variables)
 
+    def _check_variables_are_known(self, variables):
+        # Keras looks up every variable's id on every step; the list is nearly always the one
+        # it checked last time. The cache holds those variables, so their ids stay theirs.
+        cache = self.__dict__.get("_known_cache")
+        if cache is not None and cache.source is self._trainable_variables_indices and _same(cache.variables, variables):
+            return
+        super()._check_variables_are_known(variables)
+        _set_cache(self, "_known_cache", source=self._trainable_variables_indices, variables=list(variables))
+
     def _update(self, grads, variables):
-        index = [self._get_variable_index(v) for v in variables]
-        slots = {name: [vs[i] for i in index] for name, vs in self._slot_variables.items()}
+        slots = self._slot_lists(variables)
         fused = _fast_path(self, "_torch_fused") if _TORCH else None
         if fused is not None:
             # A torch fused kernel that computes this very rule (tested against `delta`).
-            xs = [v.value for v in variables]  # `.value` costs microseconds: read it once
+            xs = _values(variables)
             if _fusable(grads, xs):
                 t, step = self._step_numbers()
-                if fused(xs, list(grads), {n: [s.value for s in vs] for n, vs in slots.items()}, t, self._rate(step)):
+                if fused(xs, list(grads), {n: _values(vs) for n, vs in slots.items()}, t, self._rate(step)):
                     return
         dtypes = [_state_dtype(v.dtype) for v in variables]
         g = Many(_cast(gi, dt) for gi, dt in zip(grads, dtypes))
@@ -156,6 +178,20 @@ class Rule(keras.optimizers.Optimizer):
         delta, new_state = self._transform(g, x, state, t, step)
         writes = [(s, new) for name, vs in slots.items() for s, new in zip(vs, new_state[name].items)]
         _write(self, writes, variables, delta)
+
+    def _slot_lists(self, variables):
+        """`{slot name: [its variable for each of `variables`]}`, cached for the last list seen.
+
+        Looking up 200 variable indices costs ~25 µs a step, and the list is the same every
+        step. The cache holds the variables themselves (so their ids cannot be reused) and the
+        slot dict it was built from (a rebuild makes a new one)."""
+        cache = self.__dict__.get("_slot_cache")
+        if cache is not None and cache.source is self._slot_variables and _same(cache.variables, variables):
+            return cache.slots
+        index = [self._get_variable_index(v) for v in variables]
+        slots = {name: [vs[i] for i in index] for name, vs in self._slot_variables.items()}
+        _set_cache(self, "_slot_cache", source=self._slot_variables, variables=list(variables), slots=slots)
+        return slots
 
     def _step_numbers(self):
         """t = 1, 2, … and the 0-based step for schedules, both counting updates applied
@@ -302,8 +338,14 @@ def _checked_gradients(optimizer, grads, trainable_variables):
                 f"{len(grads)} gradients for {len(trainable_variables)} variables."
             )
     targets = trainable_variables if trainable_variables is not None else getattr(optimizer, "_trainable_variables", [])
-    for i, (g, v) in enumerate(zip(grads, targets)):
-        if g is not None and tuple(g.shape) != tuple(v.shape):
+    # The variables' shapes, cached for the last list seen (reading 200 `.shape` properties
+    # costs more than comparing them); `shape != expected` first, as a torch.Size equals a tuple.
+    cache = optimizer.__dict__.get("_shape_cache")
+    if cache is None or not _same(cache.variables, targets):
+        cache = _set_cache(optimizer, "_shape_cache", variables=list(targets), shapes=[v.shape for v in targets])
+    for i, (g, shape) in enumerate(zip(grads, cache.shapes)):
+        if g is not None and g.shape != shape and tuple(g.shape) != tuple(shape):
+            v = targets[i]
             raise ValueError(
                 f"Gradient {i} has shape {tuple(g.shape)} but its variable {_variable_path(v)} has shape "
                 f"{tuple(v.shape)}; `grads` must follow the order of `trainable_variables`."
@@ -348,23 +390,64 @@ def _hook_is_current(cls, name):
 
 def _fusable(grads, xs):
     """Whether torch fused kernels may run on variable values `xs`: float32/64 (no float16
-    casting), dense contiguous gradients of the same dtype, one device, not under torch.compile."""
+    casting), dense contiguous gradients of the same dtype, one device, not under torch.compile.
+
+    Runs every step on fresh gradients, so it reads as few tensor attributes as it can
+    (~50 ns each): `dtype` objects are singletons (`is`), and shapes were checked by `apply`."""
     if not xs or torch.compiler.is_compiling():
         return False
     device = xs[0].device
+    strided = torch.strided
     for g, x in zip(grads, xs):
+        dtype = x.dtype
         if (
-            x.dtype not in (torch.float32, torch.float64)
-            or not torch.is_tensor(g)
-            or g.dtype != x.dtype
+            dtype not in _FUSED_DTYPES
+            or not isinstance(g, torch.Tensor)
+            or g.dtype is not dtype
+            or g.layout is not strided
             or g.device != device
             or x.device != device
-            or g.shape != x.shape
-            or g.is_sparse
-            or not (g.is_contiguous() and x.is_contiguous())
+            or not g.is_contiguous()
+            or not x.is_contiguous()
         ):
             return False
     return True
+
+
+def _values(variables):
+    """The variables' torch tensors, as `[v.value for v in variables]`.
+
+    `.value` costs ~2 µs (stateless-scope, autocast-scope and meta-device checks, per
+    variable); outside those scopes it is `v._value`, so read that directly when every
+    variable's class uses Keras's torch `value` property."""
+    if _TORCH_VALUE is None or in_stateless_scope() or get_autocast_scope() is not None or str(_torch_device()) == "meta":
+        return [v.value for v in variables]
+    if any(getattr(kind, "value", None) is not _TORCH_VALUE for kind in set(map(type, variables))):
+        return [v.value for v in variables]  # a Variable class with its own `value`
+    xs = [v._value for v in variables]
+    if any(map(operator.is_, xs, itertools.repeat(None))):  # uninitialized: `.value` makes a placeholder
+        return [v.value for v in variables]
+    return xs
+
+
+def _same(a, b):
+    """Whether lists `a` and `b` hold the very same objects (identity, not `==`)."""
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+class _Cache:
+    """A plain attribute holder, invisible to Keras's variable tracking."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def _set_cache(optimizer, name, **fields):
+    """Store a `_Cache` on `optimizer`, past Keras's `__setattr__` (whose tracker would adopt
+    a list of variables as the optimizer's own)."""
+    cache = _Cache(**fields)
+    object.__setattr__(optimizer, name, cache)
+    return cache
 
 
 def _step_tensors(t, xs):

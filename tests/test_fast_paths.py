@@ -7,6 +7,8 @@ TensorFlow every rule runs its formula under XLA / tf.function; `model.fit` with
 `jit_compile=True` must match the eager run.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -166,6 +168,41 @@ def test_fast_path_skipped_for_float16_and_used_by_chains():
     chain = ox.Optimiser(ox.ClipNorm(1.0), member)
     chain.apply([keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES], _variables(rng))
     assert calls == [True], "a chain hands its transformed gradient to its last member's kernel"
+
+
+def test_cached_lookups_follow_the_variable_list():
+    """`apply` caches per-list lookups (shapes, known variables, slot lists) for the last list of
+    variables it saw, matched by identity: a subset, another order, None gradients, an unknown
+    variable or a wrong shape must not reuse them."""
+    rng = np.random.default_rng(4)
+    eta, rho = 0.05, 0.8
+    opt, calls = _counting(ox.Momentum(eta, rho))
+    xs = _variables(rng)
+    want = [keras.ops.convert_to_numpy(x).copy() for x in xs]
+    velocity = [np.zeros_like(w) for w in want]
+    n = len(xs)
+    # (variable order, which of them get None) per step; every list is a new list object.
+    plan = [(range(n), ()), (range(n), ()), (reversed(range(n)), ()), ([1, 3], ()), (range(n), (0, 2)), (range(n), ()), ([3, 1], ())]
+    for order, missing in plan:
+        order = list(order)
+        grads = {i: rng.normal(size=SHAPES[i]).astype("float32") for i in order}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns about the None gradients
+            opt.apply([None if i in missing else keras.ops.convert_to_tensor(grads[i]) for i in order], [xs[i] for i in order])
+        for i in order:
+            if i not in missing:
+                velocity[i] = rho * velocity[i] - eta * grads[i]
+                want[i] = want[i] + velocity[i]
+        for i, x in enumerate(xs):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(x), want[i], rtol=1e-5, atol=1e-6, err_msg=f"order {order}, missing {missing}")
+    if BACKEND == "torch":
+        assert calls == [True] * len(plan), "the fast path did not run"
+    with pytest.raises(ValueError, match="Unknown variable"):
+        opt.apply([keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES], _variables(rng))
+    wrong = [keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES]
+    wrong[1] = keras.ops.convert_to_tensor(rng.normal(size=(7, 1)).astype("float32"))
+    with pytest.raises(ValueError, match="Gradient 1 has shape"):
+        opt.apply(wrong, xs)
 
 
 def _fit(optimizer, jit_compile):
