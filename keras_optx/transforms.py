@@ -107,10 +107,9 @@ class ClipNorm(Transform):
         return g * (self.thresh / ops.maximum(ops.norm(g), self.thresh)), {}
 
     def _torch_into(self, out, g, xs, t, step):
-        scales = torch._foreach_norm(g)
-        torch._foreach_clamp_min_(scales, self.thresh)
-        torch._foreach_reciprocal_(scales)
-        _into(out, "mul", g, torch._foreach_mul(scales, self.thresh))
+        # The scales as one vector: per-variable 0-d tensors cost a dispatch each, ~5 µs.
+        scales = self.thresh / torch.clamp_min(torch.stack(torch._foreach_norm(g)), self.thresh)
+        _into(out, "mul", g, scales.tolist() if scales.device.type == "cpu" else list(scales.unbind()))
 
 
 @_register
