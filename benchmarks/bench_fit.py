@@ -86,16 +86,60 @@ def run(args):
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
             times[name].append((time.perf_counter() - start) / steps)
     step = {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
+    applied = _apply_times(models, rounds=9 if args.quick else 31) if backend == "torch" else {}
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"\n### model.fit, {backend}: MLP 784-512-512-10, batch {batch}, {steps} steps/epoch, "
           f"median and min of {rounds} epochs; {cpu}, {os.cpu_count()} cores, {os.environ.get('OMP_NUM_THREADS')} thread(s)\n")
-    print("| optimizer | ms/step (median / min) | steps/s (median) | share over no-op (median / min) | share over SGD (median / min) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| optimizer | ms/step (median / min) | steps/s (median) | share over no-op (median / min) | share over SGD (median / min) | apply ms, share of step |")
+    print("|---|---:|---:|---:|---:|---:|")
     noop, sgd = step["no-op"], step["keras SGD"]
+    if applied:  # no fit row of its own: its apply time against keras_optx ADAM's fit step
+        step[_FUSED] = step["keras_optx ADAM"]
     for name, (med, low) in step.items():
+        if name == _FUSED:
+            print(f"| {name} | — | — | — | — | {applied[name] * 1e3:.2f}, {applied[name] / med:.0%} |")
+            continue
         share = f"{(med - noop[0]) / med:.0%} / {(low - noop[1]) / low:.0%}"
         over_sgd = f"{(med - sgd[0]) / med:.0%} / {(low - sgd[1]) / low:.0%}"
-        print(f"| {name} | {med * 1e3:.2f} / {low * 1e3:.2f} | {1 / med:.1f} | {share} | {over_sgd} |")
+        direct = f"{applied[name] * 1e3:.2f}, {applied[name] / med:.0%}" if name in applied else "—"
+        print(f"| {name} | {med * 1e3:.2f} / {low * 1e3:.2f} | {1 / med:.1f} | {share} | {over_sgd} | {direct} |")
+    if applied:
+        print("\nLast column: `optimizer.apply` alone on the model's variables with fixed gradients (median of "
+              "interleaved calls), and its share of the median fit step. The differences of whole epochs swing by "
+              "several % on a shared machine; this one does not.")
+
+
+def _apply_times(models, rounds):
+    """Median time of one eager `optimizer.apply` per model, on its own variables (torch: as fit calls it)."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    calls = {}
+    for name, model in models.items():
+        variables = model.trainable_variables
+        grads = [keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype("float32") * 1e-3) for v in variables]
+        calls[name] = (model.optimizer, grads, variables)
+    import torch
+
+    # The floor for comparison: torch's own fused Adam on tensors of the same shapes.
+    params = [torch.nn.Parameter(torch.zeros(tuple(v.shape))) for v in variables]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    fused = torch.optim.Adam(params, lr=1e-3, fused=True)
+    times = {name: [] for name in [*models, _FUSED]}
+    for _ in range(rounds):
+        for name, (optimizer, grads, variables) in calls.items():
+            start = time.perf_counter()
+            optimizer.apply(grads, variables)
+            times[name].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        fused.step()
+        times[_FUSED].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+_FUSED = "torch.optim.Adam(fused=True), apply only"
 
 
 if __name__ == "__main__":
