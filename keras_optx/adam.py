@@ -74,11 +74,13 @@ class ADAM(_AdamFamily):
         c = ops.sqrt(ops.one_minus_pow(b2, t))
         return (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.epsilon * c), {"m": m, "v": v}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
+    _torch_weight_decay = True
+
+    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
         b1, b2 = self.beta
         torch._fused_adam_(
             xs, gs, slots["m"], slots["v"], [], _step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2,
-            weight_decay=0.0, eps=self.epsilon, amsgrad=False, maximize=False,
+            weight_decay=weight_decay, eps=self.epsilon, amsgrad=False, maximize=False,
         )
         return True
 
@@ -162,8 +164,8 @@ class AdaMax(_AdamFamily):
         torch._foreach_lerp_(m, gs, 1 - b1)  # β₁·m + (1−β₁)·g
         torch._foreach_mul_(u, b2)
         torch._foreach_maximum_(u, _into(buffer, "abs", gs))
-        _into(buffer, "add", u, self.epsilon)
-        torch._foreach_addcdiv_(xs, m, buffer, value=-lr / _one_minus_pow(b1, t))
+        denominator = _into(buffer, "add", u, self.epsilon)
+        torch._foreach_addcdiv_(xs, m, denominator, value=-lr / _one_minus_pow(b1, t))
         return True
 
 
@@ -192,12 +194,14 @@ class AMSGrad(_StartsAtEpsilon, _AdamFamily):
         v_hat = ops.maximum(s.v_hat, v)
         return lr * m / (ops.sqrt(v_hat) + self.epsilon), {"m": m, "v": v, "v_hat": v_hat}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
+    _torch_weight_decay = True
+
+    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
         # torch's AMSGrad at step = ∞: its bias corrections 1 − βᵗ become 1, as in Flux.
         b1, b2 = self.beta
         torch._fused_adam_(
             xs, gs, slots["m"], slots["v"], slots["v_hat"], _step_tensors(float("inf"), xs), lr=lr,
-            beta1=b1, beta2=b2, weight_decay=0.0, eps=self.epsilon, amsgrad=True, maximize=False,
+            beta1=b1, beta2=b2, weight_decay=weight_decay, eps=self.epsilon, amsgrad=True, maximize=False,
         )
         return True
 
@@ -235,8 +239,9 @@ class NADAM(_AdamFamily):
             return False
         k = math.sqrt(b2 / _one_minus_pow(b2, t))
         _torch_moments(self, gs, slots)
-        (denominator,) = _scratch(self, xs)
-        torch._foreach_add_(_into(denominator, "sqrt", slots["v"]), self.epsilon / k)
+        (buffer,) = _scratch(self, xs)
+        denominator = _into(buffer, "sqrt", slots["v"])
+        torch._foreach_add_(denominator, self.epsilon / k)
         torch._foreach_addcdiv_(xs, slots["m"], denominator, value=-lr * b1 / _one_minus_pow(b1, t + 1) / k)
         torch._foreach_addcdiv_(xs, gs, denominator, value=-lr * (1 - b1) / _one_minus_pow(b1, t) / k)
         return True

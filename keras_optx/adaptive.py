@@ -40,7 +40,9 @@ class RMSProp(Rule):
         a = self.rho * s.acc + (1 - self.rho) * g**2
         return lr * g / (ops.sqrt(a) + self.epsilon), {"acc": a}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
+    _torch_weight_decay = True
+
+    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
         # RMSProp is torch's fused Adam with β₁ = 0 (m = g) and no bias correction (step = ∞
         # makes 1 − βᵗ = 1). The kernel needs an m buffer: scratch, one per variable, not state.
         scratch = getattr(self, "_fused_scratch", None)
@@ -50,7 +52,7 @@ class RMSProp(Rule):
             scratch = self._fused_scratch = [torch.zeros_like(x) for x in xs]
         torch._fused_adam_(
             xs, gs, scratch, slots["acc"], [], _step_tensors(float("inf"), xs), lr=lr, beta1=0.0,
-            beta2=self.rho, weight_decay=0.0, eps=self.epsilon, amsgrad=False, maximize=False,
+            beta2=self.rho, weight_decay=weight_decay, eps=self.epsilon, amsgrad=False, maximize=False,
         )
         return True
 
@@ -91,10 +93,12 @@ class ADAGrad(_StartsAtEpsilon, Rule):
         a = s.acc + g**2
         return lr * g / (ops.sqrt(a) + self.epsilon), {"acc": a}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
+    _torch_weight_decay = True
+
+    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
         # torch's Adagrad with lr_decay = 0 is this rule (its step count is then unused).
         torch._fused_adagrad_(
-            xs, gs, slots["acc"], _step_tensors(t, xs), lr=lr, lr_decay=0.0, weight_decay=0.0,
+            xs, gs, slots["acc"], _step_tensors(t, xs), lr=lr, lr_decay=0.0, weight_decay=weight_decay,
             eps=self.epsilon, maximize=False,
         )
         return True
@@ -137,10 +141,11 @@ class ADADelta(Rule):
         # √(d+ϵ)/√(a+ϵ) is taken as √((d+ϵ)/(a+ϵ)): one square root instead of two.
         rho, eps = self.rho, self.epsilon
         a, d = slots["acc"], slots["acc_delta"]
-        step, denominator = _scratch(self, xs, 2)
+        buffers = _scratch(self, xs, 2)
         torch._foreach_mul_(a, rho)
         torch._foreach_addcmul_(a, gs, gs, value=1 - rho)
-        torch._foreach_div_(_into(step, "add", d, eps), _into(denominator, "add", a, eps))
+        step = _into(buffers[0], "add", d, eps)
+        torch._foreach_div_(step, _into(buffers[1], "add", a, eps))
         torch._foreach_sqrt_(step)
         torch._foreach_mul_(step, gs)
         torch._foreach_mul_(d, rho)

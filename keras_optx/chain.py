@@ -4,6 +4,7 @@ import keras
 
 from ._base import Rule, Transform, _adopt_rate, _fast_path, _into, _scalar, _scratch, _track_once
 from ._tensors import _TORCH, Many
+from .transforms import WeightDecay
 
 if _TORCH:
     import torch
@@ -25,7 +26,7 @@ class _Scaled(Rule):
         return g * _scalar(self.schedule(step)), {}
 
     def _torch_into(self, out, g, xs, t, step):
-        _into(out, "mul", g, float(self.schedule(step)))
+        return _into(out, "mul", g, float(self.schedule(step)))
 
 
 @_register
@@ -92,13 +93,17 @@ class Optimiser(Rule):
         if not head or fused is None:
             return False
         into = [_fast_path(member, "_torch_into") for member in head]
+        decay = 0.0
         if all(into):
-            # Transforms only: each writes into one kept buffer (no fresh tensors, gs untouched).
-            (g,) = _scratch(self, xs)
-            source = gs
-            for write in into:
-                write(g, source, xs, t, t - 1)
-                source = g
+            if last._torch_weight_decay and isinstance(head[-1], WeightDecay):
+                # The kernel adds the coupled decay g + λ·x itself: one pass fewer.
+                decay, into = head[-1].wd, into[:-1]
+            # Transforms only: each writes into one kept buffer (no fresh large tensors; gs untouched).
+            g = gs
+            if into:
+                (buffer,) = _scratch(self, xs)
+                for write in into:
+                    g = write(buffer, g, xs, t, t - 1)
             g = Many(g)
         else:
             many = {k: Many(v) for k, v in slots.items()}
@@ -106,8 +111,9 @@ class Optimiser(Rule):
             for name, value in new_state.items():
                 torch._foreach_copy_(slots[name], value.items)
         own = _own(slots, len(head))
-        if not fused(xs, g.items, own, t, last._rate(t - 1)):
+        if not fused(xs, g.items, own, t, last._rate(t - 1), **({"weight_decay": decay} if decay else {})):
             # The kernel declined; finish with the last member's formula (the head already ran).
+            g = g + decay * Many(xs) if decay else g
             delta, updated = last._transform(g, Many(xs), {k: Many(v) for k, v in own.items()}, t, t - 1)
             for name, value in updated.items():
                 torch._foreach_copy_(own[name], value.items)

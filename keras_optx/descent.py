@@ -33,8 +33,10 @@ class Descent(Rule):
     def delta(self, ops, g, x, s, t, lr):
         return lr * g, {}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        torch._fused_sgd_(xs, gs, [], weight_decay=0.0, momentum=0.0, lr=lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
+    _torch_weight_decay = True
+
+    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
+        torch._fused_sgd_(xs, gs, [], weight_decay=weight_decay, momentum=0.0, lr=lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
         return True
 
 
@@ -66,13 +68,15 @@ class Momentum(Rule):
         v = self.rho * s.velocity - lr * g
         return -v, {"velocity": v}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
+    _torch_weight_decay = True
+
+    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
         # torch's buf ← ρ·buf + (1 − dampening)·g with dampening = 1 + η is Flux's v ← ρv − ηg
         # (the slot keeps Flux's meaning); x ← x − lr·buf with lr = −1 is x ← x + v.
         if self.rho == 0:  # torch then skips the buffer
             return False
         torch._fused_sgd_(
-            xs, gs, slots["velocity"], weight_decay=0.0, momentum=self.rho, lr=-1.0, dampening=1.0 + lr,
+            xs, gs, slots["velocity"], weight_decay=weight_decay, momentum=self.rho, lr=-1.0, dampening=1.0 + lr,
             nesterov=False, maximize=False, is_first_step=False,
         )
         return True

@@ -4,9 +4,9 @@ Each is a chain member (`Optimiser(ClipNorm(1.0), ADAM())`) and also wraps any K
 optimizer, built-ins included (`ClipNorm(1.0, keras.optimizers.Adam())`): the gradient
 is transformed, then handed to the wrapped optimizer.
 
-On torch each also has `_torch_into(out, g, xs, t, step)`: its Δ written into a kept
-buffer, so a chain of transforms before a fused rule allocates nothing (tested to equal
-`delta`).
+On torch each also has `_torch_into(out, g, xs, t, step)`, which returns its Δ, written into
+the kept buffer `out` for large tensors (see `_base._into`), so a chain of transforms before a
+fused rule allocates no large tensor (tested to equal `delta`).
 """
 
 import keras
@@ -50,7 +50,7 @@ class WeightDecay(Transform):
         return g + self.wd * x, {}
 
     def _torch_into(self, out, g, xs, t, step):
-        _into(out, "add", g, xs, alpha=self.wd)
+        return _into(out, "add", g, xs, alpha=self.wd)
 
 
 @_register
@@ -77,7 +77,8 @@ class ClipValue(Transform):
         return ops.clip(g, -self.thresh, self.thresh), {}
 
     def _torch_into(self, out, g, xs, t, step):
-        _into(_into(out, "clamp_min", g, -self.thresh), "clamp_max", out, self.thresh)
+        low = _into(out, "clamp_min", g, -self.thresh)
+        return _into(low, "clamp_max", low, self.thresh)
 
 
 @_register
@@ -109,7 +110,7 @@ class ClipNorm(Transform):
     def _torch_into(self, out, g, xs, t, step):
         # The scales as one vector: per-variable 0-d tensors cost a dispatch each, ~5 µs.
         scales = self.thresh / torch.clamp_min(torch.stack(torch._foreach_norm(g)), self.thresh)
-        _into(out, "mul", g, scales.tolist() if scales.device.type == "cpu" else list(scales.unbind()))
+        return _into(out, "mul", g, scales.tolist() if scales.device.type == "cpu" else list(scales.unbind()))
 
 
 @_register
@@ -139,4 +140,4 @@ class ClipGlobalNorm(Transform):
 
     def _torch_into(self, out, g, xs, t, step):
         norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(g)]))
-        _into(out, "mul", g, self.thresh / torch.clamp_min(norm, self.thresh))
+        return _into(out, "mul", g, self.thresh / torch.clamp_min(norm, self.thresh))

@@ -39,6 +39,14 @@ FAST = {
     "ClipNorm>WeightDecay>ADAM": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-2), ox.ADAM(0.003, (0.85, 0.99))),
     "ExpDecay>Momentum": lambda: ox.Optimiser(ox.ExpDecay(1.0, 0.5, 4, 0.1), ox.Momentum(0.02, 0.8)),
     "AdaMax>WeightDecay>Momentum(ρ=0)": lambda: ox.Optimiser(ox.AdaMax(0.01), ox.WeightDecay(1e-2), ox.Momentum(0.5, 0.0)),
+    # A WeightDecay right before a kernel with coupled decay goes into the kernel's weight_decay.
+    "WeightDecay>ADAM": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.ADAM(0.003, (0.85, 0.99))),
+    "ClipValue>WeightDecay>Momentum": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.WeightDecay(1e-2), ox.Momentum(0.02, 0.8)),
+    "WeightDecay>Momentum(ρ=0)": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.Momentum(0.5, 0.0)),
+    "WeightDecay>AMSGrad": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.AMSGrad(0.003, (0.85, 0.99))),
+    "WeightDecay>RMSProp": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.RMSProp(0.003, 0.85)),
+    "WeightDecay>ADAGrad": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.ADAGrad(0.05)),
+    "WeightDecay>Descent": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.Descent(0.05)),
     "ClipGlobalNorm>RMSProp": lambda: ox.Optimiser(ox.ClipGlobalNorm(2.0), ox.RMSProp(0.003, 0.85)),
     "ClipValue>(WeightDecay>Nesterov)": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.Optimiser(ox.WeightDecay(1e-2), ox.Nesterov(0.02, 0.85))),
 }
