@@ -227,9 +227,14 @@ class NADAM(_AdamFamily):
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.beta
         m, v = self.moments(g, s)
-        # η(β₁m/(1−β₁ᵗ⁺¹) + (1−β₁)g/(1−β₁ᵗ)) / (√(β₂v/(1−β₂ᵗ)) + ϵ), corrections folded into scalars.
-        numerator = (lr * b1 / ops.one_minus_pow(b1, t + 1)) * m + (lr * (1 - b1) / ops.one_minus_pow(b1, t)) * g
-        return numerator / (ops.sqrt(v) * ops.sqrt(b2 / ops.one_minus_pow(b2, t)) + self.epsilon), {"m": m, "v": v}
+        c1 = lr * b1 / ops.one_minus_pow(b1, t + 1)
+        c2 = lr * (1 - b1) / ops.one_minus_pow(b1, t)
+        if b2 == 0:  # the √(β₂v/(1−β₂ᵗ)) term vanishes
+            return (c1 * m + c2 * g) / self.epsilon, {"m": m, "v": v}
+        # (c₁m + c₂g) / (k√v + ϵ) with k = √(β₂/(1−β₂ᵗ)), divided through by k: the corrections
+        # stay scalars and each element needs one multiply fewer.
+        k = ops.sqrt(b2 / ops.one_minus_pow(b2, t))
+        return ((c1 / k) * m + (c2 / k) * g) / (ops.sqrt(v) + self.epsilon / k), {"m": m, "v": v}
 
     def _torch_fused(self, xs, gs, slots, t, lr):
         # In place on the slots and one kept buffer: √v·k + ϵ = k·(√v + ϵ/k), k = √(β₂/(1−β₂ᵗ)),

@@ -52,6 +52,8 @@ RULES = [
     Case("NADAM", lambda: ox.NADAM(), lambda: ref.NADAM()),
     Case("NADAM(0.002,(0.89,0.995))", lambda: ox.NADAM(0.002, (0.89, 0.995)),
          lambda: ref.NADAM(0.002, (0.89, 0.995)), fit=False),
+    # β₂ = 0 takes the formula's own branch (its √(β₂v/(1−β₂ᵗ)) term vanishes).
+    Case("NADAM(1e-5,(0.9,0.0))", lambda: ox.NADAM(1e-5, (0.9, 0.0)), lambda: ref.NADAM(1e-5, (0.9, 0.0)), fit=False),
     Case("ADAMW", lambda: ox.ADAMW(), lambda: ref.ADAMW()),
     Case("ADAMW(0.001,(0.89,0.995),0.1)", lambda: ox.ADAMW(0.001, (0.89, 0.995), 0.1),
          lambda: ref.ADAMW(0.001, (0.89, 0.995), 0.1), fit=False),
