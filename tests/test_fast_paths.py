@@ -153,6 +153,47 @@ def test_subclass_that_redefines_the_formula_runs_its_own_formula():
 
 
 @torch_only
+@pytest.mark.parametrize("name", ["ADAM", "AdaMax", "ClipNorm>WeightDecay>ADAM"])
+def test_stateless_apply_on_torch_matches_apply(name):
+    # Inside Keras's StatelessScope the variables' values are the caller's tensors: the fast
+    # paths must read those (not the variables' own), and leave the variables alone.
+    import torch
+
+    rng = np.random.default_rng(6)
+    grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES]
+    eager, xs_eager = FAST[name](), _variables(np.random.default_rng(7))
+    eager.apply(grads, xs_eager)
+    stateless, xs = FAST[name](), _variables(np.random.default_rng(7))
+    stateless.build(xs)
+    before = [keras.ops.convert_to_numpy(x).copy() for x in xs]
+    new_xs, new_slots = stateless.stateless_apply(
+        [torch.clone(v.value) for v in stateless.variables], grads, [torch.clone(x.value) for x in xs]
+    )
+    for new, want in zip(new_xs, xs_eager):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(new), keras.ops.convert_to_numpy(want), rtol=1e-6, atol=1e-7)
+    for new, want in zip(new_slots, eager.variables):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(new), keras.ops.convert_to_numpy(want), rtol=1e-6, atol=1e-7)
+    for x, b in zip(xs, before):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(x), b)
+
+
+@torch_only
+def test_direct_tensor_reads_fall_back_to_value(monkeypatch):
+    # Where Keras's torch Variable internals cannot be imported, `.value` is read instead.
+    from keras_optx import _base
+
+    rng = np.random.default_rng(8)
+    grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES]
+    direct, xs_direct = ox.ADAM(0.01), _variables(np.random.default_rng(9))
+    direct.apply(grads, xs_direct)
+    monkeypatch.setattr(_base, "_TORCH_VALUE", None)
+    fallback, xs_fallback = ox.ADAM(0.01), _variables(np.random.default_rng(9))
+    fallback.apply(grads, xs_fallback)
+    for a, b in zip(xs_direct, xs_fallback):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+@torch_only
 def test_fast_path_leaves_gradients_alone():
     rng = np.random.default_rng(2)
     for name, make in FAST.items():
