@@ -462,10 +462,11 @@ def _scratch(owner, xs, count=1):
     """`count` buffer lists shaped like `xs`, kept by `owner` between steps.
 
     Torch fast paths write their temporaries here: on CPU a fresh large buffer costs page
-    faults on every step, often more than the arithmetic. Uninitialised; callers overwrite."""
+    faults on every step, often more than the arithmetic. Zeros when first made (one-time cost):
+    no kernel ever reads non-finite garbage from them."""
     buffers = getattr(owner, "_torch_scratch", [])
     if len(buffers) < count or not _like(buffers[0], xs):
-        buffers = owner._torch_scratch = [[torch.empty_like(x) for x in xs] for _ in range(count)]
+        buffers = owner._torch_scratch = [[torch.zeros_like(x) for x in xs] for _ in range(count)]
     return buffers[:count]
 
 

@@ -44,12 +44,8 @@ class RMSProp(Rule):
 
     def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
         # RMSProp is torch's fused Adam with β₁ = 0 (m = g) and no bias correction (step = ∞
-        # makes 1 − βᵗ = 1). The kernel needs an m buffer: scratch, one per variable, not state.
-        scratch = getattr(self, "_fused_scratch", None)
-        if scratch is None or len(scratch) != len(xs) or any(
-            m.shape != x.shape or m.dtype != x.dtype or m.device != x.device for m, x in zip(scratch, xs)
-        ):
-            scratch = self._fused_scratch = [torch.zeros_like(x) for x in xs]
+        # makes 1 − βᵗ = 1). The kernel needs an m buffer: a kept one, not state (each step sets it to g).
+        (scratch,) = _scratch(self, xs)
         torch._fused_adam_(
             xs, gs, scratch, slots["acc"], [], _step_tensors(float("inf"), xs), lr=lr, beta1=0.0,
             beta2=self.rho, weight_decay=weight_decay, eps=self.epsilon, amsgrad=False, maximize=False,
