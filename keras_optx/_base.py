@@ -136,6 +136,8 @@ class Rule(keras.optimizers.Optimizer):
                 )
                 for v in variables
             ]
+            if _TORCH:
+                _pack(self._slot_variables[name])
 
     def apply(self, grads, trainable_variables=None):
         # Keras zips grads with variables: an extra gradient or a wrong shape would be
@@ -462,11 +464,12 @@ def _scratch(owner, xs, count=1):
     """`count` buffer lists shaped like `xs`, kept by `owner` between steps.
 
     Torch fast paths write their temporaries here: on CPU a fresh large buffer costs page
-    faults on every step, often more than the arithmetic. Zeros when first made (one-time cost):
-    no kernel ever reads non-finite garbage from them."""
+    faults on every step, often more than the arithmetic. Each list is views of one packed
+    buffer where it can be (see `_whole`). Zeros when first made (one-time cost): no kernel
+    ever reads non-finite garbage from them."""
     buffers = getattr(owner, "_torch_scratch", [])
     if len(buffers) < count or not _like(buffers[0], xs):
-        buffers = owner._torch_scratch = [[torch.zeros_like(x) for x in xs] for _ in range(count)]
+        buffers = owner._torch_scratch = [_packed(xs) or [torch.zeros_like(x) for x in xs] for _ in range(count)]
     return buffers[:count]
 
 
@@ -476,23 +479,81 @@ def _like(buffers, xs):
     )
 
 
+# Packed buffers (torch). A foreach op costs ~1.3 µs of dispatch per tensor on CPU: over 200
+# variables of 10k elements that is more than its arithmetic. So each slot's variables (and each
+# kept scratch list) are views of one contiguous buffer, and a step that touches only slots and
+# scratch runs as one op on the buffers (`_whole`); steps that read gradients or write the
+# variables stay per tensor. The views are what the Keras variables hold, so saving, loading and
+# `assign` work on them as before.
+_PACK = "_keras_optx_pack"  # set on each view: (the buffer, every view of it in order)
+
+
+def _packed(like, values=None, parameters=False):
+    """Zero tensors shaped like `like` (or copies of `values`), views of one contiguous buffer;
+    None where `like` is empty or mixes dtypes or devices."""
+    first = like[0] if like else None
+    if first is None or any(t.dtype != first.dtype or t.device != first.device for t in like):
+        return None
+    sizes = [t.numel() for t in like]
+    whole = torch.zeros(sum(sizes), dtype=first.dtype, device=first.device)
+    views = [piece.view(t.shape) for piece, t in zip(torch.split(whole, sizes), like)]
+    if values is not None:
+        torch._foreach_copy_(views, values)
+    if parameters:  # what Keras's torch Variable holds; a Parameter made from a view shares its memory
+        views = [torch.nn.Parameter(v, requires_grad=False) for v in views]
+    for view in views:
+        setattr(view, _PACK, (whole, views))
+    return views
+
+
+def _pack(variables):
+    """Make one slot's Keras variables hold views of one packed buffer (torch), where their class
+    is Keras's own torch Variable and all are initialised, of one dtype and device."""
+    if _TORCH_VALUE is None or not variables or any(type(v).value is not _TORCH_VALUE for v in variables):
+        return
+    values = [v._value for v in variables]
+    if any(value is None for value in values):  # initialisation deferred (built in a stateless scope)
+        return
+    with torch.no_grad():
+        views = _packed(values, values, parameters=True)
+    if views is not None:
+        for variable, view in zip(variables, views):
+            variable._value = view
+
+
+def _whole(*lists):
+    """`([buffer], …)` when each list is exactly the views of one packed buffer, in order, so a
+    foreach op over them is one op; else `lists` as they are (a subset of the variables, a
+    stateless call's values, mixed dtypes). Lists combined in one op must be `_whole`d together."""
+    wholes = []
+    for tensors in lists:
+        pack = getattr(tensors[0], _PACK, None) if tensors else None
+        if pack is None or not _same(pack[1], tensors):
+            return lists
+        wholes.append([pack[0]])
+    return tuple(wholes)
+
+
 def _into(outs, name, tensors, *args, **kwargs):
     """outs ← torch.<name>(tensors, *args, **kwargs) elementwise, in kept buffers; returns `outs`.
 
     An argument that is a list (or tuple) is taken per tensor (`_into(out, "add", g, xs, alpha=λ)`);
     `outs` may be `tensors` (in place). No fresh tensors: on CPU, freed and re-allocated buffers
     page-fault on every step, which cost more than the arithmetic (measured: ~3x a fused Adam
-    for one fresh `_foreach_add` over 200×10k). Tensors of ≥ 32768 elements on average: one
-    `out=` call each; smaller ones: a foreach copy and the foreach in-place op (a pass over little
-    memory costs less than a Python call per tensor)."""
-    if sum(t.numel() for t in tensors) >= _LARGE * len(tensors):
+    for one fresh `_foreach_add` over 200×10k). Packed lists (`_whole`): one `out=` call on the
+    buffers. Tensors of ≥ 32768 elements on average: one `out=` call each; smaller ones: a
+    foreach copy and the foreach in-place op (a pass over little memory costs less than a
+    Python call per tensor), on the packed buffer where `outs` is one."""
+    per_tensor = any(isinstance(a, (list, tuple)) for a in args)
+    whole_outs, whole_tensors = _whole(outs, tensors) if not per_tensor else (outs, tensors)
+    if whole_outs is not outs or sum(t.numel() for t in tensors) >= _LARGE * len(tensors):
         fn = getattr(torch, name)
-        for i, (out, tensor) in enumerate(zip(outs, tensors)):
+        for i, (out, tensor) in enumerate(zip(whole_outs, whole_tensors)):
             fn(tensor, *(a[i] if isinstance(a, (list, tuple)) else a for a in args), out=out, **kwargs)
         return outs
     if outs is not tensors:
         torch._foreach_copy_(outs, tensors)
-    getattr(torch, f"_foreach_{name}_")(outs, *args, **kwargs)
+    getattr(torch, f"_foreach_{name}_")(outs if per_tensor else _whole(outs)[0], *args, **kwargs)
     return outs
 
 

@@ -5,7 +5,7 @@ import math
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule, _into, _scratch, _step_tensors
+from ._base import EPSILON, Rule, _into, _scratch, _step_tensors, _whole
 from ._tensors import _TORCH
 from .adaptive import _StartsAtEpsilon
 from .chain import Optimiser
@@ -44,7 +44,7 @@ def _torch_moments(rule, gs, slots):
     """ADAM's m ← β₁·m + (1−β₁)·g and v ← β₂·v + (1−β₂)·g², in place on the slots (torch)."""
     b1, b2 = rule.beta
     torch._foreach_lerp_(slots["m"], gs, 1 - b1)
-    torch._foreach_mul_(slots["v"], b2)
+    torch._foreach_mul_(_whole(slots["v"])[0], b2)
     torch._foreach_addcmul_(slots["v"], gs, gs, value=1 - b2)
 
 
@@ -157,15 +157,18 @@ class AdaMax(_AdamFamily):
         return lr / ops.one_minus_pow(b1, t) * m / (u + self.epsilon), {"m": m, "u": u}
 
     def _torch_fused(self, xs, gs, slots, t, lr):
-        # The formula as in-place foreach ops on the slots and one kept buffer: no fresh tensors.
+        # The formula as in-place foreach ops on the slots and one kept buffer: no fresh tensors;
+        # the steps on u and the buffer alone run once on their packed buffers.
         b1, b2 = self.beta
         m, u = slots["m"], slots["u"]
         (buffer,) = _scratch(self, xs)
         torch._foreach_lerp_(m, gs, 1 - b1)  # β₁·m + (1−β₁)·g
-        torch._foreach_mul_(u, b2)
-        torch._foreach_maximum_(u, _into(buffer, "abs", gs))
-        denominator = _into(buffer, "add", u, self.epsilon)
-        torch._foreach_addcdiv_(xs, m, denominator, value=-lr / _one_minus_pow(b1, t))
+        _into(buffer, "abs", gs)
+        whole_u, whole_buffer = _whole(u, buffer)
+        torch._foreach_mul_(whole_u, b2)
+        torch._foreach_maximum_(whole_u, whole_buffer)
+        _into(whole_buffer, "add", whole_u, self.epsilon)  # buffer ← u + ϵ
+        torch._foreach_addcdiv_(xs, m, buffer, value=-lr / _one_minus_pow(b1, t))
         return True
 
 
@@ -245,10 +248,11 @@ class NADAM(_AdamFamily):
         k = math.sqrt(b2 / _one_minus_pow(b2, t))
         _torch_moments(self, gs, slots)
         (buffer,) = _scratch(self, xs)
-        denominator = _into(buffer, "sqrt", slots["v"])
-        torch._foreach_add_(denominator, self.epsilon / k)
-        torch._foreach_addcdiv_(xs, slots["m"], denominator, value=-lr * b1 / _one_minus_pow(b1, t + 1) / k)
-        torch._foreach_addcdiv_(xs, gs, denominator, value=-lr * (1 - b1) / _one_minus_pow(b1, t) / k)
+        whole_v, whole_buffer = _whole(slots["v"], buffer)
+        _into(whole_buffer, "sqrt", whole_v)
+        torch._foreach_add_(whole_buffer, self.epsilon / k)  # buffer ← √v + ϵ/k
+        torch._foreach_addcdiv_(xs, slots["m"], buffer, value=-lr * b1 / _one_minus_pow(b1, t + 1) / k)
+        torch._foreach_addcdiv_(xs, gs, buffer, value=-lr * (1 - b1) / _one_minus_pow(b1, t) / k)
         return True
 
 

@@ -285,3 +285,79 @@ def test_jit_compile_fit_matches_eager(name):
     np.testing.assert_allclose(loss_jit, loss_eager, rtol=1e-4)
     for a, b in zip(weights_jit, weights_eager):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+PACKED = ["AdaMax", "ADADelta", "NADAM", "RADAM"]  # their fast paths run slot-only steps on packed buffers
+
+
+@torch_only
+@pytest.mark.parametrize("name", PACKED)
+def test_packed_slot_steps_follow_the_variable_list(name):
+    """Slot-only steps run once on a slot's packed buffer only when the step updates every variable,
+    in build order: a subset, another order or a None gradient must leave the other slots alone."""
+    rng = np.random.default_rng(10)
+    fast, calls = _counting(FAST[name]())
+    slow = _generic(FAST[name]())
+    xs_fast, xs_slow = _variables(np.random.default_rng(11)), _variables(np.random.default_rng(11))
+    n = len(SHAPES)
+    plan = [(range(n), ()), ([1, 3], ()), (reversed(range(n)), ()), (range(n), (0, 2)), (range(n), ())]
+    for order, missing in plan:
+        order = list(order)
+        grads = {i: keras.ops.convert_to_tensor(rng.normal(size=SHAPES[i]).astype("float32")) for i in order}
+        for opt, xs in ((fast, xs_fast), (slow, xs_slow)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Keras warns about the None gradients
+                opt.apply([None if i in missing else grads[i] for i in order], [xs[i] for i in order])
+        for a, b in zip(xs_fast, xs_slow):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6, err_msg=f"{order}, missing {missing}")
+        for a, b in zip(_slots(fast).values(), _slots(slow).values()):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=f"slots after {order}, missing {missing}")
+    assert calls == [True] * len(plan), "the fast path did not run"
+
+
+@torch_only
+def test_slots_are_packed_and_loading_writes_into_the_packs():
+    """On torch each slot's variables are views of one buffer (what makes the slot-only steps one op);
+    loading saved optimizer variables writes into those views, so the next fast step uses them."""
+    from keras_optx import _base
+
+    rng = np.random.default_rng(12)
+    grads = [[keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES] for _ in range(4)]
+    trained, xs_trained = ox.AdaMax(0.01), _variables(np.random.default_rng(13))
+    for g in grads[:3]:
+        trained.apply(g, xs_trained)
+    store = {}
+    trained.save_own_variables(store)
+
+    restored, xs_restored = ox.AdaMax(0.01), _variables(np.random.default_rng(13))
+    restored.build(xs_restored)
+    for name, slot in restored._slot_variables.items():
+        (whole,) = _base._whole([v.value for v in slot])
+        assert len(whole) == 1 and whole[0].numel() == sum(int(np.prod(s)) for s in SHAPES), f"slot {name} is not packed"
+    restored.load_own_variables(store)
+    for x, y in zip(xs_restored, xs_trained):
+        x.assign(y)
+    trained.apply(grads[3], xs_trained)
+    restored.apply(grads[3], xs_restored)
+    for a, b in zip(xs_restored, xs_trained):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    for a, b in zip(_slots(restored).values(), _slots(trained).values()):
+        np.testing.assert_array_equal(a, b)
+
+
+@torch_only
+def test_mixed_precision_variables_are_not_packed_and_still_fast():
+    # float32 and float64 variables cannot share a buffer: the fast path runs per tensor.
+    shapes = [(3, 4), (5,)]
+    rng = np.random.default_rng(14)
+    fast, calls = _counting(ox.AdaMax(0.01))
+    slow = _generic(ox.AdaMax(0.01))
+    make = lambda: [keras.Variable(np.ones(shapes[0], "float32")), keras.Variable(np.ones(shapes[1]), dtype="float64")]
+    xs_fast, xs_slow = make(), make()
+    for _ in range(3):
+        grads = [rng.normal(size=shapes[0]).astype("float32"), rng.normal(size=shapes[1])]
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+    for a, b in zip(xs_fast, xs_slow):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6)
+    assert calls == [True] * 3
