@@ -560,6 +560,55 @@ def _into(outs, name, tensors, *args, **kwargs):
 _LARGE = 1 << 15  # elements per tensor from which `_into` calls per tensor (on 200×10k both branches time alike)
 
 
+def _in_blocks(owner, lists, scratch=0):
+    """Yield `lists` (each a list of tensors shaped like the first), plus `scratch` kept buffer
+    lists, in blocks that fit the cache: on CPU, where the tensors are large (≥ 32768 elements on
+    average), contiguous and of one dtype, a block is a run of consecutive tensors of ≤ `_BLOCK` elements in
+    all, or one piece of a larger tensor, taken from every list, with block-sized kept scratch;
+    else the whole lists once, with `_scratch`.
+
+    A rule's sequence of elementwise in-place ops then reads each element from memory once per
+    block instead of once per op. Measured over 4×2.5M parameters: AdaMax 18.5 → 16.2 ms,
+    ADADelta 32.8 → 23.4 ms, NADAM 23.9 → 20.2 ms (medians)."""
+    xs = lists[0]
+    dtype = xs[0].dtype
+    if (
+        xs[0].device.type != "cpu"
+        or sum(x.numel() for x in xs) < _LARGE * len(xs)
+        or any(x.dtype != dtype for x in xs)
+        or not all(t.is_contiguous() for tensors in lists for t in tensors)  # pieces are flat views
+    ):
+        yield (*lists, *(_scratch(owner, xs, scratch) if scratch else ()))
+        return
+    kept = getattr(owner, "_torch_block_scratch", None)
+    if kept is None or len(kept) < scratch or (kept and (kept[0].dtype != dtype or kept[0].numel() != _BLOCK)):
+        kept = owner._torch_block_scratch = [torch.zeros(_BLOCK, dtype=dtype) for _ in range(scratch)]
+    kept = kept[:scratch]
+
+    def run_block(run):  # whole tensors; their scratch: consecutive views of the kept buffers
+        offsets = list(itertools.accumulate((xs[i].numel() for i in run), initial=0))
+        shaped = [[k[a:b].view(xs[i].shape) for i, a, b in zip(run, offsets, offsets[1:])] for k in kept]
+        return (*([tensors[i] for i in run] for tensors in lists), *shaped)
+
+    run, filled = [], 0
+    for i, x in enumerate(xs):
+        size = x.numel()
+        if run and (filled + size > _BLOCK or size > _BLOCK):
+            yield run_block(run)
+            run, filled = [], 0
+        if size > _BLOCK:
+            for pieces in zip(*(torch.split(tensors[i].view(-1), _BLOCK) for tensors in lists)):
+                yield (*([p] for p in pieces), *([k[: pieces[0].numel()]] for k in kept))
+        else:
+            run.append(i)
+            filled += size
+    if run:
+        yield run_block(run)
+
+
+_BLOCK = 1 << 18  # elements per block: a few lists of 1 MiB stay in this machine's 32 MiB L3 (measured best of 2^16–2^21)
+
+
 def _cast(tensor, dtype):
     if keras.backend.standardize_dtype(tensor.dtype) == dtype:
         return tensor

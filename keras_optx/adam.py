@@ -5,7 +5,7 @@ import math
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule, _into, _scratch, _step_tensors, _whole
+from ._base import EPSILON, Rule, _in_blocks, _into, _step_tensors, _whole
 from ._tensors import _TORCH
 from .adaptive import _StartsAtEpsilon
 from .chain import Optimiser
@@ -40,12 +40,12 @@ def _one_minus_pow(base, t):
     return -math.expm1(t * math.log(base)) if base > 0 else 1.0
 
 
-def _torch_moments(rule, gs, slots):
+def _torch_moments(rule, gs, m, v):
     """ADAM's m ← β₁·m + (1−β₁)·g and v ← β₂·v + (1−β₂)·g², in place on the slots (torch)."""
     b1, b2 = rule.beta
-    torch._foreach_lerp_(slots["m"], gs, 1 - b1)
-    torch._foreach_mul_(_whole(slots["v"])[0], b2)
-    torch._foreach_addcmul_(slots["v"], gs, gs, value=1 - b2)
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(_whole(v)[0], b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
 
 
 @_register
@@ -124,7 +124,7 @@ class RADAM(_AdamFamily):
         if rho > 4:
             r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
             return ADAM._torch_fused(self, xs, gs, slots, t, r * lr)
-        _torch_moments(self, gs, slots)
+        _torch_moments(self, gs, slots["m"], slots["v"])
         torch._foreach_add_(xs, slots["m"], alpha=-lr / _one_minus_pow(b1, t))
         return True
 
@@ -157,18 +157,19 @@ class AdaMax(_AdamFamily):
         return lr / ops.one_minus_pow(b1, t) * m / (u + self.epsilon), {"m": m, "u": u}
 
     def _torch_fused(self, xs, gs, slots, t, lr):
-        # The formula as in-place foreach ops on the slots and one kept buffer: no fresh tensors;
-        # the steps on u and the buffer alone run once on their packed buffers.
+        # The formula as in-place foreach ops on the slots and one kept buffer, block by block
+        # (`_in_blocks`): no fresh tensors; the steps on u and the buffer alone run once on their
+        # packed buffers.
         b1, b2 = self.beta
-        m, u = slots["m"], slots["u"]
-        (buffer,) = _scratch(self, xs)
-        torch._foreach_lerp_(m, gs, 1 - b1)  # β₁·m + (1−β₁)·g
-        _into(buffer, "abs", gs)
-        whole_u, whole_buffer = _whole(u, buffer)
-        torch._foreach_mul_(whole_u, b2)
-        torch._foreach_maximum_(whole_u, whole_buffer)
-        _into(whole_buffer, "add", whole_u, self.epsilon)  # buffer ← u + ϵ
-        torch._foreach_addcdiv_(xs, m, buffer, value=-lr / _one_minus_pow(b1, t))
+        rate = -lr / _one_minus_pow(b1, t)
+        for x, g, m, u, buffer in _in_blocks(self, (xs, gs, slots["m"], slots["u"]), scratch=1):
+            torch._foreach_lerp_(m, g, 1 - b1)  # β₁·m + (1−β₁)·g
+            _into(buffer, "abs", g)
+            whole_u, whole_buffer = _whole(u, buffer)
+            torch._foreach_mul_(whole_u, b2)
+            torch._foreach_maximum_(whole_u, whole_buffer)
+            _into(whole_buffer, "add", whole_u, self.epsilon)  # buffer ← u + ϵ
+            torch._foreach_addcdiv_(x, m, buffer, value=rate)
         return True
 
 
@@ -240,19 +241,20 @@ class NADAM(_AdamFamily):
         return ((c1 / k) * m + (c2 / k) * g) / (ops.sqrt(v) + self.epsilon / k), {"m": m, "v": v}
 
     def _torch_fused(self, xs, gs, slots, t, lr):
-        # In place on the slots and one kept buffer: √v·k + ϵ = k·(√v + ϵ/k), k = √(β₂/(1−β₂ᵗ)),
-        # so x ← x − (c₁·m + c₂·g)/(k·(√v + ϵ/k)) is two addcdiv passes.
+        # In place on the slots and one kept buffer, block by block (`_in_blocks`): √v·k + ϵ =
+        # k·(√v + ϵ/k), k = √(β₂/(1−β₂ᵗ)), so x ← x − (c₁·m + c₂·g)/(k·(√v + ϵ/k)) is two addcdiv passes.
         b1, b2 = self.beta
         if b2 == 0:  # k = 0: Δ = numerator/ϵ; the formula handles it
             return False
         k = math.sqrt(b2 / _one_minus_pow(b2, t))
-        _torch_moments(self, gs, slots)
-        (buffer,) = _scratch(self, xs)
-        whole_v, whole_buffer = _whole(slots["v"], buffer)
-        _into(whole_buffer, "sqrt", whole_v)
-        torch._foreach_add_(whole_buffer, self.epsilon / k)  # buffer ← √v + ϵ/k
-        torch._foreach_addcdiv_(xs, slots["m"], buffer, value=-lr * b1 / _one_minus_pow(b1, t + 1) / k)
-        torch._foreach_addcdiv_(xs, gs, buffer, value=-lr * (1 - b1) / _one_minus_pow(b1, t) / k)
+        c1, c2 = -lr * b1 / _one_minus_pow(b1, t + 1) / k, -lr * (1 - b1) / _one_minus_pow(b1, t) / k
+        for x, g, m, v, buffer in _in_blocks(self, (xs, gs, slots["m"], slots["v"]), scratch=1):
+            _torch_moments(self, g, m, v)
+            whole_v, whole_buffer = _whole(v, buffer)
+            _into(whole_buffer, "sqrt", whole_v)
+            torch._foreach_add_(whole_buffer, self.epsilon / k)  # buffer ← √v + ϵ/k
+            torch._foreach_addcdiv_(x, m, buffer, value=c1)
+            torch._foreach_addcdiv_(x, g, buffer, value=c2)
         return True
 
 

@@ -3,7 +3,7 @@
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule, _into, _scratch, _step_tensors, _whole
+from ._base import EPSILON, Rule, _in_blocks, _into, _scratch, _step_tensors, _whole
 from ._tensors import _TORCH
 
 if _TORCH:
@@ -133,20 +133,19 @@ class ADADelta(Rule):
         return lr * step, {"acc": a, "acc_delta": d}
 
     def _torch_fused(self, xs, gs, slots, t, lr):
-        # The formula in place on the slots and two kept buffers (no fresh tensors), the steps
-        # without g or x once on the packed buffers; √(d+ϵ)/√(a+ϵ) is taken as √((d+ϵ)/(a+ϵ)):
-        # one square root instead of two.
+        # The formula in place on the slots and two kept buffers (no fresh tensors), block by block
+        # (`_in_blocks`), the steps without g or x once on the packed buffers; √(d+ϵ)/√(a+ϵ) is
+        # taken as √((d+ϵ)/(a+ϵ)): one square root instead of two.
         rho, eps = self.rho, self.epsilon
-        a, d = slots["acc"], slots["acc_delta"]
-        buffers = _scratch(self, xs, 2)
-        whole_a, whole_d, step, other = _whole(a, d, *buffers)
-        torch._foreach_mul_(whole_a, rho)
-        torch._foreach_addcmul_(a, gs, gs, value=1 - rho)
-        _into(step, "add", whole_d, eps)
-        torch._foreach_div_(step, _into(other, "add", whole_a, eps))
-        torch._foreach_sqrt_(step)
-        torch._foreach_mul_(buffers[0], gs)  # step = g·√((d+ϵ)/(a+ϵ))
-        torch._foreach_mul_(whole_d, rho)
-        torch._foreach_addcmul_(whole_d, step, step, value=1 - rho)
-        torch._foreach_add_(xs, buffers[0], alpha=-lr)
+        for x, g, a, d, step, other in _in_blocks(self, (xs, gs, slots["acc"], slots["acc_delta"]), scratch=2):
+            whole_a, whole_d, whole_step, whole_other = _whole(a, d, step, other)
+            torch._foreach_mul_(whole_a, rho)
+            torch._foreach_addcmul_(a, g, g, value=1 - rho)
+            _into(whole_step, "add", whole_d, eps)
+            torch._foreach_div_(whole_step, _into(whole_other, "add", whole_a, eps))
+            torch._foreach_sqrt_(whole_step)
+            torch._foreach_mul_(step, g)  # step = g·√((d+ϵ)/(a+ϵ))
+            torch._foreach_mul_(whole_d, rho)
+            torch._foreach_addcmul_(whole_d, whole_step, whole_step, value=1 - rho)
+            torch._foreach_add_(x, step, alpha=-lr)
         return True

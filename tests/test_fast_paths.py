@@ -102,6 +102,18 @@ def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
 
 
+# Over 32768 elements on average, AdaMax, ADADelta and NADAM run block by block on CPU (`_in_blocks`,
+# ≤ 2^18 elements a block): a tensor of several blocks with a partial last one, one of exactly one
+# block, and runs of smaller tensors sharing a block (the last two and the first three).
+BLOCK_SHAPES = [(5,), (3, 7), (100000,), (700, 800), (1 << 18,), (200000,), (70000,)]
+
+
+@torch_only
+@pytest.mark.parametrize("name", ["AdaMax", "ADADelta", "NADAM"])
+def test_fast_path_matches_formula_in_cache_blocks(name):
+    _compare_fast_and_generic(name, BLOCK_SHAPES, 4)
+
+
 def _compare_fast_and_generic(name, shapes, steps):
     rng = np.random.default_rng(1)
     fast, calls = _counting(FAST[name]())
