@@ -568,8 +568,8 @@ def _in_blocks(owner, lists, scratch=0):
     else the whole lists once, with `_scratch`.
 
     A rule's sequence of elementwise in-place ops then reads each element from memory once per
-    block instead of once per op. Measured over 4×2.5M parameters: AdaMax 18.5 → 16.2 ms,
-    ADADelta 32.8 → 23.4 ms, NADAM 23.9 → 20.2 ms (medians)."""
+    block instead of once per op. Measured over 4×2.5M parameters (benchmarks/RESULTS.md): AdaMax
+    22.9 → 14.5 ms, ADADelta 32.8 → 22.6 ms, NADAM 26.0 → 22.7 ms (medians)."""
     xs = lists[0]
     dtype = xs[0].dtype
     if (
