@@ -546,7 +546,7 @@ def _into(outs, name, tensors, *args, **kwargs):
     Python call per tensor), on the packed buffer where `outs` is one."""
     per_tensor = any(isinstance(a, (list, tuple)) for a in args)
     whole_outs, whole_tensors = _whole(outs, tensors) if not per_tensor else (outs, tensors)
-    if whole_outs is not outs or sum(t.numel() for t in tensors) >= _LARGE * len(tensors):
+    if whole_outs is not outs or _large(tensors):
         fn = getattr(torch, name)
         for i, (out, tensor) in enumerate(zip(whole_outs, whole_tensors)):
             fn(tensor, *(a[i] if isinstance(a, (list, tuple)) else a for a in args), out=out, **kwargs)
@@ -558,6 +558,11 @@ def _into(outs, name, tensors, *args, **kwargs):
 
 
 _LARGE = 1 << 15  # elements per tensor from which `_into` calls per tensor (on 200×10k both branches time alike)
+
+
+def _large(tensors):
+    """Whether `tensors` hold ≥ `_LARGE` elements on average: worth a call (or a cache block) each."""
+    return sum(t.numel() for t in tensors) >= _LARGE * len(tensors)
 
 
 def _in_blocks(owner, lists, scratch=0):
@@ -574,14 +579,14 @@ def _in_blocks(owner, lists, scratch=0):
     dtype = xs[0].dtype
     if (
         xs[0].device.type != "cpu"
-        or sum(x.numel() for x in xs) < _LARGE * len(xs)
+        or not _large(xs)
         or any(x.dtype != dtype for x in xs)
         or not all(t.is_contiguous() for tensors in lists for t in tensors)  # pieces are flat views
     ):
         yield (*lists, *(_scratch(owner, xs, scratch) if scratch else ()))
         return
     kept = getattr(owner, "_torch_block_scratch", None)
-    if kept is None or len(kept) < scratch or (kept and (kept[0].dtype != dtype or kept[0].numel() != _BLOCK)):
+    if kept is None or len(kept) < scratch or any(k.dtype != dtype or k.numel() != _BLOCK for k in kept):
         kept = owner._torch_block_scratch = [torch.zeros(_BLOCK, dtype=dtype) for _ in range(scratch)]
     kept = kept[:scratch]
 
