@@ -468,8 +468,11 @@ def _scratch(owner, xs, count=1):
     buffer where it can be (see `_whole`). Zeros when first made (one-time cost): no kernel
     ever reads non-finite garbage from them."""
     buffers = getattr(owner, "_torch_scratch", [])
-    if len(buffers) < count or not _like(buffers[0], xs):
+    made_for = getattr(owner, "_torch_scratch_for", ())
+    if len(buffers) < count or not (_same(made_for, xs) or _like(buffers[0], xs)):
         buffers = owner._torch_scratch = [_packed(xs) or [torch.zeros_like(x) for x in xs] for _ in range(count)]
+    # The tensors last checked: next step's are nearly always the same ones (identity is ~20x cheaper to check).
+    object.__setattr__(owner, "_torch_scratch_for", list(xs))
     return buffers[:count]
 
 
@@ -538,9 +541,9 @@ def _into(outs, name, tensors, *args, **kwargs):
     """outs ← torch.<name>(tensors, *args, **kwargs) elementwise, in kept buffers; returns `outs`.
 
     An argument that is a list (or tuple) is taken per tensor (`_into(out, "add", g, xs, alpha=λ)`);
-    `outs` may be `tensors` (in place). No fresh tensors: on CPU, freed and re-allocated buffers
-    page-fault on every step, which cost more than the arithmetic (measured: ~3x a fused Adam
-    for one fresh `_foreach_add` over 200×10k). Packed lists (`_whole`): one `out=` call on the
+    `outs` may hold the very tensors of `tensors` (in place). No fresh tensors: on CPU, freed and
+    re-allocated buffers page-fault on every step, which cost more than the arithmetic (measured:
+    ~3x a fused Adam for one fresh `_foreach_add` over 200×10k). Packed lists (`_whole`): one `out=` call on the
     buffers. Tensors of ≥ 32768 elements on average: one `out=` call each; smaller ones: a
     foreach copy and the foreach in-place op (a pass over little memory costs less than a
     Python call per tensor), on the packed buffer where `outs` is one."""
@@ -551,7 +554,7 @@ def _into(outs, name, tensors, *args, **kwargs):
         for i, (out, tensor) in enumerate(zip(whole_outs, whole_tensors)):
             fn(tensor, *(a[i] if isinstance(a, (list, tuple)) else a for a in args), out=out, **kwargs)
         return outs
-    if outs is not tensors:
+    if not _same(outs, tensors):  # a list of the same tensors is in place too
         torch._foreach_copy_(outs, tensors)
     getattr(torch, f"_foreach_{name}_")(outs if per_tensor else _whole(outs)[0], *args, **kwargs)
     return outs

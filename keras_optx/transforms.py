@@ -5,8 +5,9 @@ optimizer, built-ins included (`ClipNorm(1.0, keras.optimizers.Adam())`): the gr
 is transformed, then handed to the wrapped optimizer.
 
 On torch each also has `_torch_into(out, g, xs, t, step)`, which returns its Δ, written into
-the kept buffer `out` for large tensors (see `_base._into`), so a chain of transforms before a
-fused rule allocates no large tensor (tested to equal `delta`).
+the kept buffer `out` (see `_base._into`; ClipNorm on CPU hands a gradient within its threshold
+through as it is), so a chain of transforms before a fused rule allocates no large tensor
+(tested to equal `delta`). Later members write into `out`, never into what they are handed.
 """
 
 import keras
@@ -108,9 +109,24 @@ class ClipNorm(Transform):
         return g * (self.thresh / ops.maximum(ops.norm(g), self.thresh)), {}
 
     def _torch_into(self, out, g, xs, t, step):
-        # The scales as one vector: per-variable 0-d tensors cost a dispatch each, ~5 µs.
         scales = self.thresh / torch.clamp_min(torch.stack(torch._foreach_norm(g)), self.thresh)
-        return _into(out, "mul", g, scales.tolist() if scales.device.type == "cpu" else list(scales.unbind()))
+        # As 0-d tensors: with a list of Python floats a foreach op dispatches once per tensor on
+        # CPU (over 200×10k, `_foreach_mul_` took 0.7–0.9 ms that way, 0.3 ms with tensors).
+        factors = list(scales.unbind())
+        if scales.device.type != "cpu":  # reading the scales would wait for the device
+            return _into(out, "mul", g, factors)
+        # On CPU they are on the host already: a gradient within the threshold is its own Δ
+        # (g·1 = g), so only the clipped ones are copied and scaled.
+        clipped = [i for i, s in enumerate(scales.tolist()) if s < 1.0]
+        if len(clipped) == len(g):
+            return _into(out, "mul", g, factors)
+        delta = list(g)
+        if clipped:
+            outs = [out[i] for i in clipped]
+            _into(outs, "mul", [g[i] for i in clipped], [factors[i] for i in clipped])
+            for i, scaled in zip(clipped, outs):
+                delta[i] = scaled
+        return delta
 
 
 @_register

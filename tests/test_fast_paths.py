@@ -49,6 +49,10 @@ FAST = {
     "WeightDecay>Descent": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.Descent(0.05)),
     "ClipGlobalNorm>RMSProp": lambda: ox.Optimiser(ox.ClipGlobalNorm(2.0), ox.RMSProp(0.003, 0.85)),
     "ClipValue>(WeightDecay>Nesterov)": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.Optimiser(ox.WeightDecay(1e-2), ox.Nesterov(0.02, 0.85))),
+    # ClipNorm(3) clips some of SHAPES' unit-normal gradients and passes others through, as the
+    # chain's first member (they are the caller's tensors) and after another transform (the buffer).
+    "ClipNorm(3)>ClipValue>Momentum": lambda: ox.Optimiser(ox.ClipNorm(3.0), ox.ClipValue(0.5), ox.Momentum(0.02, 0.8)),
+    "ClipValue>ClipNorm(3)>ADAM": lambda: ox.Optimiser(ox.ClipValue(1.5), ox.ClipNorm(3.0), ox.ADAM(0.003, (0.85, 0.99))),
 }
 # The learning rate changes every step where the slot carries η (Flux's velocity).
 VARYING_RATE = {"Momentum", "Nesterov", "Descent", "ADAM", "ADAMW", "AdaMax", "ADADelta", "NADAM", "RADAM", "ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"}
@@ -229,6 +233,25 @@ def test_fast_path_skipped_for_float16_and_used_by_chains():
     chain = ox.Optimiser(ox.ClipNorm(1.0), member)
     chain.apply([keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES], _variables(rng))
     assert calls == [True], "a chain hands its transformed gradient to its last member's kernel"
+
+
+@torch_only
+@pytest.mark.parametrize("first", [True, False], ids=["first member", "after ClipValue"])
+def test_clip_norm_scales_only_the_gradients_over_its_threshold(first):
+    # On CPU a gradient within the threshold is its own Δ (no copy): norms 0.5 and 2 under
+    # ClipNorm(1) here, then (swapped) 2 and 0.5, so each variable is clipped on one step.
+    clip = [ox.ClipNorm(1.0)] if first else [ox.ClipValue(10.0), ox.ClipNorm(1.0)]
+    fast, calls = _counting(ox.Optimiser(*clip, ox.WeightDecay(1e-2), ox.Momentum(0.1, 0.8)))
+    slow = _generic(ox.Optimiser(*[type(m).from_config(m.get_config()) for m in clip], ox.WeightDecay(1e-2), ox.Momentum(0.1, 0.8)))
+    rng = np.random.default_rng(4)
+    xs_fast, xs_slow = _variables(rng, shapes=[(3,), (4,)]), _variables(np.random.default_rng(4), shapes=[(3,), (4,)])
+    small, large = np.array([0.3, 0.0, 0.4], "float32"), np.array([0.0, 1.2, 0.0, 1.6], "float32")
+    for grads in ([small, large], [small * 4, large / 4]):
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+        for a, b in zip(xs_fast, xs_slow):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6, atol=1e-7)
+    assert calls == [True, True]
 
 
 def test_cached_lookups_follow_the_variable_list():
