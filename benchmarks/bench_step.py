@@ -98,6 +98,10 @@ def run(args):
         "AMSGrad": (lambda: ox.AMSGrad(), lambda: K.Adam(amsgrad=True), ("Adam", dict(lr=0.001, amsgrad=True)), "amsgrad"),
         "NADAM": (lambda: ox.NADAM(), lambda: K.Nadam(), ("NAdam", dict(lr=0.001)), "nadam"),
         "ADAMW": (lambda: ox.ADAMW(0.001, decay=1e-4), lambda: K.AdamW(weight_decay=0.1), ("AdamW", dict(lr=0.001, weight_decay=0.1)), "adamw"),
+        # keras_optx.torch: torch's rules with torch's names (ported PyTorch code).
+        "torch.SGD(momentum)": (lambda: ox.torch.SGD(0.01, momentum=0.9), lambda: K.SGD(0.01, momentum=0.9), ("SGD", dict(lr=0.01, momentum=0.9)), "momentum"),
+        "torch.Adam": (lambda: ox.torch.Adam(), lambda: K.Adam(), ("Adam", dict(lr=0.001)), "adam"),
+        "torch.AdamW": (lambda: ox.torch.AdamW(weight_decay=0.1), lambda: K.AdamW(weight_decay=0.1), ("AdamW", dict(lr=0.001, weight_decay=0.1)), "adamw"),
         "chain(ClipNorm,WeightDecay,ADAM)": (
             lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM()),
             None, None, None,

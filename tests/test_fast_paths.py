@@ -49,13 +49,22 @@ FAST = {
     "WeightDecay>Descent": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.Descent(0.05)),
     "ClipGlobalNorm>RMSProp": lambda: ox.Optimiser(ox.ClipGlobalNorm(2.0), ox.RMSProp(0.003, 0.85)),
     "ClipValue>(WeightDecay>Nesterov)": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.Optimiser(ox.WeightDecay(1e-2), ox.Nesterov(0.02, 0.85))),
+    # keras_optx.torch: torch's own kernels on torch's state.
+    "torch.SGD": lambda: ox.torch.SGD(0.05),
+    "torch.SGD(momentum,dampening,wd)": lambda: ox.torch.SGD(0.05, momentum=0.8, dampening=0.3, weight_decay=1e-2),
+    "torch.SGD(nesterov,maximize)": lambda: ox.torch.SGD(0.05, momentum=0.8, nesterov=True, maximize=True),
+    "torch.SGD(dtorch)": lambda: ox.torch.SGD(0.05, momentum=0.8, dampening=0.8, dampen_first_step=True),
+    "torch.Adam(wd,amsgrad)": lambda: ox.torch.Adam(0.003, (0.85, 0.99), weight_decay=1e-2, amsgrad=True),
+    "torch.Adam(maximize)": lambda: ox.torch.Adam(0.003, maximize=True),
+    "torch.AdamW": lambda: ox.torch.AdamW(0.003, (0.85, 0.99), weight_decay=0.1),
+    "torch.AdamW(amsgrad)": lambda: ox.torch.AdamW(0.003, amsgrad=True),
     # ClipNorm(3) clips some of SHAPES' unit-normal gradients and passes others through, as the
     # chain's first member (they are the caller's tensors) and after another transform (the buffer).
     "ClipNorm(3)>ClipValue>Momentum": lambda: ox.Optimiser(ox.ClipNorm(3.0), ox.ClipValue(0.5), ox.Momentum(0.02, 0.8)),
     "ClipValue>ClipNorm(3)>ADAM": lambda: ox.Optimiser(ox.ClipValue(1.5), ox.ClipNorm(3.0), ox.ADAM(0.003, (0.85, 0.99))),
 }
 # The learning rate changes every step where the slot carries η (Flux's velocity).
-VARYING_RATE = {"Momentum", "Nesterov", "Descent", "ADAM", "ADAMW", "AdaMax", "ADADelta", "NADAM", "RADAM", "ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"}
+VARYING_RATE = {"torch.SGD(momentum,dampening,wd)", "torch.SGD(dtorch)", "torch.Adam(wd,amsgrad)", "torch.AdamW", "Momentum", "Nesterov", "Descent", "ADAM", "ADAMW", "AdaMax", "ADADelta", "NADAM", "RADAM", "ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"}
 
 torch_only = pytest.mark.skipif(
     BACKEND != "torch", reason="torch fused kernels exist only on torch; jax/tf run `delta` under XLA/tf.function"
