@@ -215,7 +215,7 @@ class _Adam(_TorchRule):
         if self.amsgrad:
             v = new["max_exp_avg_sq"] = ops.maximum(s.max_exp_avg_sq, v)
         # torch's lr/(1−β₁ᵗ) · m/(√v/c + ε) with c = √(1−β₂ᵗ), as lr·c/(1−β₁ᵗ) · m/(√v + ε·c): the
-        # corrections as scalars, one per-element operation fewer (XLA, tensorflow: 1.13–1.17x → ADAM's speed).
+        # corrections as scalars, one per-element operation fewer (tensorflow XLA, 4×2.5M: 1.13–1.47x → 0.98–1.03x Keras's Adam).
         c = ops.sqrt(ops.one_minus_pow(b2, t))
         step = (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.eps * c)
         if wd and self._decoupled:
