@@ -7,6 +7,7 @@ the results back (distribution-aware on TensorFlow, multi-tensor on torch),
 config and serialization.
 """
 
+import collections
 import copy
 import functools
 import itertools
@@ -487,8 +488,18 @@ def _like(buffers, xs):
 # kept scratch list) are views of one contiguous buffer, and a step that touches only slots and
 # scratch runs as one op on the buffers (`_whole`); steps that read gradients or write the
 # variables stay per tensor. The views are what the Keras variables hold, so saving, loading and
-# `assign` work on them as before.
-_PACK = "_keras_optx_pack"  # set on each view: (the buffer, every view of it in order)
+# `assign` work on them as before. In the buffer, tensors of one size lie side by side (sizes in
+# first-seen order, then variable order; every pack of one list of shapes alike), so a per-tensor
+# reduction over them is one op on a (count, size) view (`_runs`: ClipNorm's norms).
+_PACK = "_keras_optx_pack"  # set on each view: a `_Pack`
+
+
+class _Pack:
+    def __init__(self, whole, views, order, runs):
+        self.whole = whole  # the buffer
+        self.views = views  # one per tensor, in the list's order
+        self.order = order  # the list's positions in buffer order
+        self.runs = runs  # [(a (count, size) view of the buffer, the count)] in buffer order
 
 
 def _packed(like, values=None, parameters=False):
@@ -498,14 +509,22 @@ def _packed(like, values=None, parameters=False):
     if first is None or any(t.dtype != first.dtype or t.device != first.device for t in like):
         return None
     sizes = [t.numel() for t in like]
+    counts = collections.Counter(sizes)  # keeps first-seen order
+    rank = {size: k for k, size in enumerate(counts)}
+    order = sorted(range(len(like)), key=lambda i: rank[sizes[i]])
     whole = torch.zeros(sum(sizes), dtype=first.dtype, device=first.device)
-    views = [piece.view(t.shape) for piece, t in zip(torch.split(whole, sizes), like)]
+    views = [None] * len(like)
+    for piece, i in zip(torch.split(whole, [sizes[i] for i in order]), order):
+        views[i] = piece.view(like[i].shape)
+    runs = [(block.view(count, size), count) for block, (size, count) in
+            zip(torch.split(whole, [size * count for size, count in counts.items()]), counts.items())]
     if values is not None:
         torch._foreach_copy_(views, values)
     if parameters:  # what Keras's torch Variable holds; a Parameter made from a view shares its memory
         views = [torch.nn.Parameter(v, requires_grad=False) for v in views]
+    pack = _Pack(whole, views, order, runs)
     for view in views:
-        setattr(view, _PACK, (whole, views))
+        setattr(view, _PACK, pack)
     return views
 
 
@@ -528,13 +547,26 @@ def _whole(*lists):
     """`([buffer], …)` when each list is exactly the views of one packed buffer, in order, so a
     foreach op over them is one op; else `lists` as they are (a subset of the variables, a
     stateless call's values, mixed dtypes). Lists combined in one op must be `_whole`d together."""
-    wholes = []
+    wholes, order = [], None
     for tensors in lists:
-        pack = getattr(tensors[0], _PACK, None) if tensors else None
-        if pack is None or not _same(pack[1], tensors):
+        pack = _pack_of(tensors)
+        # Lists shaped alike are packed alike; a guard all the same, as one op pairs their elements.
+        if pack is None or (order is not None and pack.order != order):
             return lists
-        wholes.append([pack[0]])
+        order = pack.order
+        wholes.append([pack.whole])
     return tuple(wholes)
+
+
+def _pack_of(tensors):
+    """The `_Pack` whose views `tensors` are, exactly and in order; else None."""
+    pack = getattr(tensors[0], _PACK, None) if tensors else None
+    return pack if pack is not None and _same(pack.views, tensors) else None
+
+
+def _gather(pack, tensors):
+    """Copy `tensors` (shaped like the pack's views) into the pack's buffer: one op."""
+    torch.cat([tensors[i].reshape(-1) for i in pack.order], out=pack.whole)
 
 
 def _into(outs, name, tensors, *args, **kwargs):

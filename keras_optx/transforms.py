@@ -5,15 +5,16 @@ optimizer, built-ins included (`ClipNorm(1.0, keras.optimizers.Adam())`): the gr
 is transformed, then handed to the wrapped optimizer.
 
 On torch each also has `_torch_into(out, g, xs, t, step)`, which returns its Δ, written into
-the kept buffer `out` (see `_base._into`; ClipNorm on CPU hands a gradient within its threshold
-through as it is), so a chain of transforms before a fused rule allocates no large tensor
-(tested to equal `delta`). Later members write into `out`, never into what they are handed.
+the kept buffer `out` (see `_base._into`; ClipNorm over large tensors on CPU hands a gradient
+within its threshold through as it is), so a chain of transforms before a fused rule allocates
+no large tensor (tested to equal `delta`). Later members write into `out`, never into what
+they are handed.
 """
 
 import keras
 
 from . import _checks as check
-from ._base import Transform, _into
+from ._base import Transform, _gather, _into, _large, _pack_of, _same
 from ._tensors import _TORCH
 
 if _TORCH:
@@ -109,6 +110,15 @@ class ClipNorm(Transform):
         return g * (self.thresh / ops.maximum(ops.norm(g), self.thresh)), {}
 
     def _torch_into(self, out, g, xs, t, step):
+        pack = _packed_for(out, g, sizes_shared=True)
+        if pack is not None:
+            # Many small tensors, most sharing a size with others: each size's norms and scaling
+            # are one op on its (count, size) block (200×10k: 1.9 → 1.0 ms for this step).
+            norms = [torch.linalg.vector_norm(block, dim=1) for block, _ in pack.runs]
+            scales = self.thresh / torch.clamp_min(torch.cat(norms), self.thresh)
+            for (block, _), scale in zip(pack.runs, scales.split([count for _, count in pack.runs])):
+                block.mul_(scale.unsqueeze(1))
+            return out
         scales = self.thresh / torch.clamp_min(torch.stack(torch._foreach_norm(g)), self.thresh)
         # As 0-d tensors: with a list of Python floats a foreach op dispatches once per tensor on
         # CPU (over 200×10k, `_foreach_mul_` took 0.7–0.9 ms that way, 0.3 ms with tensors).
@@ -153,5 +163,22 @@ class ClipGlobalNorm(Transform):
         return g * (self.thresh / ops.maximum(ops.global_norm(g), self.thresh)), {}
 
     def _torch_into(self, out, g, xs, t, step):
+        pack = _packed_for(out, g)
+        if pack is not None:  # small tensors: one norm and one scaling over the buffer
+            pack.whole.mul_(self.thresh / torch.clamp_min(torch.linalg.vector_norm(pack.whole), self.thresh))
+            return out
         norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(g)]))
         return _into(out, "mul", g, self.thresh / torch.clamp_min(norm, self.thresh))
+
+
+def _packed_for(out, g, sizes_shared=False):
+    """`out`'s pack, now holding a copy of `g`, when `out` is one packed buffer and `g` small
+    tensors (< 32768 elements on average) (and with `sizes_shared`, of at most half as many sizes
+    as tensors); else None. Over many small tensors a norm per tensor costs more in dispatch than
+    in arithmetic; copying them into the buffer first is one op."""
+    pack = None if _large(g) else _pack_of(out)
+    if pack is not None and sizes_shared and len(pack.runs) * 2 > len(g):
+        return None
+    if pack is not None and not _same(g, out):
+        _gather(pack, g)
+    return pack

@@ -127,6 +127,27 @@ def test_fast_path_matches_formula_in_cache_blocks(name):
     _compare_fast_and_generic(name, BLOCK_SHAPES, 4)
 
 
+# Sizes shared by several variables (12 five times, 7 twice), not side by side: in a packed buffer
+# they lie together, and ClipNorm and ClipGlobalNorm take one op per size over a copy of the
+# gradients there (`transforms._packed_for`); the packed slot steps pair buffers laid out alike.
+GROUPED_SHAPES = [(3, 4), (7,), (12,), (5,), (4, 3), (2, 6), (7,), (6, 2)]
+PACKED = ["AdaMax", "ADADelta", "NADAM", "RADAM"]  # their fast paths run slot-only steps on packed buffers
+PACKED_CLIPS = ["ClipNorm>WeightDecay>ADAM", "ClipNorm(3)>ClipValue>Momentum", "ClipValue>ClipNorm(3)>ADAM", "ClipGlobalNorm>RMSProp"]
+
+
+@torch_only
+@pytest.mark.parametrize("name", PACKED + PACKED_CLIPS)
+def test_fast_path_matches_formula_on_sizes_shared_by_several_variables(name, monkeypatch):
+    from keras_optx import transforms
+
+    packed_for = transforms._packed_for
+    packed = []
+    monkeypatch.setattr(transforms, "_packed_for", lambda *args, **kwargs: packed.append(packed_for(*args, **kwargs)) or packed[-1])
+    _compare_fast_and_generic(name, GROUPED_SHAPES, 8)
+    if name in PACKED_CLIPS:
+        assert packed and all(p is not None for p in packed), "the clip did not run on the packed buffer"
+
+
 def _compare_fast_and_generic(name, shapes, steps):
     rng = np.random.default_rng(1)
     fast, calls = _counting(FAST[name]())
@@ -329,9 +350,6 @@ def test_jit_compile_fit_matches_eager(name):
     np.testing.assert_allclose(loss_jit, loss_eager, rtol=1e-4)
     for a, b in zip(weights_jit, weights_eager):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-PACKED = ["AdaMax", "ADADelta", "NADAM", "RADAM"]  # their fast paths run slot-only steps on packed buffers
 
 
 @torch_only
