@@ -266,6 +266,30 @@ def test_fast_path_skipped_for_float16_and_used_by_chains():
 
 
 @torch_only
+def test_gradients_the_kernels_cannot_take_run_the_formula():
+    # A transposed view (not contiguous) or a float64 gradient for a float32 variable: the step
+    # runs the formula, with the same result; the next plain step takes the kernel again.
+    rng = np.random.default_rng(15)
+    fast, calls = _counting(ox.ADAM(0.01))
+    slow = _generic(ox.ADAM(0.01))
+    xs_fast, xs_slow = _variables(np.random.default_rng(16)), _variables(np.random.default_rng(16))
+    unusual = {
+        "transposed": lambda g: keras.ops.convert_to_tensor(np.ascontiguousarray(g.T)).T,
+        "float64": lambda g: keras.ops.convert_to_tensor(g.astype("float64")),
+        "plain": keras.ops.convert_to_tensor,
+    }
+    for kind, convert in unusual.items():
+        grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+        given = [convert(grads[0])] + [keras.ops.convert_to_tensor(g) for g in grads[1:]]
+        assert kind == "plain" or not (given[0].is_contiguous() and given[0].dtype == xs_fast[0].value.dtype)
+        fast.apply(given, xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+        for a, b in zip(xs_fast, xs_slow):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6, atol=1e-7, err_msg=kind)
+    assert calls == [True], "only the plain step may take the kernel"
+
+
+@torch_only
 @pytest.mark.parametrize("first", [True, False], ids=["first member", "after ClipValue"])
 def test_clip_norm_scales_only_the_gradients_over_its_threshold(first):
     # On CPU a gradient within the threshold is its own Δ (no copy): norms 0.5 and 2 under
