@@ -493,11 +493,13 @@ def _like(buffers, xs):
 # variables stay per tensor. The views are what the Keras variables hold, so saving, loading and
 # `assign` work on them as before. In the buffer, tensors of one size lie side by side (sizes in
 # first-seen order, then variable order; every pack of one list of shapes alike), so a per-tensor
-# reduction over them is one op on a (count, size) view (`_runs`: ClipNorm's norms).
+# reduction over them is one op on a (count, size) view (`_Pack.runs`: ClipNorm's norms).
 _PACK = "_keras_optx_pack"  # set on each view: a `_Pack`
 
 
 class _Pack:
+    """A packed buffer and how its tensors lie in it."""
+
     def __init__(self, whole, views, order, runs):
         self.whole = whole  # the buffer
         self.views = views  # one per tensor, in the list's order
