@@ -5,8 +5,8 @@ optimizer, built-ins included (`ClipNorm(1.0, keras.optimizers.Adam())`): the gr
 is transformed, then handed to the wrapped optimizer.
 
 On torch each also has `_torch_into(out, g, xs, t, step)`, which returns its Δ, written into
-the kept buffer `out` (see `_base._into`; ClipNorm over large tensors on CPU hands a gradient
-within its threshold through as it is), so a chain of transforms before a fused rule allocates
+the kept buffer `out` (see `_base._into`; over large tensors on CPU, ClipNorm and ClipGlobalNorm hand
+gradients within their threshold through as they are), so a chain of transforms before a fused rule allocates
 no large tensor (tested to equal `delta`). Later members write into `out`, never into what
 they are handed.
 """
@@ -168,7 +168,10 @@ class ClipGlobalNorm(Transform):
             pack.whole.mul_(self.thresh / torch.clamp_min(torch.linalg.vector_norm(pack.whole), self.thresh))
             return out
         norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(g)]))
-        return _into(out, "mul", g, self.thresh / torch.clamp_min(norm, self.thresh))
+        scale = self.thresh / torch.clamp_min(norm, self.thresh)
+        if scale.device.type == "cpu" and scale.item() == 1.0:  # within the threshold: Δ = g, no copy
+            return g
+        return _into(out, "mul", g, scale)
 
 
 def _packed_for(out, g, sizes_shared=False):

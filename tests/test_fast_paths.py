@@ -308,6 +308,25 @@ def test_clip_norm_scales_only_the_gradients_over_its_threshold(first):
     assert calls == [True, True]
 
 
+@torch_only
+def test_clip_global_norm_passes_gradients_within_its_threshold_through():
+    # Over large tensors on CPU, gradients of a global norm within the threshold are handed on
+    # uncopied: steps at 0.1×, 10× and again 0.1× the threshold, against the formula.
+    fast, calls = _counting(ox.Optimiser(ox.ClipGlobalNorm(1.0), ox.ADAM(0.01)))
+    slow = _generic(ox.Optimiser(ox.ClipGlobalNorm(1.0), ox.ADAM(0.01)))
+    rng = np.random.default_rng(5)
+    xs_fast, xs_slow = _variables(rng, shapes=LARGE_SHAPES), _variables(np.random.default_rng(5), shapes=LARGE_SHAPES)
+    for norm in (0.1, 10.0, 0.1):
+        grads = [rng.normal(size=s) for s in LARGE_SHAPES]
+        total = np.sqrt(sum((g**2).sum() for g in grads))
+        grads = [(g * (norm / total)).astype("float32") for g in grads]
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+        for a, b in zip(xs_fast, xs_slow):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6, atol=1e-7, err_msg=f"global norm {norm}")
+    assert calls == [True] * 3
+
+
 def test_cached_lookups_follow_the_variable_list():
     """`apply` caches per-list lookups (shapes, known variables, slot lists) for the last list of
     variables it saw, matched by identity: a subset, another order, None gradients, an unknown
