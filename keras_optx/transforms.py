@@ -5,10 +5,10 @@ optimizer, built-ins included (`ClipNorm(1.0, keras.optimizers.Adam())`): the gr
 is transformed, then handed to the wrapped optimizer.
 
 On torch each also has `_torch_into(out, g, xs, t, step)`, which returns its Δ, written into
-the kept buffer `out` (see `_base._into`; over large tensors on CPU, ClipNorm and ClipGlobalNorm hand
-gradients within their threshold through as they are), so a chain of transforms before a fused rule allocates
-no large tensor (tested to equal `delta`). Later members write into `out`, never into what
-they are handed.
+the kept buffer `out` (see `_base._into`; over large tensors on CPU, ClipNorm and ClipGlobalNorm
+hand gradients within their threshold through as they are), so a chain of transforms before a
+fused rule allocates no large tensor (tested to equal `delta`). Later members write into `out`,
+never into what they are handed.
 """
 
 import keras
