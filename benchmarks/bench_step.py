@@ -78,6 +78,7 @@ def run(args):
 
     import keras
     import keras_optx as ox
+    from keras_optx._catalog import FLUX_RULES, TORCH_RULES
 
     backend = keras.backend.backend()
     layouts = QUICK_LAYOUTS if args.quick else LAYOUTS
@@ -107,6 +108,12 @@ def run(args):
             None, None, None,
         ),
     }
+    # Every rule keras_optx lists (keras_optx/_catalog.py, as `compare` does) is timed: those above
+    # against their references, any other alone.
+    timed = {label.split("(")[0] for label in rules}
+    for label, make in [(c, getattr(ox, c)) for c in FLUX_RULES.values()] + [(f"torch.{c}", getattr(ox.torch, c)) for c in TORCH_RULES.values()]:
+        if label not in timed:
+            rules[label] = (make, None, None, None)
     if args.rules:
         wanted = set(args.rules.split(","))
         rules = {k: v for k, v in rules.items() if k in wanted or k.split("(")[0] in wanted}
