@@ -11,6 +11,7 @@ from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
+from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
@@ -29,11 +30,13 @@ __all__ = [
     "ClipValue",
     "Descent",
     "ExpDecay",
+    "Frozen",
     "InvDecay",
     "Momentum",
     "NADAM",
     "Nesterov",
     "Optimiser",
+    "Partition",
     "RADAM",
     "RMSProp",
     "Rule",
