@@ -5,7 +5,7 @@ import math
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule, _in_blocks, _into, _step_tensors, _whole
+from ._base import EPSILON, Rule, _in_blocks, _into, _step_tensors, _versioned, _whole
 from ._tensors import _TORCH
 from .adaptive import _StartsAtEpsilon
 from .chain import Optimiser
@@ -349,10 +349,12 @@ class ADAMW(Optimiser):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config, version = _versioned(cls, config)
         if isinstance(config.get("learning_rate"), dict):
             config["learning_rate"] = keras.saving.deserialize_keras_object(config["learning_rate"], custom_objects=custom_objects)
-        return cls(**config)
+        adamw = cls(**config)
+        adamw._saved_format_version = version
+        return adamw
 
     def __repr__(self):
         return f"ADAMW({self.rules[0]!r}, decay={self.decay})"
