@@ -15,6 +15,7 @@ from ._base import (
     _step_variables,
     _track_once,
     _values,
+    _versioned,
 )
 from ._tensors import _TORCH, Many
 
@@ -291,11 +292,13 @@ class Partition(Rule):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config, version = _versioned(cls, config)
         rules = [
             (p, keras.saving.deserialize_keras_object(r, custom_objects=custom_objects)) for p, r in config.pop("rules")
         ]
-        return cls(rules, **config)
+        partition = cls(rules, **config)
+        partition._saved_format_version = version
+        return partition
 
     def __repr__(self):
         return f"{type(self).__name__}({{{', '.join(f'{p.pattern!r}: {r!r}' for p, r in zip(self.patterns, self.rules))}}})"
