@@ -12,6 +12,7 @@ from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .schedules import ExpDecay, InvDecay
+from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
 
@@ -31,6 +32,7 @@ __all__ = [
     "Descent",
     "ExpDecay",
     "InvDecay",
+    "Lion",
     "Momentum",
     "NADAM",
     "Nesterov",
@@ -38,6 +40,7 @@ __all__ = [
     "Optimiser",
     "RADAM",
     "RMSProp",
+    "Rprop",
     "Rule",
     "SkipNonFinite",
     "Transform",
