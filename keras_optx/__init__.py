@@ -13,6 +13,7 @@ from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
+from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
 
@@ -33,6 +34,7 @@ __all__ = [
     "ExpDecay",
     "Frozen",
     "InvDecay",
+    "Lion",
     "Momentum",
     "NADAM",
     "Nesterov",
@@ -41,6 +43,7 @@ __all__ = [
     "Partition",
     "RADAM",
     "RMSProp",
+    "Rprop",
     "Rule",
     "SkipNonFinite",
     "Transform",
