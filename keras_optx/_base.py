@@ -7,6 +7,8 @@ What differs per backend (replica sums and cross-replica writes on TensorFlow, k
 and packed buffers on torch) is in `keras_optx._backends`, behind one small interface.
 """
 
+import contextlib
+import contextvars
 import copy
 import weakref
 
@@ -20,6 +22,11 @@ from ._tensors import Many, ops
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 _LOW_PRECISION = ("float16", "bfloat16")
 EPSILON = 1e-8
+# The layout of a keras_optx optimizer's saved config and variables, written to every config as
+# "format_version". Raise it when a change adds, removes or reorders an optimizer's variables or
+# renames a config key, and teach `Rule._migrate_config`/`_migrate_variables` to read the old one:
+# tests/fixtures/checkpoints (files saved by earlier versions) must keep loading.
+FORMAT_VERSION = 1
 
 
 class State(dict):
@@ -103,7 +110,8 @@ class Rule(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self._slot_variables = {}
-        for name, initial in self.slots.items():
+        for name, (initial, has) in self._slot_owners(variables).items():
+            # None where a variable keeps no such slot (a Partition's rule holds state for its variables only).
             self._slot_variables[name] = [
                 self.add_variable(
                     shape=v.shape,
@@ -111,9 +119,22 @@ class Rule(keras.optimizers.Optimizer):
                     initializer=keras.initializers.Constant(initial),
                     name=f"{_variable_path(v)}_{name}",
                 )
-                for v in variables
+                if own
+                else None
+                for v, own in zip(variables, has)
             ]
-            backend.prepare_slots(self._slot_variables[name])
+            backend.prepare_slots([s for s in self._slot_variables[name] if s is not None])
+        for v in self._build_state(variables):
+            _track_once(self, v)
+
+    def _slot_owners(self, variables):
+        """`{slot name: (initial value, [whether each of `variables` keeps it])}`; every variable by default."""
+        return {name: (initial, [True] * len(variables)) for name, initial in self.slots.items()}
+
+    def _build_state(self, variables):
+        """Create variables other than slots at build (a Partition's freeze mask); returns them
+        for the optimizer that owns this rule to track and save. None by default."""
+        return []
 
     def apply(self, grads, trainable_variables=None):
         # Keras zips grads with variables: an extra gradient or a wrong shape would be
@@ -134,6 +155,10 @@ class Rule(keras.optimizers.Optimizer):
         _set_cache(self, "_known_cache", source=self._trainable_variables_indices, variables=list(variables))
 
     def _update(self, grads, variables):
+        with _step_variables(variables):
+            self._update_step(grads, variables)
+
+    def _update_step(self, grads, variables):
         slots = self._slot_lists(variables)
         if backend.apply_kernel(self, grads, variables, slots):  # a kernel of exactly this class (torch)
             return
@@ -156,7 +181,7 @@ class Rule(keras.optimizers.Optimizer):
         if cache is not None and cache.source is self._slot_variables and _same(cache.variables, variables):
             return cache.slots
         index = [self._get_variable_index(v) for v in variables]
-        slots = {name: [vs[i] for i in index] for name, vs in self._slot_variables.items()}
+        slots = {name: [vs[i] for i in index if vs[i] is not None] for name, vs in self._slot_variables.items()}
         _set_cache(self, "_slot_cache", source=self._slot_variables, variables=list(variables), slots=slots)
         return slots
 
@@ -171,12 +196,48 @@ class Rule(keras.optimizers.Optimizer):
             config.pop("learning_rate")
         for name in self.hyperparameters:
             config[name] = getattr(self, name)
+        config["format_version"] = FORMAT_VERSION
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         # Keras's from_config deserializes the schedule in place; keep the caller's dict intact.
-        return super().from_config(dict(config), custom_objects=custom_objects)
+        config, version = _versioned(cls, config)
+        optimizer = super().from_config(config, custom_objects=custom_objects)
+        optimizer._saved_format_version = version
+        return optimizer
+
+    # Saved-format migration ----------------------------------------------------------
+    @classmethod
+    def _migrate_config(cls, config, version):
+        """Return `config` (a dict saved with format `version` < FORMAT_VERSION) in today's form.
+
+        Version 0 is a file written before format versions existed; it has today's layout."""
+        return config
+
+    def _migrate_variables(self, arrays, version):
+        """Return the saved variable values (`arrays`, a list in saved order, format `version` <
+        FORMAT_VERSION) in the order and number of today's `self.variables`."""
+        return arrays
+
+    def load_own_variables(self, store):
+        arrays = [store[str(i)] for i in range(len(store.keys()))]
+        version = getattr(self, "_saved_format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            arrays = self._migrate_variables(arrays, version)
+        variables = self.variables
+        if not variables and arrays:
+            return super().load_own_variables(store)  # not built: Keras warns and builds later
+        if len(arrays) != len(variables):
+            # Keras only warns and leaves the state at zero: a resumed run would silently restart
+            # its moments. Refuse instead.
+            raise ValueError(
+                f"Cannot load the saved state of optimizer {self.name!r}: it has {len(arrays)} variables, this "
+                f"{type(self).__name__} has {len(variables)}. Load it with the same optimizer configuration "
+                f"it was saved with (saved format version {version}, this keras_optx reads {FORMAT_VERSION})."
+            )
+        for variable, value in zip(variables, arrays):
+            variable.assign(value)
 
     def _claim(self, owner):
         """Mark this rule as a member of `owner`: one rule, one chain, one set of slots."""
@@ -249,9 +310,9 @@ class Transform(Rule):
             for v in self.optimizer.variables:
                 _track_once(self, v)
 
-    def _update(self, grads, variables):
+    def _update_step(self, grads, variables):
         if self.optimizer is None:
-            return super()._update(grads, variables)
+            return super()._update_step(grads, variables)
         t, step = self._step_numbers()
         delta, _ = self._transform(Many(grads), Many(v.value for v in variables), {}, t, step)
         # On TensorFlow the base handed us the dense gradient summed over replicas (a norm of
@@ -272,6 +333,42 @@ class Transform(Rule):
 
 
 # Helpers ---------------------------------------------------------------------------
+_STEP_VARIABLES = contextvars.ContextVar("keras_optx_step_variables", default=None)
+
+
+@contextlib.contextmanager
+def _step_variables(variables):
+    """Name the variables the running step updates, in its order (a Partition routes by them)."""
+    token = _STEP_VARIABLES.set(list(variables))
+    try:
+        yield
+    finally:
+        _STEP_VARIABLES.reset(token)
+
+
+def _current_variables():
+    variables = _STEP_VARIABLES.get()
+    if variables is None:
+        raise RuntimeError("A Partition's update needs its variables; it runs inside an optimizer's `apply`.")
+    return variables
+
+
+def _versioned(cls, config):
+    """`config` without its "format_version" (migrated by `cls._migrate_config`), and that version."""
+    config = dict(config)
+    version = config.pop("format_version", 0)
+    if not isinstance(version, int) or version < 0:
+        raise ValueError(f"{cls.__name__}: saved `format_version` must be an integer ≥ 0; received {version!r}.")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{cls.__name__} was saved by a newer keras_optx (format version {version}); this one reads format "
+            f"versions ≤ {FORMAT_VERSION}. Upgrade keras_optx to load it."
+        )
+    if version < FORMAT_VERSION:
+        config = cls._migrate_config(config, version)
+    return config, version
+
+
 def _adopt_rate(optimizer, rate):
     """Make `optimizer.learning_rate` read and set `rate` (a member's or wrapped optimizer's)."""
     own = optimizer._learning_rate

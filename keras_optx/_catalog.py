@@ -4,7 +4,8 @@ Names are lower-case, as `python -m keras_optx.compare --rules` takes them. A ru
 `keras_optx` and listed here is trained by `compare` and timed by `benchmarks/bench_step.py`
 (against a reference there, where it names one) with no other edit.
 
-- `FLUX_RULES`: name → class name in `keras_optx`, built with its own defaults.
+- `FLUX_RULES`: name → class name in `keras_optx`, built with its own defaults (Flux v0.12's rules).
+- `EXTRA_RULES`: the same for rules beyond Flux v0.12 (not in `compare`'s default run).
 - `TRANSFORMS`: chain members that transform the gradient (and `InvDecay`, a schedule member):
   name → (class name, the first argument used when none is given).
 - `TORCH_RULES`: name → class name in `keras_optx.torch` (torch's rules with torch's names).
@@ -27,6 +28,12 @@ FLUX_RULES = {
     "amsgrad": "AMSGrad",
     "nadam": "NADAM",
     "adamw": "ADAMW",
+    "oadam": "OADAM",
+    "adabelief": "AdaBelief",
+}
+EXTRA_RULES = {  # rules beyond Flux v0.12, at their documented defaults (not in compare's default run)
+    "lion": "Lion",
+    "rprop": "Rprop",
 }
 TRANSFORMS = {
     "clipnorm": ("ClipNorm", 1.0),

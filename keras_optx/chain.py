@@ -3,7 +3,7 @@
 import keras
 
 from ._backends import current as backend
-from ._base import Rule, Transform, _adopt_rate, _track_once
+from ._base import Rule, Transform, _adopt_rate, _track_once, _versioned
 from ._tensors import Many
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
@@ -67,6 +67,14 @@ class Optimiser(Rule):
     def slots(self):
         return {f"{i}_{name}": init for i, m in enumerate(self._members) for name, init in m.slots.items()}
 
+    def _slot_owners(self, variables):
+        return {
+            f"{i}_{name}": spec for i, m in enumerate(self._members) for name, spec in m._slot_owners(variables).items()
+        }
+
+    def _build_state(self, variables):
+        return [v for m in self._members for v in m._build_state(variables)]
+
     def _transform(self, g, x, state, t, step):
         return self._fold(self._members, g, x, state, t, step)
 
@@ -101,9 +109,11 @@ class Optimiser(Rule):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config, version = _versioned(cls, config)
         rules = [keras.saving.deserialize_keras_object(r, custom_objects=custom_objects) for r in config.pop("rules")]
-        return cls(*rules, **config)
+        chain = cls(*rules, **config)
+        chain._saved_format_version = version
+        return chain
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(map(repr, self.rules))})"

@@ -7,6 +7,9 @@ also what the TensorFlow and torch modules fall back on.
 import keras
 
 
+EAGER = False  # the optimizer step is traced and compiled (under `jit`): per-step values stay tensors
+
+
 def prepare_slots(variables):
     """Nothing to do: slots are plain Keras variables."""
 

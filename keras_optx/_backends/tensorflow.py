@@ -9,10 +9,10 @@ import keras
 import tensorflow as tf
 
 from . import default
-from .default import apply_kernel, load_kernels, prepare_slots, scalar, step_numbers, values
+from .default import EAGER, apply_kernel, load_kernels, prepare_slots, scalar, step_numbers, values
 
 __all__ = [
-    "apply_kernel", "load_kernels", "prepare_slots", "replicas", "scalar", "step_numbers", "update_step", "values", "write",
+    "EAGER", "apply_kernel", "load_kernels", "prepare_slots", "replicas", "scalar", "step_numbers", "update_step", "values", "write",
 ]
 
 

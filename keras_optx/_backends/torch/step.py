@@ -10,6 +10,9 @@ from .registry import kernel_of
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
 
+EAGER = True  # the optimizer step is always eager (outside torch.compile): per-step values may be read on the host
+
+
 def prepare_slots(variables):
     """Each slot's variables become views of one packed buffer (see `buffers`)."""
     pack_slots(variables)

@@ -1,4 +1,4 @@
-"""Transforms' `into`s and the chain's kernel.
+"""Transforms' `into`s, and the kernels of compositions: the chain's and the partition's.
 
 A transform's `into(rule, out, g, xs, t, step)` returns its Δ written into the kept buffer `out`
 (see `buffers.into`), or `g` itself where Δ = g (over large tensors on CPU, ClipNorm and
@@ -11,7 +11,9 @@ import torch
 
 from ..._identity import _same
 from ..._tensors import Many
+from ..._base import _current_variables, _step_variables
 from ...chain import Optimiser, _own, _Scaled
+from ...partition import Frozen, Partition
 from ...transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from .buffers import gather, into, large, pack_of, scratch
 from .registry import into_of, kernel_of, register_into, register_kernel, takes_weight_decay
@@ -122,4 +124,36 @@ def chain(rule, xs, gs, slots, t, lr):
         for name, value in updated.items():
             torch._foreach_copy_(own[name], value.items)
         torch._foreach_sub_(xs, delta.items)
+    return True
+
+
+@register_kernel(Partition)
+def partition(rule, xs, gs, slots, t, lr):
+    """Each group runs its rule's kernel (or formula) on its own variables; frozen variables and
+    `Frozen` groups are not touched at all."""
+    variables = _current_variables()
+    groups = rule._groups(variables)
+    frozen = rule._frozen_flags(variables)
+    for k, (member, positions) in enumerate(zip(rule.rules, groups)):
+        if isinstance(member, Frozen):
+            continue
+        sub = [variables[i] for i in positions]
+        owners = member._slot_owners(sub)
+        prefix = f"{k}_"
+        keep = [j for j, i in enumerate(positions) if not frozen[i]]
+        if not keep:
+            continue
+        own = {}
+        for name, (_, has) in owners.items():
+            slot_of = dict(zip([j for j, h in enumerate(has) if h], slots[prefix + name]))  # position in the group → slot
+            own[name] = [slot_of[j] for j in keep if j in slot_of]
+        kx, kg, kv = [xs[positions[j]] for j in keep], [gs[positions[j]] for j in keep], [sub[j] for j in keep]
+        with _step_variables(kv):
+            kernel = kernel_of(member)
+            if kernel is not None and kernel(member, kx, kg, own, t, member._rate(t - 1)):
+                continue
+            delta, updated = member._transform(Many(kg), Many(kx), {n: Many(v) for n, v in own.items()}, t, t - 1)
+        for name, value in updated.items():
+            torch._foreach_copy_(own[name], value.items)
+        torch._foreach_sub_(kx, delta.items)
     return True
