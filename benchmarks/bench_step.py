@@ -151,13 +151,13 @@ def run(args):
         wanted = set(args.rules.split(","))
         rules = {k: v for k, v in rules.items() if k in wanted or k.split("(")[0] in wanted}
 
-    header(backend, keras, rounds, args.threads)
     harness = {"torch": TorchHarness, "jax": JaxHarness, "tensorflow": TfHarness}[backend](np)
+    header(backend, keras, rounds, args.threads, harness.describe())
     for layout, (count, total) in layouts.items():
         print(f"\n### {backend}, layout {layout}: {count} variables, {total / 1e6:g}M parameters\n")
-        print("| rule | keras_optx ms (median / min) | reference | ref ms (median / min) | CPU/wall (keras_optx / ref) "
-              "| ratio of medians | ratio of minima |")
-        print("|---|---:|---|---:|---:|---:|---:|")
+        print("| rule | keras_optx ms (wall median / min, CPU median) | reference | ref ms (wall median / min, CPU median) "
+              "| CPU/wall (keras_optx / ref) | ratio of wall medians | ratio of wall minima | ratio of CPU medians |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|")
         for name, (ours, builtin, torch_ref, optax_ref) in rules.items():
             step = harness.keras_case(ours(), count, total)
             cases = {"keras_optx": step}
@@ -171,17 +171,18 @@ def run(args):
                 cases["keras_optx ADAM"] = harness.keras_case(ox.ADAM(), count, total)
             floor = None
             if name in FLOOR_BYTES:
-                floor = MemoryFloor(np, FLOOR_BYTES[name], total, args.threads)
+                floor = harness.floor(FLOOR_BYTES[name], total, args.threads)
                 cases["floor"] = floor
             times = interleave(cases, rounds, harness.sync)
             mine = times.pop("keras_optx")
             for label, ms in times.items():
                 if label == "floor":
-                    cached = " (in L3 cache: not a memory floor)" if 2 * floor.bytes / 3 <= l3_bytes() else ""
-                    label = (f"memory floor: x += y, {FLOOR_BYTES[name]} B/param, {args.threads} core(s), "
-                             f"{floor.bytes / ms[1] / 1e6:.1f} GB/s{cached}")
-                print(f"| {name} | {mine[0]:.2f} / {mine[1]:.2f} | {label} | {ms[0]:.2f} / {ms[1]:.2f} "
-                      f"| {mine[2]:.2f} / {ms[2]:.2f} | {mine[0] / ms[0]:.2f} | {mine[1] / ms[1]:.2f} |")
+                    cached = " (in L3 cache: not a memory floor)" if 2 * floor.bytes / 3 <= l3_bytes() and not harness.gpu else ""
+                    where = "GPU" if harness.gpu else f"{args.threads} core(s)"
+                    label = (f"memory floor: x += y, {FLOOR_BYTES[name]} B/param, {where}, "
+                             f"{floor.bytes / ms[1] / 1e6:.1f} GB/s at the minimum{cached}")
+                print(f"| {name} | {mine[0]:.2f} / {mine[1]:.2f}, {mine[2]:.2f} | {label} | {ms[0]:.2f} / {ms[1]:.2f}, {ms[2]:.2f} "
+                      f"| {mine[3]:.2f} / {ms[3]:.2f} | {mine[0] / ms[0]:.2f} | {mine[1] / ms[1]:.2f} | {mine[2] / ms[2]:.2f} |")
             cases.clear()
             floor = None
             gc.collect()
@@ -195,26 +196,30 @@ FLOOR_BYTES = {"Descent": 12, "Momentum": 20, "Nesterov": 20, "ADAM": 28}
 
 
 def interleave(cases, rounds, sync):
-    """Per case: median ms, minimum ms, and process CPU time / wall time over the timed rounds.
+    """Per case: median and minimum wall ms, median CPU ms, and CPU time / wall time over the rounds.
 
     Cases alternate within each round, so a change in the machine's load falls on all of them.
-    CPU time is the whole process's (every thread): above 1 means more than one core was busy.
+    CPU time is the whole process's (every thread). On one core it is the time the step had
+    the core: on a machine shared with other work it leaves out the time spent waiting for it,
+    which wall time counts, so the CPU median is the steadier figure there (CPU/wall below 1
+    shows how much waiting the wall figures hold).
     """
     for step in cases.values():  # warm-up: compile, allocate state
         for _ in range(3):
             step()
         sync()
     times = {label: [] for label in cases}
-    cpu = dict.fromkeys(cases, 0.0)
+    cpus = {label: [] for label in cases}
     for _ in range(rounds):
         for label, step in cases.items():
             sync()
             start, start_cpu = time.perf_counter(), time.process_time()
             step()
             sync()
-            cpu[label] += time.process_time() - start_cpu
+            cpus[label].append(time.process_time() - start_cpu)
             times[label].append(time.perf_counter() - start)
-    return {label: (statistics.median(ts) * 1e3, min(ts) * 1e3, cpu[label] / sum(ts)) for label, ts in times.items()}
+    return {label: (statistics.median(ts) * 1e3, min(ts) * 1e3, statistics.median(cpus[label]) * 1e3,
+                    sum(cpus[label]) / sum(ts)) for label, ts in times.items()}
 
 
 class MemoryFloor:
@@ -231,7 +236,8 @@ class MemoryFloor:
     def __init__(self, np, per_param, total, threads):
         self.np, self.threads = np, threads
         size = round(per_param / 12 * total)
-        self.x, self.y = np.ones(size, dtype=np.float32), np.zeros(size, dtype=np.float32)
+        self.x, self.y = np.ones(size, dtype=np.float32), np.empty(size, dtype=np.float32)
+        self.y.fill(0.0)  # written, so its pages are real memory (np.zeros maps one shared zero page: cached)
         self.bytes = 12 * size
         bounds = [size * i // threads for i in range(threads + 1)]
         self.parts = [(self.x[lo:hi], self.y[lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
@@ -259,7 +265,7 @@ def l3_bytes():
     return int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text)
 
 
-def header(backend, keras, rounds, threads):
+def header(backend, keras, rounds, threads, device):
     import platform
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
@@ -273,7 +279,7 @@ def header(backend, keras, rounds, threads):
           + ", ".join(f"{k} {v}" for k, v in versions.items()))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{threads} thread(s): process affinity cores {sorted(os.sched_getaffinity(0))}, each library set to "
-          f"{threads}; median and minimum of {rounds} interleaved rounds; load average at the start {load}")
+          f"{threads}; {device}; median and minimum of {rounds} interleaved rounds; load average at the start {load}")
 
 
 def _arrays(np, count, total, seed):
@@ -287,15 +293,30 @@ class TorchHarness:
         import torch
 
         self.np, self.torch = np, torch
+        self.gpu = torch.cuda.is_available()  # Keras puts its variables on the GPU when there is one
+        self.device = torch.device("cuda" if self.gpu else "cpu")
+
+    def describe(self):
+        return f"torch device {self.torch.cuda.get_device_name() if self.gpu else 'cpu'}"
 
     def sync(self):
-        pass
+        if self.gpu:
+            self.torch.cuda.synchronize()
+
+    def floor(self, per_param, total, threads):
+        if not self.gpu:
+            return MemoryFloor(self.np, per_param, total, threads)
+        size = round(per_param / 12 * total)
+        x, y = self.torch.ones(size, device=self.device), self.torch.zeros(size, device=self.device)
+        step = lambda: x.add_(y)  # noqa: E731
+        step.bytes = 12 * size
+        return step
 
     def keras_case(self, opt, count, total):
         import keras
 
         variables = [keras.Variable(a) for a in _arrays(self.np, count, total, 0)]
-        grads = [self.torch.from_numpy(a) for a in _arrays(self.np, count, total, 1)]
+        grads = [self.torch.from_numpy(a).to(self.device) for a in _arrays(self.np, count, total, 1)]
         return lambda: opt.apply(grads, variables)
 
     def references(self, torch_ref, optax_ref, count, total):
@@ -309,9 +330,9 @@ class TorchHarness:
 
     def _torch_case(self, cls, kwargs, kind, count, total):
         torch = self.torch
-        params = [torch.nn.Parameter(torch.from_numpy(a)) for a in _arrays(self.np, count, total, 0)]
+        params = [torch.nn.Parameter(torch.from_numpy(a).to(self.device)) for a in _arrays(self.np, count, total, 0)]
         for p, g in zip(params, _arrays(self.np, count, total, 1)):
-            p.grad = torch.from_numpy(g)
+            p.grad = torch.from_numpy(g).to(self.device)
         opt = cls(params, **kwargs, **{kind: True})
         return opt.step
 
@@ -321,6 +342,25 @@ class JaxHarness:
         import jax
 
         self.np, self.jax = np, jax
+        self.gpu = jax.default_backend() == "gpu"
+
+    def describe(self):
+        return f"jax device {self.jax.devices()[0].device_kind}"
+
+    def floor(self, per_param, total, threads):
+        if not self.gpu:
+            return MemoryFloor(self.np, per_param, total, threads)
+        jax = self.jax
+        size = round(per_param / 12 * total)
+        add = jax.jit(lambda x, y: x + y, donate_argnums=0)
+        state = {"x": jax.numpy.ones(size), "y": jax.numpy.zeros(size)}
+
+        def step():
+            state["x"] = add(state["x"], state["y"])
+            jax.block_until_ready(state["x"])
+
+        step.bytes = 12 * size
+        return step
 
     def sync(self):
         pass  # each step blocks on its own outputs
@@ -395,10 +435,18 @@ class JaxHarness:
 
 
 class TfHarness:
+    gpu = False
+
     def __init__(self, np):
         import tensorflow as tf
 
         self.np, self.tf = np, tf
+
+    def describe(self):
+        return "tensorflow device cpu"
+
+    def floor(self, per_param, total, threads):
+        return MemoryFloor(self.np, per_param, total, threads)
 
     def sync(self):
         pass
