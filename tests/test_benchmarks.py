@@ -90,6 +90,7 @@ def test_gpu_run_dry_run_writes_every_part(tmp_path):
     assert re.search(r"## Test suite, jax .*\d+ tests collected", text)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the check does not depend on the Keras backend: once, on the torch leg")
 def test_gpu_run_without_a_gpu_says_so():
     if subprocess.run([sys.executable, "-c", "import torch, sys; sys.exit(torch.cuda.is_available())"]).returncode:
         pytest.skip("this machine has a GPU: the refusal is for machines without one")
