@@ -30,9 +30,10 @@ def value_and_gradient(loss_fn, variables):
         A variable the loss does not depend on gets zeros (as JAX gives).
 
     Example:
-        >>> W = keras.Variable(keras.random.normal((2, 5)))
+        >>> W = keras.Variable([[1.0, -2.0], [0.5, 3.0]])
         >>> loss, (gW,) = keras_optx.value_and_gradient(lambda: keras.ops.sum(W ** 2), [W])
-        >>> # gW == 2 * W
+        >>> print(float(loss), keras.ops.convert_to_numpy(gW).tolist())  # Σ W², and gW = 2·W
+        14.25 [[2.0, -4.0], [1.0, 6.0]]
 
     Build a model (call it once) before differentiating through it: no variable may be
     created inside `loss_fn`. On JAX, variable writes made inside `loss_fn` (BatchNorm
@@ -55,9 +56,10 @@ def gradient(loss_fn, variables):
     Same as `value_and_gradient(loss_fn, variables)[1]`; see there for the arguments.
 
     Example:
-        >>> grads = keras_optx.gradient(lambda: loss(x, y), [W, b])
-        >>> for v, g in zip([W, b], grads):
-        ...     v.assign(v - 0.1 * g)        # x ← x − η·g, by hand
+        >>> w, b = keras.Variable([2.0]), keras.Variable([0.5])
+        >>> grads = keras_optx.gradient(lambda: keras.ops.sum((3.0 * w + b - 1.0) ** 2), [w, b])
+        >>> print([keras.ops.convert_to_numpy(g).tolist() for g in grads])  # 2·(3w + b − 1)·(3, 1)
+        [[33.0], [11.0]]
 
     Flux.jl's `gradient` (Innes 2018, arXiv:1811.01457).
     """

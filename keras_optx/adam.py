@@ -41,7 +41,11 @@ class ADAM(_AdamFamily):
         epsilon: ϵ, default 1e-8.
 
     Example:
-        >>> opt = keras_optx.ADAM(0.001, (0.9, 0.8))
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.ADAM(0.1)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # a constant g: bias-corrected steps of η
+        [0.8 2.2]
 
     Equals `torch.optim.Adam`. `keras.optimizers.Adam` uses ϵ = 1e-7 and adds it to √v
     before the bias correction: η·m̂/(√v̂ + ϵ/√(1−β₂ᵗ)). Kingma & Ba 2014, arXiv:1412.6980.
@@ -70,7 +74,11 @@ class RADAM(_AdamFamily):
         epsilon: ϵ, default 1e-8.
 
     Example:
-        >>> opt = keras_optx.RADAM(0.001, (0.9, 0.8))
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.RADAM(0.1)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # ρₜ ≤ 4 for t ≤ 4: Δ = η·m̂ = η·g
+        [0.8 2.2]
 
     `torch.optim.RAdam` switches at ρₜ > 5, not 4. Liu et al. 2019, arXiv:1908.03265.
     """
@@ -104,7 +112,11 @@ class AdaMax(_AdamFamily):
         epsilon: ϵ, default 1e-8.
 
     Example:
-        >>> opt = keras_optx.AdaMax(0.001, (0.9, 0.995))
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.AdaMax(0.1)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # m̂ = g, u = |g|: steps of η
+        [0.8 2.2]
 
     `torch.optim.Adamax` puts ϵ inside the maximum, u ← max(β₂·u, |g| + ϵ) (a difference of
     order (1−β₂)·ϵ); `keras.optimizers.Adamax` uses ϵ = 1e-7.
@@ -133,7 +145,10 @@ class OADAM(_AdamFamily):
         epsilon: ϵ, default 1e-8.
 
     Example:
-        >>> opt = keras_optx.OADAM(0.001, (0.9, 0.995))
+        >>> opt, x = keras_optx.OADAM(0.1, (0.9, 0.995)), keras.Variable([1.0, 2.0])
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # 2Δ₁ − 0, then 2Δ₂ − Δ₁: 0.2 + 0.1
+        [0.7 2.3]
 
     Flux v0.12's definition (its docstring says η = 0.0001; the code's default, used here, is
     0.001). `optax.optimistic_adam_v2(η, b1=β₁, b2=β₂, nesterov=False)` is the same rule for a
@@ -167,7 +182,11 @@ class AMSGrad(_StartsAtEpsilon, _AdamFamily):
         epsilon: ϵ, default 1e-8 (also every slot's start).
 
     Example:
-        >>> opt = keras_optx.AMSGrad(0.001, (0.89, 0.995))
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.AMSGrad(0.01)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # no bias correction: the first steps are long
+        [0.926 2.074]
 
     `keras.optimizers.Adam(amsgrad=True)` and torch's `Adam(amsgrad=True)` bias-correct;
     Flux does not. Reddi, Kale & Kumar 2018.
@@ -193,7 +212,11 @@ class NADAM(_AdamFamily):
         epsilon: ϵ, default 1e-8.
 
     Example:
-        >>> opt = keras_optx.NADAM(0.002, (0.89, 0.995))
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.NADAM(0.1)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))
+        [0.737 2.263]
 
     `keras.optimizers.Nadam` and `torch.optim.NAdam` use Dozat's momentum-decay
     schedule; Flux's (and this) does not. Dozat 2016.
@@ -225,7 +248,11 @@ class ADAMW(Optimiser):
         epsilon: ϵ, default 1e-8.
 
     Example:
-        >>> opt = keras_optx.ADAMW(0.001, (0.89, 0.995), 0.1)
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.ADAMW(0.1, decay=0.1)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # ADAM's steps of η, plus 0.1·x each step
+        [0.62 1.81]
 
     Flux's decay is not multiplied by η; `keras.optimizers.AdamW` and `torch.optim.AdamW`
     subtract η·λ·x (use `keras_optx.torch.AdamW` for theirs). Loshchilov & Hutter 2019,
@@ -280,7 +307,12 @@ class AdaBelief(_AdamFamily):
         epsilon: ϵ, default 1e-8.
 
     Example:
-        >>> opt = keras_optx.AdaBelief(0.001, (0.9, 0.8))
+        >>> x, g = keras.Variable([1.0, 2.0]), np.array([1.0, -1.0], "float32")
+        >>> opt = keras_optx.AdaBelief(0.01)
+        >>> opt.apply([g], [x])
+        >>> opt.apply([g], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # (g − m)² is small for a constant g: long steps
+        [0.915 2.085]
 
     Flux v0.12's form. The paper's algorithm (and optax's `adabelief`, Optimisers.jl's
     `AdaBelief`) bias-corrects m and s and adds ϵ inside s as well: s ← β₂s + (1−β₂)(g−m)² + ϵ;

@@ -20,7 +20,11 @@ class RMSProp(Rule):
         epsilon: ϵ, default 1e-8.
 
     Example:
-        >>> opt = keras_optx.RMSProp(0.002, 0.95)
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.RMSProp(0.01, 0.9)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # steps 0.01/√0.1, 0.01/√0.19
+        [0.945 2.055]
 
     Differs from `keras.optimizers.RMSprop`: Keras adds ϵ inside the square root
     (√(a + ϵ)) with ϵ = 1e-7; Flux and torch add it outside. Tieleman & Hinton 2012.
@@ -56,7 +60,11 @@ class ADAGrad(_StartsAtEpsilon, Rule):
         epsilon: ϵ, default 1e-8 (also the accumulator's start).
 
     Example:
-        >>> opt = keras_optx.ADAGrad(0.01)
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.ADAGrad(0.1)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # steps 0.1/√1, 0.1/√2
+        [0.829 2.171]
 
     Equals `torch.optim.Adagrad(lr=η, initial_accumulator_value=ϵ, eps=ϵ)`. Differs from
     `keras.optimizers.Adagrad` (accumulator starts at 0.1, ϵ inside √, rate 0.001).
@@ -87,7 +95,11 @@ class ADADelta(Rule):
             paper; it exists so Keras callbacks and schedules can scale the step.
 
     Example:
-        >>> opt = keras_optx.ADADelta(0.89)
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.ADADelta(0.9, 1e-4)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 4))  # no rate: steps of order √ϵ
+        [0.936 2.064]
 
     `keras.optimizers.Adadelta` defaults to rate 0.001 and ρ = 0.95, ϵ = 1e-7.
     Zeiler 2012, arXiv:1212.5701.

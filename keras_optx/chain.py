@@ -42,7 +42,12 @@ class Optimiser(Rule):
 
     Example:
         >>> opt = keras_optx.Optimiser(keras_optx.ClipNorm(1.0), keras_optx.WeightDecay(1e-4), keras_optx.ADAM(1e-3))
-        >>> opt[0], opt[1:], len(opt)     # members, a new chain of copies, 3
+        >>> len(opt), opt[0]  # a sequence of members, as in Flux; opt[1:] is a new chain of copies
+        (3, ClipNorm(thresh=1.0))
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt.apply([np.array([30.0, -40.0], "float32")], [x])  # clipped, decayed, then ADAM
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 4))
+        [0.999 2.001]
 
     A member belongs to one chain (it keeps that chain's state); reusing one raises.
     Flux.jl `Optimiser` (Innes 2018, arXiv:1811.01457); optax `chain`.

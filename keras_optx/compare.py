@@ -186,8 +186,9 @@ def run(specs=DEFAULT_RULES, epochs=20, batch_size=64, seed=0, data=None, report
         report: called with one progress line per rule and epoch (default: silent).
 
     Example:
-        >>> results = keras_optx.compare.run(["adam", "descent"], epochs=2)
-        >>> print(keras_optx.compare.table(results))
+        >>> results = keras_optx.compare.run(["adam", "descent"], epochs=1)
+        >>> [r.name for r in results], [len(r.losses) for r in results]  # the loss at the start and after each epoch
+        (['ADAM', 'Descent'], [2, 2])
     """
     report = report or (lambda line: None)
     (x, y), (x_test, y_test) = data if data is not None else load_digits(seed)

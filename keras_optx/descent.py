@@ -17,7 +17,11 @@ class Descent(Rule):
         **kwargs: any `keras.optimizers.Optimizer` keyword (`clipnorm`, `use_ema`, …).
 
     Example:
-        >>> model.compile(optimizer=keras_optx.Descent(0.1), loss="mse")
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.Descent(0.1)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # x − 2·0.1·g
+        [0.8 2.2]
 
     Same as `keras.optimizers.SGD(learning_rate)` without momentum, but with Flux's
     default rate 0.1 (Keras's is 0.01). Robbins & Monro 1951.
@@ -41,7 +45,11 @@ class Momentum(Rule):
         rho: ρ ∈ [0, 1), default 0.9.
 
     Example:
-        >>> opt = keras_optx.Momentum(0.01, 0.99)
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.Momentum(0.1, 0.9)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # v = −0.1·g, then −0.19·g
+        [0.71 2.29]
 
     With a constant rate this equals `keras.optimizers.SGD(η, momentum=ρ)` and
     `torch.optim.SGD(lr=η, momentum=ρ)`; unlike them, the velocity carries η, so a
@@ -70,7 +78,11 @@ class Nesterov(Rule):
         rho: ρ ∈ [0, 1), default 0.9.
 
     Example:
-        >>> opt = keras_optx.Nesterov(0.003, 0.95)
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.Nesterov(0.1, 0.9)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # d = −0.19·g, then −0.271·g
+        [0.539 2.461]
 
     With a constant rate this equals `keras.optimizers.SGD(η, momentum=ρ, nesterov=True)`
     and torch's `SGD(nesterov=True)`. Nesterov 1983; Sutskever et al. 2013.

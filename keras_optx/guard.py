@@ -56,10 +56,12 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     optimizer's rate, so callbacks work.
 
     Example:
-        >>> opt = keras_optx.SkipNonFinite(keras_optx.ADAM(1e-3))
-        >>> model.compile(optimizer=opt, loss="mse")
-        >>> model.fit(x, y)
-        >>> int(opt.skipped)      # batches whose gradients were not finite
+        >>> x = keras.Variable([1.0])
+        >>> opt = keras_optx.SkipNonFinite(keras_optx.Descent(0.1))
+        >>> opt.apply([np.array([np.nan], "float32")], [x])  # skipped: nothing changes
+        >>> opt.apply([np.array([1.0], "float32")], [x])
+        >>> print(keras.ops.convert_to_numpy(x), int(opt.skipped), int(opt.iterations))
+        [0.9] 1 1
 
     Unlike `keras.optimizers.LossScaleOptimizer` (which also skips non-finite steps,
     but only as part of loss scaling), this changes no loss scale and works for

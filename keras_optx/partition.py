@@ -20,7 +20,11 @@ class Frozen(Transform):
     to freeze and thaw during training without rebuilding, use `Partition.freeze`/`thaw`.
 
     Example:
-        >>> opt = keras_optx.Partition({"embedding": keras_optx.Frozen(), ".*": keras_optx.ADAM()})
+        >>> w, b = keras.Variable([1.0], name="kernel"), keras.Variable([1.0], name="bias")
+        >>> opt = keras_optx.Partition({"bias": keras_optx.Frozen(), ".*": keras_optx.Descent(0.1)})
+        >>> opt.apply([np.ones(1, "float32"), np.ones(1, "float32")], [w, b])
+        >>> print(keras.ops.convert_to_numpy(w), keras.ops.convert_to_numpy(b))
+        [0.9] [1.]
 
     Optimisers.jl `freeze!`; optax `set_to_zero`.
     """
@@ -66,7 +70,12 @@ class Partition(Rule):
         ...     r"head/": keras_optx.ADAMW(1e-2, decay=1e-2),                # a higher rate for the head
         ...     r".*": keras_optx.ADAMW(1e-3, decay=1e-2),
         ... })
-        >>> opt.freeze(r"^encoder/")  # later: opt.thaw(r"^encoder/")
+        >>> w, b = keras.Variable([1.0], name="kernel"), keras.Variable([1.0], name="bias")
+        >>> opt.apply([np.ones(1, "float32"), np.ones(1, "float32")], [w, b])
+        >>> _ = opt.freeze("kernel")  # no update until opt.thaw("kernel"); its slots are kept
+        >>> opt.apply([np.ones(1, "float32"), np.ones(1, "float32")], [w, b])
+        >>> print(np.round(keras.ops.convert_to_numpy(w), 4), np.round(keras.ops.convert_to_numpy(b), 4), opt.frozen)
+        [0.989] [0.998] ['kernel']
 
     optax `multi_transform` / `partition`; Optimisers.jl per-leaf rules and `freeze!`/`thaw!`;
     discriminative fine-tuning (Howard & Ruder 2018, arXiv:1801.06146).

@@ -24,8 +24,10 @@ class ExpDecay(_Schedule):
         start: updates before decay begins, an integer ≥ 0, default 0.
 
     Example:
-        >>> opt = keras_optx.Descent(keras_optx.ExpDecay(0.1, 0.5, 100))       # as a rate
-        >>> opt = keras_optx.Optimiser(keras_optx.ExpDecay(0.1, 0.5, 100), keras_optx.Descent(1.0))
+        >>> schedule = keras_optx.ExpDecay(0.1, 0.5, 100)
+        >>> [round(float(schedule(step)), 4) for step in (0, 99, 199)]  # updates n = 1, 100, 200
+        [0.1, 0.05, 0.025]
+        >>> opt = keras_optx.Descent(schedule)  # as a rate; or a chain member: Optimiser(schedule, Descent(1.0))
 
     Both give the same trajectory. Unlike `keras.optimizers.schedules.ExponentialDecay`
     it counts updates from 1, decays in whole steps and never goes below `clip`. Step decay as
@@ -61,8 +63,10 @@ class InvDecay(_Schedule):
             scales (Flux); as a `learning_rate` give the base rate here.
 
     Example:
-        >>> opt = keras_optx.Optimiser(keras_optx.InvDecay(0.01), keras_optx.Momentum(0.1))
-        >>> opt = keras_optx.Momentum(keras_optx.InvDecay(0.01, learning_rate=0.1))   # the same
+        >>> schedule = keras_optx.InvDecay(0.01, learning_rate=0.1)
+        >>> [round(float(schedule(step)), 4) for step in (0, 99)]  # 0.1/(1 + 0.01·n), n = 1, 100
+        [0.099, 0.05]
+        >>> opt = keras_optx.Momentum(schedule)  # the same as Optimiser(InvDecay(0.01), Momentum(0.1))
 
     Like `keras.optimizers.schedules.InverseTimeDecay(η, 1, γ)`, but counting updates from 1.
     The 1/n-type rate of stochastic approximation: Robbins & Monro 1951; Flux.jl (Innes 2018,

@@ -23,7 +23,11 @@ class Lion(Rule):
         beta: (β₁, β₂), each in [0, 1), default (0.9, 0.99) (the paper's).
 
     Example:
-        >>> opt = keras_optx.Lion(1e-4, (0.95, 0.98))
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.Lion(0.1)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # steps of η·sign(…)
+        [0.8 2.2]
 
     The same rule as `keras.optimizers.Lion(learning_rate=η, beta_1=β₁, beta_2=β₂)` and
     `optax.lion(η, b1=β₁, b2=β₂)`; unlike them it is a keras_optx rule, so it can be a member
@@ -95,7 +99,11 @@ class Rprop(Rule):
         gamma: (Γ₋, Γ₊), the step-size bounds, 0 ≤ Γ₋ ≤ Γ₊, default (1e-6, 50.0).
 
     Example:
-        >>> opt = keras_optx.Rprop(0.01, (0.4, 1.3), (1e-5, 1.0))
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.Rprop(0.1)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # steps 0.1, then 0.1·1.2 (same sign)
+        [0.78 2.22]
 
     Equals `torch.optim.Rprop(lr=η₀, etas=ℓ, step_sizes=Γ)` step by step. Optimisers.jl's
     `Rprop` clamps only in the direction of the change (a step size started outside Γ stays

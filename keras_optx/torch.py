@@ -100,10 +100,12 @@ class SGD(_TorchRule):
             (`clipnorm`, `use_ema`, `gradient_accumulation_steps`, …).
 
     Example:
-        >>> opt = SGD(0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-        >>> model.compile(optimizer=opt, loss="mse")
-        >>> # dtorch.optim.SGD(params, lr=0.01, momentum=0.9):
-        >>> opt = SGD(0.01, momentum=0.9, dampening=0.9, dampen_first_step=True)
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = SGD(0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)  # torch.optim.SGD(params, 0.1, …)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 4))
+        [0.5388 2.4605]
+        >>> opt = SGD(0.01, momentum=0.9, dampening=0.9, dampen_first_step=True)  # dtorch.optim.SGD(params, lr=0.01, momentum=0.9)
 
     Equivalences (constant lr): `SGD(η, momentum=ρ)` = Flux `Momentum(η, ρ)`;
     `SGD(η, momentum=ρ, nesterov=True)` = Flux `Nesterov(η, ρ)`;
@@ -229,7 +231,11 @@ class Adam(_Adam):
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
 
     Example:
-        >>> opt = Adam(3e-4, betas=(0.9, 0.98), weight_decay=1e-4)
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = Adam(0.1, betas=(0.9, 0.98), weight_decay=1e-4)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 4))  # torch.optim.Adam(params, 0.1, …)
+        [0.8 2.2]
 
     Equivalences: `Adam(η, β, ε)` = Flux `ADAM(η, β, ε)`;
     `Adam(η, β, ε, weight_decay=λ)` = `Optimiser(WeightDecay(λ), ADAM(η, β, ε))` (the
@@ -272,7 +278,11 @@ class AdamW(_Adam):
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
 
     Example:
-        >>> opt = AdamW(1e-3, weight_decay=0.05)
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = AdamW(0.1, weight_decay=0.05)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 4))  # x·(1 − 0.1·0.05), then Adam's step of 0.1
+        [0.7905 2.1796]
 
     Equivalences (constant lr η): `AdamW(η, β, ε, λ)` = Flux `ADAMW(η, β, decay=η·λ, ε)` =
     `Optimiser(ADAM(η, β, ε), WeightDecay(η·λ))`: Flux's decay is not multiplied by η,

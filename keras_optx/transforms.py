@@ -31,7 +31,11 @@ class WeightDecay(Transform):
         optimizer: optional Keras optimizer to wrap.
 
     Example:
-        >>> opt = keras_optx.Optimiser(keras_optx.WeightDecay(1e-4), keras_optx.ADAM())
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.Optimiser(keras_optx.WeightDecay(0.5), keras_optx.Descent(0.1))
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # Δ = 0.1·(g + 0.5·x)
+        [0.708 2.   ]
 
     Krogh & Hertz 1991; Loshchilov & Hutter 2019 on its interplay with ADAM.
     """
@@ -54,8 +58,11 @@ class ClipValue(Transform):
         optimizer: optional Keras optimizer to wrap.
 
     Example:
-        >>> opt = keras_optx.Optimiser(keras_optx.ClipValue(1e-3), keras_optx.ADAM(1e-3))
-        >>> opt = keras_optx.ClipValue(1.0, keras.optimizers.SGD(0.1))
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.ClipValue(0.25, keras.optimizers.SGD(0.1))
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # g clipped to ±0.25
+        [0.95 2.05]
 
     Same as Keras's `clipvalue=` keyword, as a composable member. Mikolov 2012.
     """
@@ -80,8 +87,11 @@ class ClipNorm(Transform):
         optimizer: optional Keras optimizer to wrap.
 
     Example:
-        >>> opt = keras_optx.Optimiser(keras_optx.ClipNorm(1.0), keras_optx.ADAM())
-        >>> opt = keras_optx.ClipNorm(1.0, keras.optimizers.Adam())
+        >>> x = keras.Variable([0.0, 0.0])
+        >>> opt = keras_optx.Optimiser(keras_optx.ClipNorm(1.0), keras_optx.Descent(1.0))
+        >>> opt.apply([np.array([3.0, 4.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # g·1/‖g‖ with ‖g‖ = 5
+        [-0.6 -0.8]
 
     Same as Keras's `clipnorm=` keyword. For one norm over all variables, as usual for
     transformers, see `ClipGlobalNorm`. Pascanu, Mikolov & Bengio 2013.
@@ -107,7 +117,11 @@ class ClipGlobalNorm(Transform):
         optimizer: optional Keras optimizer to wrap.
 
     Example:
-        >>> opt = keras_optx.Optimiser(keras_optx.ClipGlobalNorm(1.0), keras_optx.ADAMW(3e-4))
+        >>> x, y = keras.Variable([0.0]), keras.Variable([0.0])
+        >>> opt = keras_optx.Optimiser(keras_optx.ClipGlobalNorm(1.0), keras_optx.Descent(1.0))
+        >>> opt.apply([np.array([3.0], "float32"), np.array([4.0], "float32")], [x, y])
+        >>> print(keras.ops.convert_to_numpy(x), keras.ops.convert_to_numpy(y))  # one norm, 5, over both
+        [-0.6] [-0.8]
 
     Same as Keras's `global_clipnorm=` and `torch.nn.utils.clip_grad_norm_`.
     Pascanu, Mikolov & Bengio 2013.

@@ -11,75 +11,26 @@ import json
 import os
 import sys
 import traceback
-from collections import namedtuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-Case = namedtuple("Case", "make lr settable schedules", defaults=(True,))
 K_STEPS, N_STEPS, M_STEPS = 3, 3, 2  # trained before saving, after loading, on the return trip
 BATCH = 8
 
 
 def cases():
-    """{id: Case}: one representative configuration per rule class, chains, wrappers, compat.
+    """{id: `Reliable(make, lr, settable)`}: the rows of tests/cases.py with a `reliability` configuration
+    (one per rule class, chains, a wrapper, a schedule as the rate, the keras_optx.torch optimizers).
 
     `make(lr, **keras_kwargs)` builds the optimizer; `settable` says whether
     `optimizer.learning_rate = value` is allowed (not for a schedule given as the rate);
-    `schedules` whether the rule takes a schedule or callable as its rate (not Rprop, whose
-    rate is only its initial step size).
+    `schedules` whether the rule takes a schedule or callable as its rate (not Rprop).
     """
-    import keras
+    from cases import RELIABILITY
 
-    import keras_optx as ox
-
-    table = {
-        "Descent": Case(lambda lr, **kw: ox.Descent(lr, **kw), 0.1, True),
-        "Momentum": Case(lambda lr, **kw: ox.Momentum(lr, 0.9, **kw), 0.05, True),
-        "Nesterov": Case(lambda lr, **kw: ox.Nesterov(lr, 0.9, **kw), 0.05, True),
-        "RMSProp": Case(lambda lr, **kw: ox.RMSProp(lr, 0.9, **kw), 0.01, True),
-        "ADAM": Case(lambda lr, **kw: ox.ADAM(lr, **kw), 0.01, True),
-        # β₂ = 0.8: ρₜ passes 4 at t = 5, so both RADAM branches run within the test.
-        "RADAM": Case(lambda lr, **kw: ox.RADAM(lr, (0.9, 0.8), **kw), 0.01, True),
-        "AdaMax": Case(lambda lr, **kw: ox.AdaMax(lr, **kw), 0.01, True),
-        "ADAGrad": Case(lambda lr, **kw: ox.ADAGrad(lr, **kw), 0.1, True),
-        "ADADelta": Case(lambda lr, **kw: ox.ADADelta(0.9, learning_rate=lr, **kw), 1.0, True),
-        "AMSGrad": Case(lambda lr, **kw: ox.AMSGrad(lr, **kw), 0.01, True),
-        "NADAM": Case(lambda lr, **kw: ox.NADAM(lr, **kw), 0.01, True),
-        "OADAM": Case(lambda lr, **kw: ox.OADAM(lr, **kw), 0.01, True),
-        "AdaBelief": Case(lambda lr, **kw: ox.AdaBelief(lr, **kw), 0.01, True),
-        "Lion": Case(lambda lr, **kw: ox.Lion(lr, **kw), 0.003, True),
-        "Rprop": Case(lambda lr, **kw: ox.Rprop(lr, **kw), 0.01, True, False),
-        "ADAMW": Case(lambda lr, **kw: ox.ADAMW(lr, decay=1e-2, **kw), 0.01, True),
-        "ClipNorm>WeightDecay>ADAM": Case(
-            lambda lr, **kw: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM(lr), **kw), 0.01, True
-        ),
-        "ExpDecay>Momentum": Case(
-            lambda lr, **kw: ox.Optimiser(ox.ExpDecay(0.1, 0.5, 3), ox.Momentum(lr), **kw), 0.05, True
-        ),
-        "ClipValue>Nesterov": Case(
-            lambda lr, **kw: ox.Optimiser(ox.ClipValue(0.5), ox.Nesterov(lr), **kw), 0.05, True
-        ),
-        "ClipGlobalNorm(keras Adam)": Case(
-            lambda lr, **kw: ox.ClipGlobalNorm(1.0, keras.optimizers.Adam(lr), **kw), 0.01, True
-        ),
-        "Descent(ExpDecay)": Case(lambda lr, **kw: ox.Descent(ox.ExpDecay(lr, 0.5, 2, 1e-3), **kw), 0.1, False),
-    }
-    try:
-        from keras_optx import torch as oxt
-    except ImportError:  # keras_optx.torch not present in this checkout
-        return table
-    table.update(
-        {
-            "torch.SGD": Case(
-                lambda lr, **kw: oxt.SGD(lr, momentum=0.9, nesterov=True, weight_decay=1e-3, **kw), 0.05, True
-            ),
-            "torch.Adam": Case(lambda lr, **kw: oxt.Adam(lr, weight_decay=1e-3, amsgrad=True, **kw), 0.01, True),
-            "torch.AdamW": Case(lambda lr, **kw: oxt.AdamW(lr, weight_decay=1e-2, **kw), 0.01, True),
-        }
-    )
-    return table
+    return RELIABILITY
 
 
 JIT_CASES = ["ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"]  # also resumed with compiled training

@@ -1,106 +1,201 @@
 """One table of every rule, transform, chain and schedule configuration under test.
 
-Each case pairs a keras_optx optimizer with its NumPy float64 reference (tests/reference.py).
-`fit=False` keeps a case out of the (slower) model.fit test where another case already covers it.
+Each row (`Case`) pairs a keras_optx optimizer with its NumPy float64 oracle (tests/reference.py)
+and says which tests it takes part in; the tests read their lists from here:
+
+- `reference`: the oracle; every row with one is compared with it step by step, eager and
+  compiled, and through config and `.keras` files (tests/test_conformance.py).
+- `fit`: also trained with `model.fit` (test_conformance.py); off where another row covers it.
+- `kernel`: on torch it runs a registered kernel, held to its formula step by step, slots included
+  (tests/test_fast_paths.py). Rows marked so use non-default hyperparameters, so a kernel that
+  ignored one would differ. `varying_rate`: that test changes the rate every step.
+- `reliability`: `Reliable(make(lr, **keras_kwargs), lr, settable, schedules)`, the configuration
+  that tests/test_reliability.py resumes, ports across backends, trains under every Keras keyword
+  and distributes (`settable`: whether `optimizer.learning_rate = value` is allowed; `schedules`:
+  whether the rule takes a schedule or callable as its rate, not Rprop, whose rate is only its
+  initial step size).
+
+`BAD` is the table of refused hyperparameters (ValueError/TypeError naming the argument);
+`COMPAT` the torch-named configurations compared with torch.optim (tests/test_torch_compat.py).
+
+Adding a rule: its row(s) here, its oracle in tests/reference.py, and its refused values in `BAD`.
 """
 
+from collections import namedtuple
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import keras
 
 import keras_optx as ox
+import keras_optx.torch as oxt
 import reference as ref
+
+Reliable = namedtuple("Reliable", "make lr settable schedules", defaults=(True,))
 
 
 @dataclass(frozen=True)
 class Case:
     id: str
     make: Callable
-    reference: Callable
+    reference: Optional[Callable] = None
     fit: bool = True
+    kernel: bool = False
+    varying_rate: bool = False
+    reliability: Optional[Reliable] = None
 
     def __repr__(self):
         return self.id
 
 
+def _rate(make, lr, settable=True, schedules=True):
+    return Reliable(make, lr, settable, schedules)
+
+
 RULES = [
     # Flux defaults, then a non-default setting of each rule.
-    Case("Descent", lambda: ox.Descent(), lambda: ref.Descent()),
-    Case("Descent(0.3)", lambda: ox.Descent(0.3), lambda: ref.Descent(0.3), fit=False),
-    Case("Momentum", lambda: ox.Momentum(), lambda: ref.Momentum()),
-    Case("Momentum(0.05,0.5)", lambda: ox.Momentum(0.05, 0.5), lambda: ref.Momentum(0.05, 0.5), fit=False),
-    Case("Nesterov", lambda: ox.Nesterov(), lambda: ref.Nesterov()),
-    Case("Nesterov(0.003,0.95)", lambda: ox.Nesterov(0.003, 0.95), lambda: ref.Nesterov(0.003, 0.95), fit=False),
-    Case("RMSProp", lambda: ox.RMSProp(), lambda: ref.RMSProp()),
+    Case("Descent", lambda: ox.Descent(), lambda: ref.Descent(),
+         reliability=_rate(lambda lr, **kw: ox.Descent(lr, **kw), 0.1)),
+    Case("Descent(0.3)", lambda: ox.Descent(0.3), lambda: ref.Descent(0.3), fit=False, kernel=True, varying_rate=True),
+    Case("Momentum", lambda: ox.Momentum(), lambda: ref.Momentum(),
+         reliability=_rate(lambda lr, **kw: ox.Momentum(lr, 0.9, **kw), 0.05)),
+    Case("Momentum(0.05,0.5)", lambda: ox.Momentum(0.05, 0.5), lambda: ref.Momentum(0.05, 0.5), fit=False,
+         kernel=True, varying_rate=True),
+    Case("Nesterov", lambda: ox.Nesterov(), lambda: ref.Nesterov(),
+         reliability=_rate(lambda lr, **kw: ox.Nesterov(lr, 0.9, **kw), 0.05)),
+    Case("Nesterov(0.003,0.95)", lambda: ox.Nesterov(0.003, 0.95), lambda: ref.Nesterov(0.003, 0.95), fit=False,
+         kernel=True, varying_rate=True),
+    Case("RMSProp", lambda: ox.RMSProp(), lambda: ref.RMSProp(),
+         reliability=_rate(lambda lr, **kw: ox.RMSProp(lr, 0.9, **kw), 0.01)),
     Case("RMSProp(0.002,0.95,eps=1e-3)", lambda: ox.RMSProp(0.002, 0.95, epsilon=1e-3),
-         lambda: ref.RMSProp(0.002, 0.95, 1e-3), fit=False),
-    Case("ADAM", lambda: ox.ADAM(), lambda: ref.ADAM()),
-    Case("ADAM(0.001,(0.9,0.8))", lambda: ox.ADAM(0.001, (0.9, 0.8)), lambda: ref.ADAM(0.001, (0.9, 0.8)), fit=False),
-    Case("RADAM", lambda: ox.RADAM(), lambda: ref.RADAM()),
-    Case("RADAM(0.01,(0.9,0.8))", lambda: ox.RADAM(0.01, (0.9, 0.8)), lambda: ref.RADAM(0.01, (0.9, 0.8)), fit=False),
-    Case("AdaMax", lambda: ox.AdaMax(), lambda: ref.AdaMax()),
+         lambda: ref.RMSProp(0.002, 0.95, 1e-3), fit=False, kernel=True),
+    Case("ADAM", lambda: ox.ADAM(), lambda: ref.ADAM(), reliability=_rate(lambda lr, **kw: ox.ADAM(lr, **kw), 0.01)),
+    Case("ADAM(0.001,(0.9,0.8))", lambda: ox.ADAM(0.001, (0.9, 0.8)), lambda: ref.ADAM(0.001, (0.9, 0.8)), fit=False,
+         kernel=True, varying_rate=True),
+    # β₂ = 0.8: ρₜ passes 4 at t = 5, so both of RADAM's branches run within each test.
+    Case("RADAM", lambda: ox.RADAM(), lambda: ref.RADAM(),
+         reliability=_rate(lambda lr, **kw: ox.RADAM(lr, (0.9, 0.8), **kw), 0.01)),
+    Case("RADAM(0.01,(0.9,0.8))", lambda: ox.RADAM(0.01, (0.9, 0.8)), lambda: ref.RADAM(0.01, (0.9, 0.8)), fit=False,
+         kernel=True, varying_rate=True),
+    Case("AdaMax", lambda: ox.AdaMax(), lambda: ref.AdaMax(), reliability=_rate(lambda lr, **kw: ox.AdaMax(lr, **kw), 0.01)),
     Case("AdaMax(0.002,(0.9,0.995))", lambda: ox.AdaMax(0.002, (0.9, 0.995)),
-         lambda: ref.AdaMax(0.002, (0.9, 0.995)), fit=False),
-    Case("ADAGrad", lambda: ox.ADAGrad(), lambda: ref.ADAGrad()),
-    Case("ADAGrad(0.01)", lambda: ox.ADAGrad(0.01), lambda: ref.ADAGrad(0.01), fit=False),
-    Case("ADADelta", lambda: ox.ADADelta(), lambda: ref.ADADelta()),
-    Case("ADADelta(0.89)", lambda: ox.ADADelta(0.89), lambda: ref.ADADelta(0.89), fit=False),
-    Case("AMSGrad", lambda: ox.AMSGrad(), lambda: ref.AMSGrad()),
+         lambda: ref.AdaMax(0.002, (0.9, 0.995)), fit=False, kernel=True, varying_rate=True),
+    Case("ADAGrad", lambda: ox.ADAGrad(), lambda: ref.ADAGrad(), reliability=_rate(lambda lr, **kw: ox.ADAGrad(lr, **kw), 0.1)),
+    Case("ADAGrad(0.01)", lambda: ox.ADAGrad(0.01), lambda: ref.ADAGrad(0.01), fit=False, kernel=True),
+    Case("ADADelta", lambda: ox.ADADelta(), lambda: ref.ADADelta(),
+         reliability=_rate(lambda lr, **kw: ox.ADADelta(0.9, learning_rate=lr, **kw), 1.0)),
+    Case("ADADelta(0.89)", lambda: ox.ADADelta(0.89), lambda: ref.ADADelta(0.89), fit=False, kernel=True, varying_rate=True),
+    Case("AMSGrad", lambda: ox.AMSGrad(), lambda: ref.AMSGrad(), reliability=_rate(lambda lr, **kw: ox.AMSGrad(lr, **kw), 0.01)),
     Case("AMSGrad(0.001,(0.89,0.995))", lambda: ox.AMSGrad(0.001, (0.89, 0.995)),
-         lambda: ref.AMSGrad(0.001, (0.89, 0.995)), fit=False),
-    Case("NADAM", lambda: ox.NADAM(), lambda: ref.NADAM()),
+         lambda: ref.AMSGrad(0.001, (0.89, 0.995)), fit=False, kernel=True),
+    Case("NADAM", lambda: ox.NADAM(), lambda: ref.NADAM(), reliability=_rate(lambda lr, **kw: ox.NADAM(lr, **kw), 0.01)),
     Case("NADAM(0.002,(0.89,0.995))", lambda: ox.NADAM(0.002, (0.89, 0.995)),
-         lambda: ref.NADAM(0.002, (0.89, 0.995)), fit=False),
+         lambda: ref.NADAM(0.002, (0.89, 0.995)), fit=False, kernel=True, varying_rate=True),
     # β₂ = 0 takes the formula's own branch (its √(β₂v/(1−β₂ᵗ)) term vanishes).
     Case("NADAM(1e-5,(0.9,0.0))", lambda: ox.NADAM(1e-5, (0.9, 0.0)), lambda: ref.NADAM(1e-5, (0.9, 0.0)), fit=False),
-    Case("OADAM", lambda: ox.OADAM(), lambda: ref.OADAM()),
+    Case("OADAM", lambda: ox.OADAM(), lambda: ref.OADAM(), reliability=_rate(lambda lr, **kw: ox.OADAM(lr, **kw), 0.01)),
     Case("OADAM(0.01,(0.9,0.995),eps=1e-6)", lambda: ox.OADAM(0.01, (0.9, 0.995), 1e-6),
          lambda: ref.OADAM(0.01, (0.9, 0.995), 1e-6), fit=False),
-    Case("AdaBelief", lambda: ox.AdaBelief(), lambda: ref.AdaBelief()),
+    Case("AdaBelief", lambda: ox.AdaBelief(), lambda: ref.AdaBelief(),
+         reliability=_rate(lambda lr, **kw: ox.AdaBelief(lr, **kw), 0.01)),
     Case("AdaBelief(0.002,(0.8,0.9))", lambda: ox.AdaBelief(0.002, (0.8, 0.9)),
          lambda: ref.AdaBelief(0.002, (0.8, 0.9)), fit=False),
-    Case("Lion", lambda: ox.Lion(), lambda: ref.Lion()),
+    Case("Lion", lambda: ox.Lion(), lambda: ref.Lion(), reliability=_rate(lambda lr, **kw: ox.Lion(lr, **kw), 0.003)),
     Case("Lion(3e-4,(0.95,0.98))", lambda: ox.Lion(3e-4, (0.95, 0.98)), lambda: ref.Lion(3e-4, (0.95, 0.98)), fit=False),
-    Case("Rprop", lambda: ox.Rprop(), lambda: ref.Rprop()),
+    Case("Rprop", lambda: ox.Rprop(), lambda: ref.Rprop(),
+         reliability=_rate(lambda lr, **kw: ox.Rprop(lr, **kw), 0.01, schedules=False)),
     # η₀ below Γ₋: clamped up at the first step; ℓ₊ = 2 reaches Γ₊ = 0.01 within the test
     Case("Rprop(1e-7,(0.3,2.0),(1e-6,0.01))", lambda: ox.Rprop(1e-7, (0.3, 2.0), (1e-6, 0.01)),
          lambda: ref.Rprop(1e-7, (0.3, 2.0), (1e-6, 0.01)), fit=False),
-    Case("ADAMW", lambda: ox.ADAMW(), lambda: ref.ADAMW()),
+    Case("ADAMW", lambda: ox.ADAMW(), lambda: ref.ADAMW(),
+         reliability=_rate(lambda lr, **kw: ox.ADAMW(lr, decay=1e-2, **kw), 0.01)),
     Case("ADAMW(0.001,(0.89,0.995),0.1)", lambda: ox.ADAMW(0.001, (0.89, 0.995), 0.1),
-         lambda: ref.ADAMW(0.001, (0.89, 0.995), 0.1), fit=False),
+         lambda: ref.ADAMW(0.001, (0.89, 0.995), 0.1), fit=False, kernel=True, varying_rate=True),
 ]
 
 SCHEDULES = [
     Case("Descent(ExpDecay)", lambda: ox.Descent(ox.ExpDecay(0.5, 0.5, 3, 0.05)),
-         lambda: ref.Descent(ref.exp_decay(0.5, 0.5, 3, 0.05)), fit=False),
+         lambda: ref.Descent(ref.exp_decay(0.5, 0.5, 3, 0.05)), fit=False,
+         reliability=_rate(lambda lr, **kw: ox.Descent(ox.ExpDecay(lr, 0.5, 2, 1e-3), **kw), 0.1, settable=False)),
     Case("Momentum(InvDecay)", lambda: ox.Momentum(ox.InvDecay(0.1, learning_rate=0.05)),
          lambda: ref.Momentum(ref.inv_decay(0.1, 0.05)), fit=False),
 ]
 
+
 CHAINS = [
     Case("ClipNorm>WeightDecay>ADAM", lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-2), ox.ADAM(0.01)),
-         lambda: ref.Chain(ref.ClipNorm(1.0), ref.WeightDecay(1e-2), ref.ADAM(0.01))),
+         lambda: ref.Chain(ref.ClipNorm(1.0), ref.WeightDecay(1e-2), ref.ADAM(0.01)), kernel=True, varying_rate=True,
+         reliability=_rate(lambda lr, **kw: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM(lr), **kw), 0.01)),
     # decays every 3 updates, reaching the 0.05 floor at n = 15
     Case("ExpDecay>Descent", lambda: ox.Optimiser(ox.ExpDecay(1.0, 0.5, 3, 0.05), ox.Descent(0.5)),
          lambda: ref.Chain(ref.Scale(ref.exp_decay(1.0, 0.5, 3, 0.05)), ref.Descent(0.5))),
     Case("ExpDecay(start=4)>Descent", lambda: ox.Optimiser(ox.ExpDecay(1.0, 0.5, 3, 0.05, 4), ox.Descent(0.5)),
          lambda: ref.Chain(ref.Scale(ref.exp_decay(1.0, 0.5, 3, 0.05, 4)), ref.Descent(0.5)), fit=False),
+    Case("ExpDecay>Momentum", lambda: ox.Optimiser(ox.ExpDecay(1.0, 0.5, 4, 0.1), ox.Momentum(0.02, 0.8)),
+         lambda: ref.Chain(ref.Scale(ref.exp_decay(1.0, 0.5, 4, 0.1)), ref.Momentum(0.02, 0.8)), fit=False,
+         kernel=True, varying_rate=True,
+         reliability=_rate(lambda lr, **kw: ox.Optimiser(ox.ExpDecay(0.1, 0.5, 3), ox.Momentum(lr), **kw), 0.05)),
     Case("InvDecay>Momentum", lambda: ox.Optimiser(ox.InvDecay(0.1), ox.Momentum(0.05)),
          lambda: ref.Chain(ref.Scale(ref.inv_decay(0.1)), ref.Momentum(0.05))),
     Case("ClipValue(keras SGD)", lambda: ox.ClipValue(0.5, keras.optimizers.SGD(0.1)),
          lambda: ref.Chain(ref.ClipValue(0.5), ref.Descent(0.1))),
     Case("ClipGlobalNorm(keras SGD)", lambda: ox.ClipGlobalNorm(2.0, keras.optimizers.SGD(0.1)),
          lambda: ref.Chain(ref.ClipGlobalNorm(2.0), ref.Descent(0.1)), fit=False),
+    Case("ClipGlobalNorm(keras Adam)", lambda: ox.ClipGlobalNorm(1.0, keras.optimizers.Adam(0.01)),
+         reliability=_rate(lambda lr, **kw: ox.ClipGlobalNorm(1.0, keras.optimizers.Adam(lr), **kw), 0.01)),
     Case("WeightDecay>ADAM", lambda: ox.Optimiser(ox.WeightDecay(0.1), ox.ADAM(0.01)),
-         lambda: ref.Chain(ref.WeightDecay(0.1), ref.ADAM(0.01)), fit=False),
+         lambda: ref.Chain(ref.WeightDecay(0.1), ref.ADAM(0.01)), fit=False, kernel=True),
     Case("ADAM>WeightDecay", lambda: ox.Optimiser(ox.ADAM(0.01), ox.WeightDecay(0.1)),
          lambda: ref.Chain(ref.ADAM(0.01), ref.WeightDecay(0.1)), fit=False),
     Case("ClipValue>(WeightDecay>Nesterov)",
          lambda: ox.Optimiser(ox.ClipValue(2.0), ox.Optimiser(ox.WeightDecay(1e-2), ox.Nesterov(0.01))),
-         lambda: ref.Chain(ref.ClipValue(2.0), ref.Chain(ref.WeightDecay(1e-2), ref.Nesterov(0.01)))),
+         lambda: ref.Chain(ref.ClipValue(2.0), ref.Chain(ref.WeightDecay(1e-2), ref.Nesterov(0.01))), kernel=True),
+    Case("ClipValue>Nesterov", lambda: ox.Optimiser(ox.ClipValue(0.5), ox.Nesterov(0.05)),
+         lambda: ref.Chain(ref.ClipValue(0.5), ref.Nesterov(0.05)), fit=False,
+         reliability=_rate(lambda lr, **kw: ox.Optimiser(ox.ClipValue(0.5), ox.Nesterov(lr), **kw), 0.05)),
     Case("ClipGlobalNorm>RMSProp", lambda: ox.Optimiser(ox.ClipGlobalNorm(1.0), ox.RMSProp(0.01)),
-         lambda: ref.Chain(ref.ClipGlobalNorm(1.0), ref.RMSProp(0.01)), fit=False),
+         lambda: ref.Chain(ref.ClipGlobalNorm(1.0), ref.RMSProp(0.01)), fit=False, kernel=True),
+    # Chains whose kernel takes a shortcut: a WeightDecay right before a kernel with coupled decay
+    # goes into the kernel's weight_decay; Momentum(ρ = 0)'s kernel declines, the chain finishes
+    # with the formula; ClipNorm(3) clips some gradients and passes others through, as the first
+    # member (the caller's tensors) and after another transform (the kept buffer).
+    Case("AdaMax>WeightDecay>Momentum(ρ=0)", lambda: ox.Optimiser(ox.AdaMax(0.01), ox.WeightDecay(1e-2), ox.Momentum(0.5, 0.0)),
+         lambda: ref.Chain(ref.AdaMax(0.01), ref.WeightDecay(1e-2), ref.Momentum(0.5, 0.0)), fit=False, kernel=True),
+    Case("ClipValue>WeightDecay>Momentum", lambda: ox.Optimiser(ox.ClipValue(0.5), ox.WeightDecay(1e-2), ox.Momentum(0.02, 0.8)),
+         lambda: ref.Chain(ref.ClipValue(0.5), ref.WeightDecay(1e-2), ref.Momentum(0.02, 0.8)), fit=False, kernel=True),
+    Case("WeightDecay>Momentum(ρ=0)", lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.Momentum(0.5, 0.0)),
+         lambda: ref.Chain(ref.WeightDecay(1e-2), ref.Momentum(0.5, 0.0)), fit=False, kernel=True),
+    Case("WeightDecay>AMSGrad", lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.AMSGrad(0.003, (0.85, 0.99))),
+         lambda: ref.Chain(ref.WeightDecay(1e-2), ref.AMSGrad(0.003, (0.85, 0.99))), fit=False, kernel=True),
+    Case("WeightDecay>RMSProp", lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.RMSProp(0.003, 0.85)),
+         lambda: ref.Chain(ref.WeightDecay(1e-2), ref.RMSProp(0.003, 0.85)), fit=False, kernel=True),
+    Case("WeightDecay>ADAGrad", lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.ADAGrad(0.05)),
+         lambda: ref.Chain(ref.WeightDecay(1e-2), ref.ADAGrad(0.05)), fit=False, kernel=True),
+    Case("WeightDecay>Descent", lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.Descent(0.05)),
+         lambda: ref.Chain(ref.WeightDecay(1e-2), ref.Descent(0.05)), fit=False, kernel=True),
+    Case("ClipNorm(3)>ClipValue>Momentum", lambda: ox.Optimiser(ox.ClipNorm(3.0), ox.ClipValue(0.5), ox.Momentum(0.02, 0.8)),
+         lambda: ref.Chain(ref.ClipNorm(3.0), ref.ClipValue(0.5), ref.Momentum(0.02, 0.8)), fit=False, kernel=True),
+    Case("ClipValue>ClipNorm(3)>ADAM", lambda: ox.Optimiser(ox.ClipValue(1.5), ox.ClipNorm(3.0), ox.ADAM(0.003, (0.85, 0.99))),
+         lambda: ref.Chain(ref.ClipValue(1.5), ref.ClipNorm(3.0), ref.ADAM(0.003, (0.85, 0.99))), fit=False, kernel=True),
+]
+
+# keras_optx.torch: torch's rules with torch's names, compared with torch.optim (COMPAT below), not an oracle here.
+TORCH = [
+    Case("torch.SGD", lambda: oxt.SGD(0.05), kernel=True,
+         reliability=_rate(lambda lr, **kw: oxt.SGD(lr, momentum=0.9, nesterov=True, weight_decay=1e-3, **kw), 0.05)),
+    Case("torch.SGD(momentum,dampening,wd)", lambda: oxt.SGD(0.05, momentum=0.8, dampening=0.3, weight_decay=1e-2),
+         kernel=True, varying_rate=True),
+    Case("torch.SGD(nesterov,maximize)", lambda: oxt.SGD(0.05, momentum=0.8, nesterov=True, maximize=True), kernel=True),
+    Case("torch.SGD(dtorch)", lambda: oxt.SGD(0.05, momentum=0.8, dampening=0.8, dampen_first_step=True),
+         kernel=True, varying_rate=True),
+    Case("torch.Adam", lambda: oxt.Adam(0.01, weight_decay=1e-3, amsgrad=True),
+         reliability=_rate(lambda lr, **kw: oxt.Adam(lr, weight_decay=1e-3, amsgrad=True, **kw), 0.01)),
+    Case("torch.Adam(wd,amsgrad)", lambda: oxt.Adam(0.003, (0.85, 0.99), weight_decay=1e-2, amsgrad=True),
+         kernel=True, varying_rate=True),
+    Case("torch.Adam(maximize)", lambda: oxt.Adam(0.003, maximize=True), kernel=True),
+    Case("torch.AdamW", lambda: oxt.AdamW(0.003, (0.85, 0.99), weight_decay=0.1), kernel=True, varying_rate=True,
+         reliability=_rate(lambda lr, **kw: oxt.AdamW(lr, weight_decay=1e-2, **kw), 0.01)),
+    Case("torch.AdamW(amsgrad)", lambda: oxt.AdamW(0.003, amsgrad=True), kernel=True),
 ]
 
 # Variable paths of the conformance test (tests/test_conformance.py names its variables so); the
@@ -126,4 +221,62 @@ PARTITIONS = [
          fit=False),
 ]
 
-CASES = RULES + SCHEDULES + CHAINS + PARTITIONS
+CASES = [c for c in RULES + SCHEDULES + CHAINS + PARTITIONS if c.reference is not None]  # against the oracle
+ALL = RULES + SCHEDULES + CHAINS + PARTITIONS + TORCH
+KERNELS = {c.id: c for c in ALL if c.kernel}
+RELIABILITY = {c.id: c.reliability for c in ALL if c.reliability is not None}
+
+# Refused hyperparameters: (build, error, a pattern the message must contain: the argument's name).
+BAD = [
+    (lambda: ox.ADAM(-1e-3), ValueError, "learning_rate"),
+    (lambda: ox.Descent(-0.1), ValueError, "learning_rate"),
+    (lambda: ox.Descent("fast"), TypeError, "learning_rate"),
+    (lambda: ox.ADAM("0.1"), TypeError, "learning_rate"),
+    (lambda: ox.ADAM(beta=(0.9, 1.0)), ValueError, r"beta\[1\]"),
+    (lambda: ox.NADAM(beta=(-0.1, 0.999)), ValueError, r"beta\[0\]"),
+    (lambda: ox.RADAM(beta=(0.9,)), ValueError, "beta.*length 2"),
+    (lambda: ox.ADAM(0.01, (0.9,)), ValueError, "beta"),
+    (lambda: ox.AdaMax(beta=(0.9, 0.99, 0.9)), ValueError, "beta.*length 2"),
+    (lambda: ox.AMSGrad(beta=0.9), TypeError, "beta"),
+    (lambda: ox.AdaMax(0.01, 0.9), TypeError, "beta"),
+    (lambda: ox.OADAM(beta=(0.5, 1.0)), ValueError, r"beta\[1\]"),
+    (lambda: ox.OADAM(epsilon=-1e-8), ValueError, "epsilon"),
+    (lambda: ox.AdaBelief(beta=(1.2, 0.999)), ValueError, r"beta\[0\]"),
+    (lambda: ox.AdaBelief(-0.1), ValueError, "learning_rate"),
+    (lambda: ox.Lion(beta=(-0.1, 0.99)), ValueError, r"beta\[0\]"),
+    (lambda: ox.Lion(0.001, (0.9, 1.0)), ValueError, r"beta\[1\]"),
+    (lambda: ox.Rprop(ell=(0.5, 1.2, 2.0)), ValueError, "ell.*length 2"),
+    (lambda: ox.Rprop(gamma=(1e-6, float("inf"))), ValueError, r"gamma\[1\]"),
+    (lambda: ox.Rprop(lambda: 0.1), TypeError, "learning_rate"),
+    (lambda: ox.Rprop(0.01, (0.5, 1.0)), ValueError, r"ell\[1\].*> 1"),
+    (lambda: ox.Rprop(0.01, (0.0, 1.2)), ValueError, r"ell\[0\].*\(0, 1\)"),
+    (lambda: ox.Rprop(0.01, 0.5), TypeError, "ell"),
+    (lambda: ox.Rprop(0.01, gamma=(1.0, 0.1)), ValueError, "gamma.*Γ₋ ≤ Γ₊"),
+    (lambda: ox.Rprop(0.01, gamma=(-1.0, 1.0)), ValueError, r"gamma\[0\]"),
+    (lambda: ox.Rprop(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)), TypeError, "learning_rate"),
+    (lambda: ox.Momentum(rho=1.0), ValueError, "rho"),
+    (lambda: ox.Nesterov(rho=-0.5), ValueError, "rho"),
+    (lambda: ox.Nesterov(0.01, "0.9"), TypeError, "rho"),
+    (lambda: ox.RMSProp(rho=1.5), ValueError, "rho"),
+    (lambda: ox.ADADelta(1.0), ValueError, "rho"),
+    (lambda: ox.ADAGrad(epsilon=-1.0), ValueError, "epsilon"),
+    (lambda: ox.ADAGrad(0.1, epsilon=float("nan")), ValueError, "epsilon"),
+    (lambda: ox.ADAMW(decay=-0.1), ValueError, "decay"),
+    (lambda: ox.WeightDecay(-1.0), ValueError, "wd"),
+    (lambda: ox.ClipNorm(0), ValueError, "thresh"),
+    (lambda: ox.ClipValue(-1), ValueError, "thresh"),
+    (lambda: ox.ClipGlobalNorm(float("nan")), ValueError, "thresh"),
+    (lambda: ox.ClipGlobalNorm(None), TypeError, "thresh"),
+    (lambda: ox.ClipNorm(1.0, "adam"), TypeError, "optimizer"),
+    (lambda: ox.ExpDecay(decay_step=0), ValueError, "decay_step"),
+    (lambda: ox.ExpDecay(0.1, 0.5, 2.5), TypeError, "decay_step"),
+    (lambda: ox.ExpDecay(decay=0), ValueError, "decay"),
+    (lambda: ox.InvDecay(-1.0), ValueError, "gamma"),
+    (lambda: ox.Optimiser(ox.ADAM(), "adam"), TypeError, "member 1"),
+    (lambda: ox.Optimiser(keras.optimizers.Adam()), TypeError, "member 0.*wrap it instead"),
+    (lambda: ox.Optimiser(ox.ClipNorm(1.0, keras.optimizers.SGD())), ValueError, "wraps a Keras optimizer"),
+    (lambda: oxt.SGD(-0.1), ValueError, "lr"),
+    (lambda: oxt.SGD(0.1, momentum=-0.9), ValueError, "momentum"),
+    (lambda: oxt.Adam(0.01, betas=(0.9, 1.0)), ValueError, "betas"),
+    (lambda: oxt.AdamW(0.01, weight_decay=-1.0), ValueError, "weight_decay"),
+]

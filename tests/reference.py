@@ -1,4 +1,7 @@
-"""The NumPy float64 oracle: each Flux rule transliterated from SPEC.md §1–§3, one short class each.
+"""The NumPy float64 oracle: each rule transliterated, one short class each, from the formula its
+keras_optx docstring states (keras_optx/descent.py, adaptive.py, adam.py, sign.py, transforms.py,
+schedules.py): Flux.jl v0.12's rules (src/optimise/optimisers.jl; Innes 2018, arXiv:1811.01457),
+and Lion and Rprop as their docstrings cite them.
 
 A reference rule maps (gradients, variables, n) to the updates Δ (x ← x − Δ) for a list of
 variables, keeping per-variable state like Flux's `IdDict`; n = 1, 2, … counts updates.
@@ -280,7 +283,7 @@ class ClipGlobalNorm:
 
 
 def exp_decay(eta=0.001, decay=0.1, decay_step=1000, clip=1e-4, start=0):
-    """SPEC §3: the rate at the n-th update."""
+    """Flux's ExpDecay (keras_optx/schedules.py) as a function of the update count n = 1, 2, …"""
     return lambda n: max(eta * decay ** max(0, n // decay_step - start // decay_step), clip)
 
 

@@ -14,57 +14,19 @@ import pytest
 
 import keras
 import keras_optx as ox
+from cases import KERNELS
 from conftest import BACKEND
 
 SHAPES = [(3, 4), (7,), (2, 3, 5), (1,), (64, 33)]
 STEPS = 20
 
-# Every rule with a torch fast path, with non-default hyperparameters.
-FAST = {
-    "Descent": lambda: ox.Descent(0.05),
-    "Momentum": lambda: ox.Momentum(0.02, 0.8),
-    "Nesterov": lambda: ox.Nesterov(0.02, 0.85),
-    "RMSProp": lambda: ox.RMSProp(0.003, 0.85),
-    "ADAGrad": lambda: ox.ADAGrad(0.05),
-    "ADAM": lambda: ox.ADAM(0.003, (0.85, 0.99)),
-    "AMSGrad": lambda: ox.AMSGrad(0.003, (0.85, 0.99)),
-    "ADAMW": lambda: ox.ADAMW(0.003, (0.85, 0.99), 0.01),
-    # In-place foreach paths (no torch kernel): the slots and kept buffers are updated in place.
-    "AdaMax": lambda: ox.AdaMax(0.003, (0.85, 0.99)),
-    "ADADelta": lambda: ox.ADADelta(0.85, 1e-6, learning_rate=0.5),
-    "NADAM": lambda: ox.NADAM(0.003, (0.85, 0.99)),
-    # β₂ = 0.9: ρₜ > 4 from t = 5, so the run covers both of RADAM's branches.
-    "RADAM": lambda: ox.RADAM(0.003, (0.85, 0.9)),
-    # Chains: the transforms fold as foreach ops, the last member's kernel applies the update.
-    "ClipNorm>WeightDecay>ADAM": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-2), ox.ADAM(0.003, (0.85, 0.99))),
-    "ExpDecay>Momentum": lambda: ox.Optimiser(ox.ExpDecay(1.0, 0.5, 4, 0.1), ox.Momentum(0.02, 0.8)),
-    "AdaMax>WeightDecay>Momentum(ρ=0)": lambda: ox.Optimiser(ox.AdaMax(0.01), ox.WeightDecay(1e-2), ox.Momentum(0.5, 0.0)),
-    # A WeightDecay right before a kernel with coupled decay goes into the kernel's weight_decay.
-    "WeightDecay>ADAM": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.ADAM(0.003, (0.85, 0.99))),
-    "ClipValue>WeightDecay>Momentum": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.WeightDecay(1e-2), ox.Momentum(0.02, 0.8)),
-    "WeightDecay>Momentum(ρ=0)": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.Momentum(0.5, 0.0)),
-    "WeightDecay>AMSGrad": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.AMSGrad(0.003, (0.85, 0.99))),
-    "WeightDecay>RMSProp": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.RMSProp(0.003, 0.85)),
-    "WeightDecay>ADAGrad": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.ADAGrad(0.05)),
-    "WeightDecay>Descent": lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.Descent(0.05)),
-    "ClipGlobalNorm>RMSProp": lambda: ox.Optimiser(ox.ClipGlobalNorm(2.0), ox.RMSProp(0.003, 0.85)),
-    "ClipValue>(WeightDecay>Nesterov)": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.Optimiser(ox.WeightDecay(1e-2), ox.Nesterov(0.02, 0.85))),
-    # keras_optx.torch: torch's own kernels on torch's state.
-    "torch.SGD": lambda: ox.torch.SGD(0.05),
-    "torch.SGD(momentum,dampening,wd)": lambda: ox.torch.SGD(0.05, momentum=0.8, dampening=0.3, weight_decay=1e-2),
-    "torch.SGD(nesterov,maximize)": lambda: ox.torch.SGD(0.05, momentum=0.8, nesterov=True, maximize=True),
-    "torch.SGD(dtorch)": lambda: ox.torch.SGD(0.05, momentum=0.8, dampening=0.8, dampen_first_step=True),
-    "torch.Adam(wd,amsgrad)": lambda: ox.torch.Adam(0.003, (0.85, 0.99), weight_decay=1e-2, amsgrad=True),
-    "torch.Adam(maximize)": lambda: ox.torch.Adam(0.003, maximize=True),
-    "torch.AdamW": lambda: ox.torch.AdamW(0.003, (0.85, 0.99), weight_decay=0.1),
-    "torch.AdamW(amsgrad)": lambda: ox.torch.AdamW(0.003, amsgrad=True),
-    # ClipNorm(3) clips some of SHAPES' unit-normal gradients and passes others through, as the
-    # chain's first member (they are the caller's tensors) and after another transform (the buffer).
-    "ClipNorm(3)>ClipValue>Momentum": lambda: ox.Optimiser(ox.ClipNorm(3.0), ox.ClipValue(0.5), ox.Momentum(0.02, 0.8)),
-    "ClipValue>ClipNorm(3)>ADAM": lambda: ox.Optimiser(ox.ClipValue(1.5), ox.ClipNorm(3.0), ox.ADAM(0.003, (0.85, 0.99))),
-}
+# Every configuration with a torch kernel (tests/cases.py, `kernel=True`): non-default hyperparameters.
+FAST = {name: case.make for name, case in KERNELS.items()}
 # The learning rate changes every step where the slot carries η (Flux's velocity).
-VARYING_RATE = {"torch.SGD(momentum,dampening,wd)", "torch.SGD(dtorch)", "torch.Adam(wd,amsgrad)", "torch.AdamW", "Momentum", "Nesterov", "Descent", "ADAM", "ADAMW", "AdaMax", "ADADelta", "NADAM", "RADAM", "ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"}
+VARYING_RATE = {name for name, case in KERNELS.items() if case.varying_rate}
+ADAM, RADAM, ADAMAX, ADADELTA, NADAM = (
+    "ADAM(0.001,(0.9,0.8))", "RADAM(0.01,(0.9,0.8))", "AdaMax(0.002,(0.9,0.995))", "ADADelta(0.89)", "NADAM(0.002,(0.89,0.995))"
+)
 
 torch_only = pytest.mark.skipif(
     BACKEND != "torch", reason="torch fused kernels exist only on torch; jax/tf run `delta` under XLA/tf.function"
@@ -114,7 +76,7 @@ LARGE_SHAPES = [(300, 200), (70001,)]
 
 
 @torch_only
-@pytest.mark.parametrize("name", ["AdaMax", "ADADelta", "NADAM", "RADAM", "ClipNorm>WeightDecay>ADAM",
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, "ClipNorm>WeightDecay>ADAM",
                                   "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp", "ExpDecay>Momentum"])
 def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
@@ -127,7 +89,7 @@ BLOCK_SHAPES = [(5,), (3, 7), (100000,), (700, 800), (1 << 18,), (200000,), (700
 
 
 @torch_only
-@pytest.mark.parametrize("name", ["AdaMax", "ADADelta", "NADAM"])
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM])
 def test_fast_path_matches_formula_in_cache_blocks(name):
     _compare_fast_and_generic(name, BLOCK_SHAPES, 4)
 
@@ -136,7 +98,7 @@ def test_fast_path_matches_formula_in_cache_blocks(name):
 # they lie together, and ClipNorm and ClipGlobalNorm take one op per size over a copy of the
 # gradients there (`_backends.torch.transforms._packed_for`); the packed slot steps pair buffers laid out alike.
 GROUPED_SHAPES = [(3, 4), (7,), (12,), (5,), (4, 3), (2, 6), (7,), (6, 2)]
-PACKED = ["AdaMax", "ADADelta", "NADAM", "RADAM"]  # their fast paths run slot-only steps on packed buffers
+PACKED = [ADAMAX, ADADELTA, NADAM, RADAM]  # their fast paths run slot-only steps on packed buffers
 PACKED_CLIPS = ["ClipNorm>WeightDecay>ADAM", "ClipNorm(3)>ClipValue>Momentum", "ClipValue>ClipNorm(3)>ADAM", "ClipGlobalNorm>RMSProp"]
 
 
@@ -204,7 +166,7 @@ def test_subclass_that_redefines_the_formula_runs_its_own_formula():
 
 
 @torch_only
-@pytest.mark.parametrize("name", ["ADAM", "AdaMax", "ClipNorm>WeightDecay>ADAM"])
+@pytest.mark.parametrize("name", [ADAM, ADAMAX, "ClipNorm>WeightDecay>ADAM"])
 def test_stateless_apply_on_torch_matches_apply(name):
     # Inside Keras's StatelessScope the variables' values are the caller's tensors: the fast
     # paths must read those (not the variables' own), and leave the variables alone.

@@ -1,15 +1,15 @@
 """Reliability: exact resume, portable state, Keras's optimizer contract, mixed precision,
 non-finite gradients (`SkipNonFinite`), sparse gradients, one-machine distribution, bad input.
 
-Driven by one case table (`_reliability.cases()`): one configuration per rule class, chains,
-wrappers, a schedule as the rate, and the `keras_optx.torch` compat optimizers.
+Driven by the rows of tests/cases.py that carry a `reliability` configuration
+(`_reliability.cases()`): one per rule class, chains, a wrapper, a schedule as the rate, and the
+`keras_optx.torch` compat optimizers; bad input by its `BAD` table.
 Checks that need a fresh process or another backend run in a few subprocesses
 (`tests/_reliability.py`), started together by one module fixture.
 """
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -19,6 +19,7 @@ import pytest
 from keras import ops
 
 import keras_optx as ox
+from cases import BAD
 from _reliability import (
     BATCH,
     DISTRIBUTED_CASES,
@@ -573,62 +574,10 @@ def test_sparse_embedding_gradients_match_dense():
 
 
 # Bad input --------------------------------------------------------------------------------
-def _bad_inputs():
-    table = [
-        (lambda: ox.Descent(-0.1), ValueError, "learning_rate"),
-        (lambda: ox.ADAM("0.1"), TypeError, "learning_rate"),
-        (lambda: ox.ADAM(0.01, (0.9, 1.0)), ValueError, r"beta\[1\]"),
-        (lambda: ox.NADAM(0.01, (-0.1, 0.9)), ValueError, r"beta\[0\]"),
-        (lambda: ox.ADAM(0.01, (0.9,)), ValueError, "beta"),
-        (lambda: ox.RADAM(0.01, (0.9, 0.99, 0.9)), ValueError, "beta"),
-        (lambda: ox.AdaMax(0.01, 0.9), TypeError, "beta"),
-        (lambda: ox.Momentum(0.01, 1.0), ValueError, "rho"),
-        (lambda: ox.RMSProp(0.01, -0.5), ValueError, "rho"),
-        (lambda: ox.ADADelta(1.5), ValueError, "rho"),
-        (lambda: ox.Nesterov(0.01, "0.9"), TypeError, "rho"),
-        (lambda: ox.ADAGrad(0.1, epsilon=float("nan")), ValueError, "epsilon"),
-        (lambda: ox.ClipNorm(0.0), ValueError, "thresh"),
-        (lambda: ox.ClipValue(-1.0), ValueError, "thresh"),
-        (lambda: ox.ClipGlobalNorm(None), TypeError, "thresh"),
-        (lambda: ox.WeightDecay(-1e-4), ValueError, "wd"),
-        (lambda: ox.ExpDecay(0.1, 0.5, 0), ValueError, "decay_step"),
-        (lambda: ox.ExpDecay(0.1, 0.5, 2.5), TypeError, "decay_step"),
-        (lambda: ox.InvDecay(-1.0), ValueError, "gamma"),
-        (lambda: ox.Optimiser(ox.ADAM(), "sgd"), TypeError, "member 1"),
-        (lambda: ox.Optimiser(keras.optimizers.Adam()), TypeError, "member 0"),
-        (lambda: ox.ClipNorm(1.0, "adam"), TypeError, "optimizer"),
-        (lambda: ox.Lion(0.001, (0.9, 1.0)), ValueError, r"beta\[1\]"),
-        (lambda: ox.Rprop(0.01, (0.5, 1.0)), ValueError, r"ell\[1\].*> 1"),
-        (lambda: ox.Rprop(0.01, (0.0, 1.2)), ValueError, r"ell\[0\].*\(0, 1\)"),
-        (lambda: ox.Rprop(0.01, 0.5), TypeError, "ell"),
-        (lambda: ox.Rprop(0.01, gamma=(1.0, 0.1)), ValueError, "gamma.*Γ₋ ≤ Γ₊"),
-        (lambda: ox.Rprop(0.01, gamma=(-1.0, 1.0)), ValueError, r"gamma\[0\]"),
-        (lambda: ox.Rprop(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)), TypeError, "learning_rate"),
-    ]
-    try:
-        from keras_optx import torch as oxt
-    except ImportError:
-        return table
-    return table + [
-        (lambda: oxt.SGD(-0.1), ValueError, "lr"),
-        (lambda: oxt.SGD(0.1, momentum=-0.9), ValueError, "momentum"),
-        (lambda: oxt.Adam(0.01, betas=(0.9, 1.0)), ValueError, "betas"),
-        (lambda: oxt.AdamW(0.01, weight_decay=-1.0), ValueError, "weight_decay"),
-    ]
-
-
-def test_bad_hyperparameters_refused_with_the_argument_named():
-    failures = []
-    for i, (build, error, name) in enumerate(_bad_inputs()):
-        try:
-            build()
-            failures.append(f"row {i} ({name}): no error")
-        except error as e:
-            if not re.search(name, str(e)):
-                failures.append(f"row {i}: {type(e).__name__} does not name {name!r}: {e}")
-        except Exception as e:
-            failures.append(f"row {i} ({name}): {type(e).__name__} instead of {error.__name__}: {e}")
-    assert not failures, "\n".join(failures)
+@pytest.mark.parametrize("build,error,name", BAD, ids=[f"{i}:{name}" for i, (_, _, name) in enumerate(BAD)])
+def test_bad_hyperparameters_refused_with_the_argument_named(build, error, name):
+    with pytest.raises(error, match=name):
+        build()
 
 
 def test_bad_range_is_stated():

@@ -62,7 +62,7 @@ CASES = [
     _case("SGD", lr=0.1, momentum=0.5, weight_decay=1e-2, maximize=True),
     _case("Adam", lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=1e-2, maximize=True),
     _case("AdamW", lr=0.05, betas=(0.5, 0.9), weight_decay=0.5, amsgrad=True, maximize=True),
-    # dtorch (seeds/dtorch-optim.md), against a NumPy transliteration of its formulas.
+    # dtorch, against a NumPy transliteration of its SGD/Adam formulas (stated in the SGD docstring, keras_optx/torch.py).
     _case("SGD", "dtorch", lr=0.1, momentum=0.9, dampening=0.9, dampen_first_step=True),
     _case("SGD", "dtorch", lr=0.1, momentum=0.5, dampening=0.5, dampen_first_step=True),
     _case("SGD", "dtorch", lr=0.1),
