@@ -50,24 +50,25 @@ class Rule(keras.optimizers.Optimizer):
       and `global_norm`. Arithmetic works as on tensors.
     - `has_learning_rate = False` for transforms that take no rate.
 
-    Example, Flux's documented custom Momentum:
+    Example:
+        Flux's documented custom Momentum, a new class: it runs the formula on every backend.
 
-    >>> @keras.saving.register_keras_serializable("my_rules")
-    ... class MyMomentum(keras_optx.Rule):
-    ...     hyperparameters = {"rho": keras_optx.checks.unit}
-    ...     slots = {"velocity": 0.0}
-    ...
-    ...     def __init__(self, learning_rate=0.01, rho=0.9, **kwargs):
-    ...         super().__init__(learning_rate, rho=rho, **kwargs)
-    ...
-    ...     def delta(self, ops, g, x, s, t, lr):
-    ...         v = self.rho * s.velocity - lr * g
-    ...         return -v, {"velocity": v}
-    >>> x = keras.Variable([1.0, 2.0])
-    >>> opt = MyMomentum(0.1, 0.9)
-    >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
-    >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # as keras_optx.Momentum(0.1, 0.9)
-    [0.71 2.29]
+        >>> @keras.saving.register_keras_serializable("my_rules")
+        ... class MyMomentum(keras_optx.Rule):
+        ...     hyperparameters = {"rho": keras_optx.checks.unit}
+        ...     slots = {"velocity": 0.0}
+        ...
+        ...     def __init__(self, learning_rate=0.01, rho=0.9, **kwargs):
+        ...         super().__init__(learning_rate, rho=rho, **kwargs)
+        ...
+        ...     def delta(self, ops, g, x, s, t, lr):
+        ...         v = self.rho * s.velocity - lr * g
+        ...         return -v, {"velocity": v}
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = MyMomentum(0.1, 0.9)
+        >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # as keras_optx.Momentum(0.1, 0.9)
+        [0.71 2.29]
 
     The design follows Optimisers.jl and optax: a rule is a gradient transformation
     (Flux.jl, Innes 2018, arXiv:1811.01457).
@@ -275,20 +276,21 @@ class Transform(Rule):
     keras.optimizers.Adam())` transforms each gradient, then hands it to Adam.
     Subclasses pass `optimizer` through and define `delta` (ignoring `lr`).
 
-    Example, a transform that flips the gradient's sign (signSGD's direction, Bernstein et al.
-    2018, arXiv:1802.04434):
+    Example:
+        A transform that flips the gradient's sign (signSGD's direction, Bernstein et al. 2018,
+        arXiv:1802.04434):
 
-    >>> class Sign(keras_optx.Transform):
-    ...     def __init__(self, optimizer=None, **kwargs):
-    ...         super().__init__(optimizer, **kwargs)
-    ...
-    ...     def delta(self, ops, g, x, s, t, lr):
-    ...         return ops.sign(g), {}
-    >>> x = keras.Variable([1.0, 2.0])
-    >>> opt = keras_optx.Optimiser(Sign(), keras_optx.Descent(0.1))  # signSGD
-    >>> opt.apply([np.array([3.0, -0.5], "float32")], [x])
-    >>> print(np.round(keras.ops.convert_to_numpy(x), 3))
-    [0.9 2.1]
+        >>> class Sign(keras_optx.Transform):
+        ...     def __init__(self, optimizer=None, **kwargs):
+        ...         super().__init__(optimizer, **kwargs)
+        ...
+        ...     def delta(self, ops, g, x, s, t, lr):
+        ...         return ops.sign(g), {}
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.Optimiser(Sign(), keras_optx.Descent(0.1))  # signSGD
+        >>> opt.apply([np.array([3.0, -0.5], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))
+        [0.9 2.1]
     """
 
     has_learning_rate = False
