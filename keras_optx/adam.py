@@ -285,8 +285,8 @@ class ADAMW(Optimiser):
     def _torch_fused(self, xs, gs, slots, t, lr):
         # torch's AdamW first scales x by 1 − η·λ: λ = decay/η gives Flux's x − decay·x (ADAM's Δ
         # does not depend on x, so the order does not matter).
-        if self.decay and not lr > 0:
-            return False
+        if self.decay and (not lr > 0 or self.rules[1]._decay_mask() is not None):
+            return False  # the formula: no rate to divide by, or some variables excluded from the decay
         b1, b2 = self.beta
         torch._fused_adamw_(
             xs, gs, slots["0_m"], slots["0_v"], [], _step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2,

@@ -59,6 +59,12 @@ class Optimiser(Rule):
     def __init__(self, *rules, **kwargs):
         super().__init__(1.0, **kwargs)
         self.rules = tuple(rules)
+        for i, rule in enumerate(rules):
+            if isinstance(rule, Rule) and any(rule is other for other in rules[:i]):
+                raise ValueError(
+                    f"Optimiser member {i} ({rule!r}) is the same object as an earlier member; a member keeps its "
+                    "own state, so give each position its own instance."
+                )
         self._members = tuple(_member(r, i) for i, r in enumerate(rules))
         for member in self._members:
             member._claim(self)
@@ -95,7 +101,7 @@ class Optimiser(Rule):
         into = [_fast_path(member, "_torch_into") for member in head]
         decay = 0.0
         if all(into):
-            if last._torch_weight_decay and isinstance(head[-1], WeightDecay):
+            if last._torch_weight_decay and isinstance(head[-1], WeightDecay) and head[-1]._decay_mask() is None:
                 # The kernel adds the coupled decay g + λ·x itself: one pass fewer.
                 decay, into = head[-1].wd, into[:-1]
             # Transforms only: each writes into one kept buffer (no fresh large tensors; gs untouched).

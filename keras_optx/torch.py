@@ -31,7 +31,7 @@ import numbers
 import keras
 
 from . import _checks as check
-from ._base import Rule, _step_tensors
+from ._base import Rule, _plus_decay, _split, _step_tensors
 from ._tensors import _TORCH
 
 if _TORCH:
@@ -166,7 +166,7 @@ class SGD(_TorchRule):
         if self.maximize:
             g = -g
         if self.torch_weight_decay:
-            g = g + self.torch_weight_decay * x
+            g = _plus_decay(g, x, self.torch_weight_decay, self._decay_mask())
         if not self.momentum:
             return lr * g, {}
         keep = 1.0 - self.dampening
@@ -179,11 +179,12 @@ class SGD(_TorchRule):
 
     def _torch_fused(self, xs, gs, slots, t, lr):
         # torch's own kernel on torch's own state; `is_first_step` is its b ← g on step 1.
-        torch._fused_sgd_(
-            xs, gs, slots.get("momentum_buffer", []), weight_decay=self.torch_weight_decay, momentum=self.momentum,
-            lr=lr, dampening=self.dampening, nesterov=self.nesterov, maximize=self.maximize,
-            is_first_step=t == 1 and not self.dampen_first_step,
-        )
+        for (xs, gs, buffers), weight_decay in _groups(self, xs, gs, slots.get("momentum_buffer", [])):
+            torch._fused_sgd_(
+                xs, gs, buffers, weight_decay=weight_decay, momentum=self.momentum,
+                lr=lr, dampening=self.dampening, nesterov=self.nesterov, maximize=self.maximize,
+                is_first_step=t == 1 and not self.dampen_first_step,
+            )
         return True
 
 
@@ -207,8 +208,9 @@ class _Adam(_TorchRule):
         wd = self.torch_weight_decay
         if self.maximize:
             g = -g
+        mask = self._decay_mask() if wd else None
         if wd and not self._decoupled:
-            g = g + wd * x
+            g = _plus_decay(g, x, wd, mask)
         m = b1 * s.exp_avg + (1 - b1) * g
         v = b2 * s.exp_avg_sq + (1 - b2) * g * g
         new = {"exp_avg": m, "exp_avg_sq": v}
@@ -219,18 +221,37 @@ class _Adam(_TorchRule):
         c = ops.sqrt(ops.one_minus_pow(b2, t))
         step = (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.eps * c)
         if wd and self._decoupled:
-            step = step + (lr * wd) * x
+            step = _plus_decay(step, x, lr * wd, mask)
         return step, new
 
     def _torch_fused(self, xs, gs, slots, t, lr):
         b1, b2 = self.betas
         kernel = torch._fused_adamw_ if self._decoupled else torch._fused_adam_
-        kernel(
-            xs, gs, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq", []), _step_tensors(t, xs),
-            lr=lr, beta1=b1, beta2=b2, weight_decay=self.torch_weight_decay, eps=self.eps, amsgrad=self.amsgrad,
-            maximize=self.maximize,
-        )
+        lists = (xs, gs, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq") or [[]] * len(xs))
+        for (xs, gs, m, v, vmax), weight_decay in _groups(self, *lists):
+            vmax = vmax if self.amsgrad else []
+            kernel(
+                xs, gs, m, v, vmax, _step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2, weight_decay=weight_decay,
+                eps=self.eps, amsgrad=self.amsgrad, maximize=self.maximize,
+            )
         return True
+
+
+def _groups(rule, *lists):
+    """[(lists, weight decay)] for torch's kernels: one group, or, where variables are excluded from
+    weight decay (`exclude_from_weight_decay`), the decayed ones with `torch_weight_decay` and the
+    others with 0. Empty lists (SGD without momentum) stay empty."""
+    mask = rule._decay_mask() if rule.torch_weight_decay else None
+    if mask is None:
+        return [(lists, rule.torch_weight_decay)]
+    full = [items for items in lists if len(items) == len(mask)]
+    keep, drop = _split(mask, *full)
+    groups = []
+    for part, weight_decay in ((keep, rule.torch_weight_decay), (drop, 0.0)):
+        if part and part[0]:
+            parts = iter(part)
+            groups.append(([next(parts) if len(items) == len(mask) else items for items in lists], weight_decay))
+    return groups
 
 
 @_register("Adam")

@@ -14,7 +14,7 @@ never into what they are handed.
 import keras
 
 from . import _checks as check
-from ._base import Transform, _gather, _into, _large, _pack_of, _same
+from ._base import Transform, _gather, _into, _large, _pack_of, _plus_decay, _same
 from ._tensors import _TORCH
 
 if _TORCH:
@@ -49,10 +49,21 @@ class WeightDecay(Transform):
         super().__init__(optimizer, wd=wd, **kwargs)
 
     def delta(self, ops, g, x, s, t, lr):
-        return g + self.wd * x, {}
+        return _plus_decay(g, x, self.wd, self._decay_mask()), {}
 
     def _torch_into(self, out, g, xs, t, step):
-        return _into(out, "add", g, xs, alpha=self.wd)
+        mask = self._decay_mask()
+        if mask is None:
+            return _into(out, "add", g, xs, alpha=self.wd)
+        # Variables excluded from weight decay: their Δ is g itself.
+        delta = list(g)
+        decayed = [i for i, decays in enumerate(mask) if decays]
+        if decayed:
+            outs = [out[i] for i in decayed]
+            _into(outs, "add", [g[i] for i in decayed], [xs[i] for i in decayed], alpha=self.wd)
+            for i, value in zip(decayed, outs):
+                delta[i] = value
+        return delta
 
 
 @_register
@@ -125,7 +136,8 @@ class ClipNorm(Transform):
         factors = list(scales.unbind())
         # On CPU the scales are on the host already: a gradient within the threshold is its own Δ
         # (g·1 = g), so only the clipped ones are copied and scaled. On a device, reading them would wait.
-        clipped = [i for i, s in enumerate(scales.tolist()) if s < 1.0] if scales.device.type == "cpu" else g
+        # `not s >= 1`: a NaN norm (a NaN in g) scales by NaN, as the formula does.
+        clipped = [i for i, s in enumerate(scales.tolist()) if not s >= 1.0] if scales.device.type == "cpu" else g
         if len(clipped) == len(g):
             return _into(out, "mul", g, factors)
         delta = list(g)
@@ -169,7 +181,7 @@ class ClipGlobalNorm(Transform):
             return out
         norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(g)]))
         scale = self.thresh / torch.clamp_min(norm, self.thresh)
-        if scale.device.type == "cpu" and scale.item() == 1.0:  # within the threshold: Δ = g, no copy
+        if scale.device.type == "cpu" and scale.item() == 1.0:  # within the threshold: Δ = g, no copy (NaN ≠ 1)
             return g
         return _into(out, "mul", g, scale)
 
