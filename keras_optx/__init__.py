@@ -6,14 +6,19 @@ Runs on the JAX, PyTorch and TensorFlow backends. See the README for the rule ta
 from . import _checks as checks
 from ._base import Rule, Transform
 from ._grad import gradient, value_and_gradient
-from .adam import ADAM, ADAMW, NADAM, RADAM, AdaMax, AMSGrad
+from .adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
 from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
+from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
+from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
+from ._backends import current as _backend
+
+_backend.load_kernels()  # the running backend's kernels for the classes above (torch)
 
 __version__ = "0.1.0"
 
@@ -23,19 +28,25 @@ __all__ = [
     "ADAM",
     "ADAMW",
     "AMSGrad",
+    "AdaBelief",
     "AdaMax",
     "ClipGlobalNorm",
     "ClipNorm",
     "ClipValue",
     "Descent",
     "ExpDecay",
+    "Frozen",
     "InvDecay",
+    "Lion",
     "Momentum",
     "NADAM",
     "Nesterov",
+    "OADAM",
     "Optimiser",
+    "Partition",
     "RADAM",
     "RMSProp",
+    "Rprop",
     "Rule",
     "SkipNonFinite",
     "Transform",

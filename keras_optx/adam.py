@@ -1,18 +1,12 @@
-"""The ADAM family (Flux's ADAM, RADAM, AdaMax, AMSGrad, NADAM, ADAMW)."""
-
-import math
+"""The ADAM family (Flux's ADAM, RADAM, AdaMax, OADAM, AMSGrad, NADAM, ADAMW, AdaBelief)."""
 
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule, _in_blocks, _into, _step_tensors, _versioned, _whole
-from ._tensors import _TORCH
+from ._base import EPSILON, Rule, _versioned
 from .adaptive import _StartsAtEpsilon
 from .chain import Optimiser
 from .transforms import WeightDecay
-
-if _TORCH:
-    import torch
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -33,19 +27,6 @@ class _AdamFamily(Rule):
         """m ← β₁·m + (1−β₁)·g;  v ← β₂·v + (1−β₂)·g²."""
         b1, b2 = self.beta
         return b1 * s.m + (1 - b1) * g, b2 * s.v + (1 - b2) * g**2
-
-
-def _one_minus_pow(base, t):
-    """1 − baseᵗ in Python floats (torch's step count is a Python int), accurate near 1."""
-    return -math.expm1(t * math.log(base)) if base > 0 else 1.0
-
-
-def _torch_moments(rule, gs, m, v):
-    """ADAM's m ← β₁·m + (1−β₁)·g and v ← β₂·v + (1−β₂)·g², in place on the slots (torch)."""
-    b1, b2 = rule.beta
-    torch._foreach_lerp_(m, gs, 1 - b1)
-    torch._foreach_mul_(_whole(v)[0], b2)
-    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
 
 
 @_register
@@ -74,16 +55,6 @@ class ADAM(_AdamFamily):
         c = ops.sqrt(ops.one_minus_pow(b2, t))
         return (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.epsilon * c), {"m": m, "v": v}
 
-    _torch_weight_decay = True
-
-    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
-        b1, b2 = self.beta
-        torch._fused_adam_(
-            xs, gs, slots["m"], slots["v"], [], _step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2,
-            weight_decay=weight_decay, eps=self.epsilon, amsgrad=False, maximize=False,
-        )
-        return True
-
 
 @_register
 class RADAM(_AdamFamily):
@@ -104,29 +75,21 @@ class RADAM(_AdamFamily):
     `torch.optim.RAdam` switches at ρₜ > 5, not 4. Liu et al. 2019, arXiv:1908.03265.
     """
 
-    def delta(self, ops, g, x, s, t, lr):
-        b1, b2 = self.beta
-        m, v = self.moments(g, s)
+    def rectification(self, ops, t):
+        """(ρₜ, r) at update t: the rule rectifies (Δ = r·η·m̂/(√v̂ + ϵ)) where ρₜ > 4."""
+        b2 = self.beta[1]
         rho_inf = 2 / (1 - b2) - 1
         # 1 − β₂ᵗ via expm1: in float32 the plain form errs by ~0.03 in ρₜ near the ρₜ > 4 switch.
         rho = rho_inf - 2 * t * b2**t / ops.one_minus_pow(b2, t)
-        r = ops.sqrt(ops.maximum((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho), 0.0))
+        return rho, ops.sqrt(ops.maximum((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho), 0.0))
+
+    def delta(self, ops, g, x, s, t, lr):
+        b1, b2 = self.beta
+        m, v = self.moments(g, s)
+        rho, r = self.rectification(ops, t)
         rate = lr / ops.one_minus_pow(b1, t)  # η·m̂ = rate·m: the corrections stay scalars
         rectified = (r * rate) * m / (ops.sqrt(v) * (1 / ops.sqrt(ops.one_minus_pow(b2, t))) + self.epsilon)
         return ops.where(rho > 4, rectified, rate * m), {"m": m, "v": v}
-
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # Rectified, RADAM is ADAM at rate r·η: torch's fused Adam. Before that (ρₜ ≤ 4, the
-        # first few steps) the moments update in place and Δ = η·m̂.
-        b1, b2 = self.beta
-        rho_inf = 2 / (1 - b2) - 1
-        rho = rho_inf - 2 * t * b2**t / _one_minus_pow(b2, t)
-        if rho > 4:
-            r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-            return ADAM._torch_fused(self, xs, gs, slots, t, r * lr)
-        _torch_moments(self, gs, slots["m"], slots["v"])
-        torch._foreach_add_(xs, slots["m"], alpha=-lr / _one_minus_pow(b1, t))
-        return True
 
 
 @_register
@@ -156,21 +119,40 @@ class AdaMax(_AdamFamily):
         u = ops.maximum(b2 * s.u, ops.abs(g))
         return lr / ops.one_minus_pow(b1, t) * m / (u + self.epsilon), {"m": m, "u": u}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # The formula as in-place foreach ops on the slots and one kept buffer, block by block
-        # (`_in_blocks`): no fresh tensors; the steps on u and the buffer alone run once on their
-        # packed buffers.
+
+@_register
+class OADAM(_AdamFamily):
+    """Optimistic ADAM (Flux `OADAM(η, β)`): ADAM's step extrapolated, 2Δₜ − Δₜ₋₁.
+
+    m, v as ADAM;  Δₜ = η·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ϵ);  the update is 2Δₜ − Δₜ₋₁
+    (Δ₀ = 0), and Δₜ is kept for the next step (slot `prev`).
+
+    Args:
+        learning_rate: η, default 0.001.
+        beta: (β₁, β₂), each in [0, 1), default (0.5, 0.9).
+        epsilon: ϵ, default 1e-8.
+
+    Example:
+        >>> opt = keras_optx.OADAM(0.001, (0.9, 0.995))
+
+    Flux v0.12's definition (its docstring says η = 0.0001; the code's default, used here, is
+    0.001). `optax.optimistic_adam_v2(η, b1=β₁, b2=β₂, nesterov=False)` is the same rule for a
+    constant rate except at the first step, where it takes Δ₀ = Δ₁ (a step of Δ₁, here 2Δ₁);
+    its default `nesterov=True` is another rule. Keras and torch.optim have none.
+    Daskalakis et al. 2018, "Training GANs with Optimism", arXiv:1711.00141.
+    """
+
+    slots = {"m": 0.0, "v": 0.0, "prev": 0.0}
+
+    def __init__(self, learning_rate=0.001, beta=(0.5, 0.9), epsilon=EPSILON, **kwargs):
+        super().__init__(learning_rate, beta=beta, epsilon=epsilon, **kwargs)
+
+    def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.beta
-        rate = -lr / _one_minus_pow(b1, t)
-        for x, g, m, u, buffer in _in_blocks(self, (xs, gs, slots["m"], slots["u"]), scratch=1):
-            torch._foreach_lerp_(m, g, 1 - b1)  # β₁·m + (1−β₁)·g
-            _into(buffer, "abs", g)
-            whole_u, whole_buffer = _whole(u, buffer)
-            torch._foreach_mul_(whole_u, b2)
-            torch._foreach_maximum_(whole_u, whole_buffer)
-            _into(whole_buffer, "add", whole_u, self.epsilon)  # buffer ← u + ϵ
-            torch._foreach_addcdiv_(x, m, buffer, value=rate)
-        return True
+        m, v = self.moments(g, s)
+        c = ops.sqrt(ops.one_minus_pow(b2, t))  # as ADAM: the bias corrections as scalars
+        step = (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.epsilon * c)
+        return 2 * step - s.prev, {"m": m, "v": v, "prev": step}
 
 
 @_register
@@ -198,17 +180,6 @@ class AMSGrad(_StartsAtEpsilon, _AdamFamily):
         v_hat = ops.maximum(s.v_hat, v)
         return lr * m / (ops.sqrt(v_hat) + self.epsilon), {"m": m, "v": v, "v_hat": v_hat}
 
-    _torch_weight_decay = True
-
-    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
-        # torch's AMSGrad at step = ∞: its bias corrections 1 − βᵗ become 1, as in Flux.
-        b1, b2 = self.beta
-        torch._fused_adam_(
-            xs, gs, slots["m"], slots["v"], slots["v_hat"], _step_tensors(float("inf"), xs), lr=lr,
-            beta1=b1, beta2=b2, weight_decay=weight_decay, eps=self.epsilon, amsgrad=True, maximize=False,
-        )
-        return True
-
 
 @_register
 class NADAM(_AdamFamily):
@@ -233,29 +204,15 @@ class NADAM(_AdamFamily):
         m, v = self.moments(g, s)
         c1 = lr * b1 / ops.one_minus_pow(b1, t + 1)
         c2 = lr * (1 - b1) / ops.one_minus_pow(b1, t)
-        if b2 == 0:  # the √(β₂v/(1−β₂ᵗ)) term vanishes
+        if b2 < _F32_TINY:  # the √(β₂v/(1−β₂ᵗ)) term vanishes (β₂ is 0 in float32; 1/k would overflow)
             return (c1 * m + c2 * g) / self.epsilon, {"m": m, "v": v}
         # (c₁m + c₂g) / (k√v + ϵ) with k = √(β₂/(1−β₂ᵗ)), divided through by k: the corrections
         # stay scalars and each element needs one multiply fewer.
         k = ops.sqrt(b2 / ops.one_minus_pow(b2, t))
         return ((c1 / k) * m + (c2 / k) * g) / (ops.sqrt(v) + self.epsilon / k), {"m": m, "v": v}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # In place on the slots and one kept buffer, block by block (`_in_blocks`): √v·k + ϵ =
-        # k·(√v + ϵ/k), k = √(β₂/(1−β₂ᵗ)), so x ← x − (c₁·m + c₂·g)/(k·(√v + ϵ/k)) is two addcdiv passes.
-        b1, b2 = self.beta
-        if b2 == 0:  # k = 0: Δ = numerator/ϵ; the formula handles it
-            return False
-        k = math.sqrt(b2 / _one_minus_pow(b2, t))
-        c1, c2 = -lr * b1 / _one_minus_pow(b1, t + 1) / k, -lr * (1 - b1) / _one_minus_pow(b1, t) / k
-        for x, g, m, v, buffer in _in_blocks(self, (xs, gs, slots["m"], slots["v"]), scratch=1):
-            _torch_moments(self, g, m, v)
-            whole_v, whole_buffer = _whole(v, buffer)
-            _into(whole_buffer, "sqrt", whole_v)
-            torch._foreach_add_(whole_buffer, self.epsilon / k)  # buffer ← √v + ϵ/k
-            torch._foreach_addcdiv_(x, m, buffer, value=c1)
-            torch._foreach_addcdiv_(x, g, buffer, value=c2)
-        return True
+
+_F32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
 
 
 @_register
@@ -281,18 +238,6 @@ class ADAMW(Optimiser):
     def __init__(self, learning_rate=0.001, beta=(0.9, 0.999), decay=0.0, epsilon=1e-8, **kwargs):
         decay = check.nonnegative("decay", decay)
         super().__init__(ADAM(learning_rate, beta, epsilon), WeightDecay(decay), **kwargs)
-
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # torch's AdamW first scales x by 1 − η·λ: λ = decay/η gives Flux's x − decay·x (ADAM's Δ
-        # does not depend on x, so the order does not matter).
-        if self.decay and (not lr > 0 or self.rules[1]._decay_mask() is not None):
-            return False  # the formula: no rate to divide by, or some variables excluded from the decay
-        b1, b2 = self.beta
-        torch._fused_adamw_(
-            xs, gs, slots["0_m"], slots["0_v"], [], _step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2,
-            weight_decay=self.decay / lr if self.decay else 0.0, eps=self.epsilon, amsgrad=False, maximize=False,
-        )
-        return True
 
     @property
     def beta(self):
@@ -323,3 +268,33 @@ class ADAMW(Optimiser):
 
     def __repr__(self):
         return f"ADAMW({self.rules[0]!r}, decay={self.decay})"
+
+
+@_register
+class AdaBelief(_AdamFamily):
+    """AdaBelief (Flux `AdaBelief(η, β)`): ADAM whose second moment tracks (g − m)², as Flux v0.12.
+
+    m ← β₁·m + (1−β₁)·g;  s ← β₂·s + (1−β₂)·(g − m)²  (with the new m);  Δ = η·m / (√s + ϵ)
+    (no bias correction)
+
+    Args:
+        learning_rate: η, default 0.001.
+        beta: (β₁, β₂), each in [0, 1), default (0.9, 0.999).
+        epsilon: ϵ, default 1e-8.
+
+    Example:
+        >>> opt = keras_optx.AdaBelief(0.001, (0.9, 0.8))
+
+    Flux v0.12's form. The paper's algorithm (and optax's `adabelief`, Optimisers.jl's
+    `AdaBelief`) bias-corrects m and s and adds ϵ inside s as well: s ← β₂s + (1−β₂)(g−m)² + ϵ;
+    neither Keras nor torch.optim has it. Zhuang et al. 2020, arXiv:2010.07468.
+    """
+
+    slots = {"m": 0.0, "s": 0.0}
+
+    def delta(self, ops, g, x, s, t, lr):
+        b1, b2 = self.beta
+        m = b1 * s.m + (1 - b1) * g
+        d = g - m
+        belief = b2 * s.s + (1 - b2) * d * d
+        return lr * m / (ops.sqrt(belief) + self.epsilon), {"m": m, "s": belief}

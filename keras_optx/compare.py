@@ -5,7 +5,7 @@ with scikit-learn, no download) once per Flux rule, all from the same initial we
 batch order, prints a table (rule, final training loss, test accuracy, ms per step) and
 writes a PNG of the loss curves. Progress goes to stderr, the table to stdout.
 
-    python -m keras_optx.compare                                   # the 12 Flux rules, default backend
+    python -m keras_optx.compare                                   # the 14 Flux v0.12 rules, default backend
     python -m keras_optx.compare --backend jax --epochs 5 --rules adam,clipnorm+adam,torch.sgd:0.1
 
 A rule is `NAME[:X]`: X replaces the first positional argument (the learning rate η for
@@ -23,35 +23,12 @@ import time
 import keras
 
 import keras_optx as ox
+from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, TORCH_RULES, TRANSFORMS  # every rule by name: one list
 
 PROG = "keras-optx-compare"
 BACKENDS = ("jax", "torch", "tensorflow")
 _REEXEC_FLAG = "KERAS_OPTX_COMPARE_REEXEC"
 
-# name → (display name, constructor attribute path). Flux's defaults unless `:X` is given.
-FLUX_RULES = {
-    "descent": "Descent",
-    "momentum": "Momentum",
-    "nesterov": "Nesterov",
-    "rmsprop": "RMSProp",
-    "adam": "ADAM",
-    "radam": "RADAM",
-    "adamax": "AdaMax",
-    "adagrad": "ADAGrad",
-    "adadelta": "ADADelta",
-    "amsgrad": "AMSGrad",
-    "nadam": "NADAM",
-    "adamw": "ADAMW",
-}
-# Chain members without a Flux default worth keeping get one that suits this problem.
-TRANSFORMS = {
-    "clipnorm": ("ClipNorm", 1.0),
-    "clipglobalnorm": ("ClipGlobalNorm", 1.0),
-    "clipvalue": ("ClipValue", 1.0),
-    "weightdecay": ("WeightDecay", 1e-4),
-    "invdecay": ("InvDecay", 1e-3),
-}
-TORCH_RULES = {"torch.sgd": "SGD", "torch.adam": "Adam", "torch.adamw": "AdamW"}
 DEFAULT_RULES = tuple(FLUX_RULES)
 
 
@@ -65,7 +42,7 @@ def _torch_rules_available():
 
 def known_names():
     """Every name `--rules` accepts (besides `+` chains of them)."""
-    names = list(FLUX_RULES) + list(TRANSFORMS)
+    names = list(FLUX_RULES) + list(EXTRA_RULES) + list(TRANSFORMS)
     if _torch_rules_available():
         names += list(TORCH_RULES)
     return names
@@ -81,8 +58,8 @@ def _member(part):
             args = (float(value),)
         except ValueError:
             raise UsageError(f"bad number {value!r} in rule {part!r}; write NAME:X, e.g. adam:0.01") from None
-    if key in FLUX_RULES:
-        return getattr(ox, FLUX_RULES[key])(*args)
+    if key in FLUX_RULES or key in EXTRA_RULES:
+        return getattr(ox, {**FLUX_RULES, **EXTRA_RULES}[key])(*args)
     if key in TRANSFORMS:
         cls, default = TRANSFORMS[key]
         return getattr(ox, cls)(*(args or (default,)))
@@ -117,7 +94,7 @@ def build_optimizer(spec):
 
 def display_name(spec):
     """`clipnorm+adam:0.01` → `ClipNorm+ADAM(0.01)`."""
-    names = {**FLUX_RULES, **{k: v[0] for k, v in TRANSFORMS.items()}, **{k: f"torch.{v}" for k, v in TORCH_RULES.items()}}
+    names = {**FLUX_RULES, **EXTRA_RULES, **{k: v[0] for k, v in TRANSFORMS.items()}, **{k: f"torch.{v}" for k, v in TORCH_RULES.items()}}
     out = []
     for part in spec.split("+"):
         name, _, value = part.partition(":")
@@ -310,7 +287,7 @@ def parser():
     p.add_argument(
         "--rules",
         default=",".join(DEFAULT_RULES),
-        help="comma-separated NAME[:X] or chains A+B (default: the 12 Flux rules); names: " + ", ".join(known_names()),
+        help="comma-separated NAME[:X] or chains A+B (default: the 14 Flux v0.12 rules); names: " + ", ".join(known_names()),
     )
     p.add_argument("--epochs", type=_positive_int, default=20, help="epochs per rule (default 20)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step (default 64)")

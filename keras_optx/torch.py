@@ -11,10 +11,10 @@ SGD(0.1, momentum=0.9, weight_decay=5e-4)           # same trajectory, as a Kera
 
 These are not the Flux rules of `keras_optx` (`ADAM`, `ADAMW`, `Momentum`): the
 names, arguments and the meaning of `weight_decay` are torch's. They also cover
-dtorch (`dtorch.optim.SGD`/`Adam`). They run on every Keras backend; this module
-imports torch only on the torch backend, where each step is torch's own fused kernel
-(`_fused_sgd_`, `_fused_adam_`, `_fused_adamw_`) on the same state (tested to equal the
-formulas below).
+dtorch (`dtorch.optim.SGD`/`Adam`). They run on every Keras backend; on the torch
+backend each step is torch's own fused kernel (`_fused_sgd_`, `_fused_adam_`,
+`_fused_adamw_`) on the same state (`keras_optx/_backends/torch/kernels.py`, tested to
+equal the formulas below).
 
 `weight_decay` has torch's meaning (coupled L2 for SGD and Adam, lr-scaled and
 decoupled for AdamW). Keras's own `weight_decay` keyword of `keras.optimizers.Optimizer`
@@ -31,11 +31,7 @@ import numbers
 import keras
 
 from . import _checks as check
-from ._base import Rule, _plus_decay, _split, _step_tensors
-from ._tensors import _TORCH
-
-if _TORCH:
-    import torch
+from ._base import Rule, _plus_decay
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
@@ -177,16 +173,6 @@ class SGD(_TorchRule):
         d = g + self.momentum * buf if self.nesterov else buf
         return lr * d, {"momentum_buffer": buf}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # torch's own kernel on torch's own state; `is_first_step` is its b ← g on step 1.
-        for (xs, gs, buffers), weight_decay in _groups(self, xs, gs, slots.get("momentum_buffer", [])):
-            torch._fused_sgd_(
-                xs, gs, buffers, weight_decay=weight_decay, momentum=self.momentum,
-                lr=lr, dampening=self.dampening, nesterov=self.nesterov, maximize=self.maximize,
-                is_first_step=t == 1 and not self.dampen_first_step,
-            )
-        return True
-
 
 class _Adam(_TorchRule):
     hyperparameters = {"betas": check.betas, "eps": check.nonnegative, "amsgrad": check.flag, "maximize": check.flag}
@@ -223,35 +209,6 @@ class _Adam(_TorchRule):
         if wd and self._decoupled:
             step = _plus_decay(step, x, lr * wd, mask)
         return step, new
-
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        b1, b2 = self.betas
-        kernel = torch._fused_adamw_ if self._decoupled else torch._fused_adam_
-        lists = (xs, gs, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq") or [[]] * len(xs))
-        for (xs, gs, m, v, vmax), weight_decay in _groups(self, *lists):
-            vmax = vmax if self.amsgrad else []
-            kernel(
-                xs, gs, m, v, vmax, _step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2, weight_decay=weight_decay,
-                eps=self.eps, amsgrad=self.amsgrad, maximize=self.maximize,
-            )
-        return True
-
-
-def _groups(rule, *lists):
-    """[(lists, weight decay)] for torch's kernels: one group, or, where variables are excluded from
-    weight decay (`exclude_from_weight_decay`), the decayed ones with `torch_weight_decay` and the
-    others with 0. Empty lists (SGD without momentum) stay empty."""
-    mask = rule._decay_mask() if rule.torch_weight_decay else None
-    if mask is None:
-        return [(lists, rule.torch_weight_decay)]
-    full = [items for items in lists if len(items) == len(mask)]
-    keep, drop = _split(mask, *full)
-    groups = []
-    for part, weight_decay in ((keep, rule.torch_weight_decay), (drop, 0.0)):
-        if part and part[0]:
-            parts = iter(part)
-            groups.append(([next(parts) if len(items) == len(mask) else items for items in lists], weight_decay))
-    return groups
 
 
 @_register("Adam")
