@@ -11,6 +11,7 @@ from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
+from .lookahead import Lookahead
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
@@ -33,6 +34,7 @@ __all__ = [
     "ExpDecay",
     "InvDecay",
     "Lion",
+    "Lookahead",
     "Momentum",
     "NADAM",
     "Nesterov",

@@ -338,11 +338,15 @@ class Transform(Rule):
             return super()._update(grads, variables)
         t, step = self._step_numbers()
         delta, _ = self._transform(Many(grads), Many(v.value for v in variables), {}, t, step)
+        self._apply_wrapped(delta.items, variables)
+
+    def _apply_wrapped(self, grads, variables):
+        """Hand `grads` to the wrapped optimizer, which updates `variables`."""
         # On TensorFlow the base handed us the dense gradient summed over replicas (a norm of
         # per-replica or IndexedSlices gradients is wrong); the wrapped optimizer sums over
         # replicas again, so each replica passes its 1/n share.
         replicas = self._distribution_strategy.num_replicas_in_sync if _BACKEND == "tensorflow" else 1
-        self.optimizer.apply([d / replicas for d in delta.items] if replicas > 1 else delta.items, variables)
+        self.optimizer.apply([g / replicas for g in grads] if replicas > 1 else list(grads), variables)
 
     def get_config(self):
         config = super().get_config()
@@ -741,6 +745,22 @@ def _write(optimizer, slot_writes, variables, delta):
         _tf_assign_all(optimizer, updates)
     else:
         for variable, value in updates:
+            variable.assign(value)
+
+
+def _assign(optimizer, pairs):
+    """Set each variable of `(variable, value)` pairs to its value (cast to its dtype)."""
+    if not pairs:
+        return
+    if _TORCH:
+        targets = _values([v for v, _ in pairs])
+        torch._foreach_copy_(targets, [value.to(x.dtype) for x, (_, value) in zip(targets, pairs)])
+        return
+    pairs = [(v, _cast(value, keras.backend.standardize_dtype(v.dtype))) for v, value in pairs]
+    if _BACKEND == "tensorflow":
+        _tf_assign_all(optimizer, pairs)
+    else:
+        for variable, value in pairs:
             variable.assign(value)
 
 
