@@ -12,6 +12,7 @@ from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .lookahead import Lookahead
+from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
@@ -32,6 +33,7 @@ __all__ = [
     "ClipValue",
     "Descent",
     "ExpDecay",
+    "Frozen",
     "InvDecay",
     "Lion",
     "Lookahead",
@@ -40,6 +42,7 @@ __all__ = [
     "Nesterov",
     "OADAM",
     "Optimiser",
+    "Partition",
     "RADAM",
     "RMSProp",
     "Rprop",
