@@ -3,7 +3,8 @@
 import keras
 
 from . import _checks as check
-from ._base import Transform, _assign, _cast, _state_dtype
+from ._backends import current as backend
+from ._base import Transform, _cast, _state_dtype
 from ._tensors import Many, ops
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
@@ -60,11 +61,12 @@ class Lookahead(Transform):
             )
         super().__init__(optimizer, sync_period=sync_period, slow_step_size=slow_step_size, **kwargs)
 
-    def _update(self, grads, variables):
+    def _update_step(self, grads, variables):
         t, _ = self._step_numbers()
         first = t == 1
         sync = t % self.sync_period == 0
-        # Python bools on torch (t is an int there): most steps leave φ alone and copy nothing.
+        # Python bools where the step runs eagerly (torch: t is an int): most steps leave φ alone
+        # and copy nothing.
         # Under jit (JAX, TensorFlow) they are tensors and `where` selects.
         keep_before = not (isinstance(first, bool) and not first)
         before = [keras.ops.copy(v.value) for v in variables] if keep_before else None  # the wrapped update writes in place
@@ -73,10 +75,10 @@ class Lookahead(Transform):
             return
         dtypes = [_state_dtype(v.dtype) for v in variables]
         slow_variables = self._slot_lists(variables)["slow"]
-        slow = Many(s.value for s in slow_variables)
+        slow = Many(backend.values(slow_variables))
         if keep_before:
             slow = ops.where(first, Many(_cast(b, d) for b, d in zip(before, dtypes)), slow)
-        fast = Many(_cast(v.value, d) for v, d in zip(variables, dtypes))
+        fast = Many(_cast(x, d) for x, d in zip(backend.values(variables), dtypes))
         alpha = self.slow_step_size
         moved = slow + alpha * (fast - slow)
         new_slow = ops.where(sync, moved, slow)
@@ -84,4 +86,4 @@ class Lookahead(Transform):
         writes = list(zip(slow_variables, new_slow.items))
         if not (isinstance(sync, bool) and not sync):
             writes += list(zip(variables, new_fast.items))
-        _assign(self, writes)
+        backend.assign(self, writes)
