@@ -6,12 +6,13 @@ Runs on the JAX, PyTorch and TensorFlow backends. See the README for the rule ta
 from . import _checks as checks
 from ._base import Rule, Transform
 from ._grad import gradient, value_and_gradient
-from .adam import ADAM, ADAMW, NADAM, RADAM, AdaMax, AMSGrad
+from .adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
 from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .schedules import ExpDecay, InvDecay
+from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
 
@@ -23,6 +24,7 @@ __all__ = [
     "ADAM",
     "ADAMW",
     "AMSGrad",
+    "AdaBelief",
     "AdaMax",
     "ClipGlobalNorm",
     "ClipNorm",
@@ -30,12 +32,15 @@ __all__ = [
     "Descent",
     "ExpDecay",
     "InvDecay",
+    "Lion",
     "Momentum",
     "NADAM",
     "Nesterov",
+    "OADAM",
     "Optimiser",
     "RADAM",
     "RMSProp",
+    "Rprop",
     "Rule",
     "SkipNonFinite",
     "Transform",

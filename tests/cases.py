@@ -54,6 +54,18 @@ RULES = [
          lambda: ref.NADAM(0.002, (0.89, 0.995)), fit=False),
     # β₂ = 0 takes the formula's own branch (its √(β₂v/(1−β₂ᵗ)) term vanishes).
     Case("NADAM(1e-5,(0.9,0.0))", lambda: ox.NADAM(1e-5, (0.9, 0.0)), lambda: ref.NADAM(1e-5, (0.9, 0.0)), fit=False),
+    Case("OADAM", lambda: ox.OADAM(), lambda: ref.OADAM()),
+    Case("OADAM(0.01,(0.9,0.995),eps=1e-6)", lambda: ox.OADAM(0.01, (0.9, 0.995), 1e-6),
+         lambda: ref.OADAM(0.01, (0.9, 0.995), 1e-6), fit=False),
+    Case("AdaBelief", lambda: ox.AdaBelief(), lambda: ref.AdaBelief()),
+    Case("AdaBelief(0.002,(0.8,0.9))", lambda: ox.AdaBelief(0.002, (0.8, 0.9)),
+         lambda: ref.AdaBelief(0.002, (0.8, 0.9)), fit=False),
+    Case("Lion", lambda: ox.Lion(), lambda: ref.Lion()),
+    Case("Lion(3e-4,(0.95,0.98))", lambda: ox.Lion(3e-4, (0.95, 0.98)), lambda: ref.Lion(3e-4, (0.95, 0.98)), fit=False),
+    Case("Rprop", lambda: ox.Rprop(), lambda: ref.Rprop()),
+    # η₀ below Γ₋: clamped up at the first step; ℓ₊ = 2 reaches Γ₊ = 0.01 within the test
+    Case("Rprop(1e-7,(0.3,2.0),(1e-6,0.01))", lambda: ox.Rprop(1e-7, (0.3, 2.0), (1e-6, 0.01)),
+         lambda: ref.Rprop(1e-7, (0.3, 2.0), (1e-6, 0.01)), fit=False),
     Case("ADAMW", lambda: ox.ADAMW(), lambda: ref.ADAMW()),
     Case("ADAMW(0.001,(0.89,0.995),0.1)", lambda: ox.ADAMW(0.001, (0.89, 0.995), 0.1),
          lambda: ref.ADAMW(0.001, (0.89, 0.995), 0.1), fit=False),

@@ -95,7 +95,10 @@ def test_rule_names_build_the_named_optimizers():
     assert isinstance(decayed[0], ox.ExpDecay) and decayed[0].learning_rate == 0.5
     assert isinstance(compare.build_optimizer("invdecay+momentum")[0], ox.InvDecay)
     assert compare.display_name("expdecay+descent") == "ExpDecay+Descent"
-    assert len(compare.DEFAULT_RULES) == 12
+    assert len(compare.DEFAULT_RULES) == 14
+    assert isinstance(compare.build_optimizer("lion:0.0003"), ox.Lion)
+    assert isinstance(compare.build_optimizer("clipnorm+rprop"), ox.Optimiser)
+    assert compare.display_name("rprop:0.01") == "Rprop(0.01)"
 
 
 # The Python API ------------------------------------------------------------------------

@@ -649,12 +649,13 @@ settings = dict(
 ## Each rule at its default rate
 
 Rules are given by name (as on the command line: `"adam"`, `"adam:0.01"`, `"clipnorm+adam"`),
-as optimizer objects, or as factories.
+as optimizer objects, or as factories. Here four of Flux's rules, Flux v0.12's OADAM and
+AdaBelief, and Lion and Rprop.
 """
     ),
     code(
         """
-rules = ["descent", "nesterov", "adam", "adagrad"]
+rules = ["descent", "nesterov", "adam", "adagrad", "oadam", "adabelief", "lion", "rprop"]
 defaults = compare(build_model, (x_train, y_train), rules, **settings)
 print(defaults.table())
 """
@@ -674,7 +675,7 @@ mean ± standard deviation over the seeds, and the plot a band.
     ),
     code(
         """
-tuned = compare(build_model, (x_train, y_train), rules, tune=True, tune_epochs=2, seeds=2, **settings)
+tuned = compare(build_model, (x_train, y_train), ["descent", "nesterov", "adam", "lion"], tune=True, tune_epochs=2, seeds=2, **settings)
 print(tuned.table())
 
 png = tuned.plot(os.path.join(tempfile.mkdtemp(), "tuned.png"), title="digits, tuned rates")
@@ -685,7 +686,7 @@ display(Image(filename=png))
         """
 before = {row.rule: row.score()[0] for row in defaults.rows}
 after = {row.rule: row.score()[0] for row in tuned.rows}
-print({rule: f"{before[rule]:.1%} → {after[rule]:.1%}" for rule in before})
+print({rule: f"{before[rule]:.1%} → {after[rule]:.1%}" for rule in after})
 assert all(row.tuned for row in tuned.rows)
 assert after["Nesterov"] > before["Nesterov"] + 0.2  # tuning mattered more than the rule
 assert min(after.values()) > 0.85
