@@ -11,6 +11,7 @@ from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
+from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
@@ -31,6 +32,7 @@ __all__ = [
     "ClipValue",
     "Descent",
     "ExpDecay",
+    "Frozen",
     "InvDecay",
     "Lion",
     "Momentum",
@@ -38,6 +40,7 @@ __all__ = [
     "Nesterov",
     "OADAM",
     "Optimiser",
+    "Partition",
     "RADAM",
     "RMSProp",
     "Rprop",

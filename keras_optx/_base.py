@@ -8,6 +8,8 @@ config and serialization.
 """
 
 import collections
+import contextlib
+import contextvars
 import copy
 import functools
 import itertools
@@ -132,7 +134,8 @@ class Rule(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self._slot_variables = {}
-        for name, initial in self.slots.items():
+        for name, (initial, has) in self._slot_owners(variables).items():
+            # None where a variable keeps no such slot (a Partition's rule holds state for its variables only).
             self._slot_variables[name] = [
                 self.add_variable(
                     shape=v.shape,
@@ -140,10 +143,23 @@ class Rule(keras.optimizers.Optimizer):
                     initializer=keras.initializers.Constant(initial),
                     name=f"{_variable_path(v)}_{name}",
                 )
-                for v in variables
+                if own
+                else None
+                for v, own in zip(variables, has)
             ]
             if _TORCH:
-                _pack(self._slot_variables[name])
+                _pack([s for s in self._slot_variables[name] if s is not None])
+        for v in self._build_state(variables):
+            _track_once(self, v)
+
+    def _slot_owners(self, variables):
+        """`{slot name: (initial value, [whether each of `variables` keeps it])}`; every variable by default."""
+        return {name: (initial, [True] * len(variables)) for name, initial in self.slots.items()}
+
+    def _build_state(self, variables):
+        """Create variables other than slots at build (a Partition's freeze mask); returns them
+        for the optimizer that owns this rule to track and save. None by default."""
+        return []
 
     def apply(self, grads, trainable_variables=None):
         # Keras zips grads with variables: an extra gradient or a wrong shape would be
@@ -172,6 +188,10 @@ class Rule(keras.optimizers.Optimizer):
         _set_cache(self, "_known_cache", source=self._trainable_variables_indices, variables=list(variables))
 
     def _update(self, grads, variables):
+        with _step_variables(variables):
+            self._update_step(grads, variables)
+
+    def _update_step(self, grads, variables):
         slots = self._slot_lists(variables)
         fused = _fast_path(self, "_torch_fused") if _TORCH else None
         if fused is not None:
@@ -200,7 +220,7 @@ class Rule(keras.optimizers.Optimizer):
         if cache is not None and cache.source is self._slot_variables and _same(cache.variables, variables):
             return cache.slots
         index = [self._get_variable_index(v) for v in variables]
-        slots = {name: [vs[i] for i in index] for name, vs in self._slot_variables.items()}
+        slots = {name: [vs[i] for i in index if vs[i] is not None] for name, vs in self._slot_variables.items()}
         _set_cache(self, "_slot_cache", source=self._slot_variables, variables=list(variables), slots=slots)
         return slots
 
@@ -333,9 +353,9 @@ class Transform(Rule):
             for v in self.optimizer.variables:
                 _track_once(self, v)
 
-    def _update(self, grads, variables):
+    def _update_step(self, grads, variables):
         if self.optimizer is None:
-            return super()._update(grads, variables)
+            return super()._update_step(grads, variables)
         t, step = self._step_numbers()
         delta, _ = self._transform(Many(grads), Many(v.value for v in variables), {}, t, step)
         # On TensorFlow the base handed us the dense gradient summed over replicas (a norm of
@@ -356,6 +376,26 @@ class Transform(Rule):
 
 
 # Helpers ---------------------------------------------------------------------------
+_STEP_VARIABLES = contextvars.ContextVar("keras_optx_step_variables", default=None)
+
+
+@contextlib.contextmanager
+def _step_variables(variables):
+    """Name the variables the running step updates, in its order (a Partition routes by them)."""
+    token = _STEP_VARIABLES.set(list(variables))
+    try:
+        yield
+    finally:
+        _STEP_VARIABLES.reset(token)
+
+
+def _current_variables():
+    variables = _STEP_VARIABLES.get()
+    if variables is None:
+        raise RuntimeError("A Partition's update needs its variables; it runs inside an optimizer's `apply`.")
+    return variables
+
+
 def _versioned(cls, config):
     """`config` without its "format_version" (migrated by `cls._migrate_config`), and that version."""
     config = dict(config)

@@ -73,6 +73,14 @@ class Optimiser(Rule):
     def slots(self):
         return {f"{i}_{name}": init for i, m in enumerate(self._members) for name, init in m.slots.items()}
 
+    def _slot_owners(self, variables):
+        return {
+            f"{i}_{name}": spec for i, m in enumerate(self._members) for name, spec in m._slot_owners(variables).items()
+        }
+
+    def _build_state(self, variables):
+        return [v for m in self._members for v in m._build_state(variables)]
+
     def _transform(self, g, x, state, t, step):
         return self._fold(self._members, g, x, state, t, step)
 

@@ -312,3 +312,45 @@ class Chain:
 
 def ADAMW(eta=0.001, beta=(0.9, 0.999), decay=0.0, eps=EPS):
     return Chain(ADAM(eta, beta, eps), WeightDecay(decay))
+
+
+class Partition:
+    """Each variable to the first rule whose pattern `re.search`es its path; each rule sees its subset.
+
+    `rules` is a list of (pattern, reference or None); None is `Frozen` (Δ = 0). `frozen(n)` names the
+    positions frozen at update n (Δ = 0, state kept): their rule does not see them at that update."""
+
+    def __init__(self, rules, paths, frozen=lambda n: ()):
+        import re
+
+        self.rules = rules
+        self.routes = [next(k for k, (p, _) in enumerate(rules) if re.search(p, path)) for path in paths]
+        self.frozen = frozen
+        self.states = [{} for _ in rules]
+
+    def __call__(self, gs, xs, n):
+        out = [np.zeros_like(np.asarray(x, np.float64)) for x in xs]
+        frozen = set(self.frozen(n))
+        for k, (_, rule) in enumerate(self.rules):
+            positions = [i for i, r in enumerate(self.routes) if r == k and i not in frozen]
+            if rule is None or not positions:
+                continue
+            for i, d in zip(positions, _subset_call(rule, positions, [gs[i] for i in positions], [xs[i] for i in positions], n)):
+                out[i] = d
+        return out
+
+
+def _subset_call(rule, positions, gs, xs, n):
+    """Call `rule` on a subset, keeping each variable's state under its own position (Flux's IdDict)."""
+    if isinstance(rule, Reference):
+        saved = rule.state
+        rule.state = {j: saved[p] for j, p in enumerate(positions) if p in saved}
+        out = rule(gs, xs, n)
+        saved.update({positions[j]: s for j, s in rule.state.items()})
+        rule.state = saved
+        return out
+    if isinstance(rule, Chain):
+        for member in rule.members:
+            gs = _subset_call(member, positions, gs, xs, n)
+        return gs
+    return rule(gs, xs, n)  # stateless (ClipGlobalNorm, Scale)

@@ -5,7 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from cases import CASES, RULES
+from cases import CASES, PATHS, RULES
 from conftest import BACKEND
 
 import keras_optx as ox
@@ -69,7 +69,7 @@ MODES = ["eager", pytest.param("compiled", marks=pytest.mark.skipif(
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_matches_reference_step_by_step(case, mode):
     values = initial_values()
-    variables = [keras.Variable(v) for v in values]
+    variables = [keras.Variable(v, name=name) for v, name in zip(values, PATHS)]
     optimizer, oracle = case.make(), case.reference()
     apply = (lambda grads: optimizer.apply(grads, variables)) if mode == "eager" else compiled_apply(optimizer, variables)
     expected = [v.astype(np.float64) for v in values]
