@@ -276,6 +276,7 @@ class Comparison:
         """
         several = len(self.seeds) > 1
         header = ["#", "rule", "η", "train loss", self.score_name, "ms/step", "note"]
+        same = self.score_name == "train loss"  # the score is the loss column: shown once
         lines = []
         for rank, row in enumerate(self.ranked(), 1):
             loss, loss_std = row.loss()
@@ -292,8 +293,10 @@ class Comparison:
             rate = "—" if row.learning_rate is None else f"{row.learning_rate:.3g}"
             ms = "—" if math.isnan(row.ms_per_step) else f"{row.ms_per_step:.2f}"
             lines.append([str(rank), row.rule, rate, loss_cell, score_cell, ms, row.note])
+        if same:
+            header, lines = [c for i, c in enumerate(header) if i != 4], [[c for i, c in enumerate(r) if i != 4] for r in lines]
+        right = {0, 2, 3, 4} if same else {0, 2, 3, 4, 5}
         widths = [max(len(r[i]) for r in [header] + lines) for i in range(len(header))]
-        right = {0, 2, 3, 4, 5}
 
         def fmt(cells):
             out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]

@@ -130,6 +130,7 @@ def test_api_runs_a_user_model_with_every_kind_of_rule(tmp_path):
         "chain": ox.Optimiser(ox.ClipNorm(1.0), ox.ExpDecay(1.0, 0.5, 2), ox.ADAM(0.01)),
         "torch": ox_torch.SGD(0.5, momentum=0.9),
         "factory": ox.ADAGrad,
+        "partition": ox.Partition({"kernel": ox.Momentum(0.1), ".*": ox.Descent(0.1)}),
     }
     result = compare.compare(
         _user_model, (x, y), rules, loss=LOSS, metrics=["accuracy"], epochs=2, batch_size=16, seeds=2,
@@ -305,6 +306,7 @@ def test_rules_without_a_settable_rate_are_run_untuned():
     )
     (row,) = result.rows
     assert not row.tuned and row.learning_rate is None and row.note == "not tuned: its rate is a schedule"
+    assert result.table().splitlines()[0].split() == ["#", "rule", "η", "train", "loss", "ms/step", "note"]
     assert lines and all("ETA" in line for line in lines)  # progress, with a time estimate
 
 
