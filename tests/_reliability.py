@@ -33,7 +33,7 @@ def cases():
     return RELIABILITY
 
 
-JIT_CASES = ["ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"]  # also resumed with compiled training
+JIT_CASES = ["ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum", "Lookahead(ADAM)"]  # also resumed with compiled training
 DISTRIBUTED_CASES = ["ADAM", "ClipNorm>WeightDecay>ADAM", "ClipGlobalNorm(keras Adam)"]  # a rule, a chain, a wrapper
 
 
