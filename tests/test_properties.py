@@ -269,3 +269,16 @@ def test_bad_rate_set_during_training_changes_nothing(case_id):
             np.testing.assert_array_equal(a, b)
 
     check()
+
+
+def test_nadam_with_a_beta2_float32_holds_as_zero():
+    """β₂ = 1e-300 is valid; float32 holds it as 0, so the √(β₂v/(1−β₂ᵗ)) term vanishes (it was an
+    overflow: torch's kernel raised, jax/tensorflow gave NaN). The oracle with β₂ = 0 gives the update."""
+    variables = [keras.Variable(x) for x in _start()]
+    optimizer, oracle = ox.NADAM(0.1, (0.9, 1e-300)), ref.NADAM(0.1, (0.9, 0.0))
+    steps = [[np.full(s, 0.5 * (k + 1), np.float32) for s in SHAPES] for k in range(2)]
+    for grads in steps:
+        optimizer.apply([ops.convert_to_tensor(g) for g in grads], variables)
+    expected, _ = _trajectory(oracle, steps, np.float64)
+    for v, b in zip(variables, expected):
+        np.testing.assert_allclose(ops.convert_to_numpy(v.value), b, rtol=2e-5, atol=2e-5)
