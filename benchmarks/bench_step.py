@@ -118,6 +118,7 @@ def run(args):
 
     import keras
     import keras_optx as ox
+    from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, TORCH_RULES
 
     backend = keras.backend.backend()
     layouts = QUICK_LAYOUTS if args.quick else LAYOUTS
@@ -143,6 +144,7 @@ def run(args):
         "AdaBelief": (lambda: ox.AdaBelief(), None, None, "adabelief"),
         "Lion": (lambda: ox.Lion(), lambda: K.Lion(), None, "lion"),
         "Rprop": (lambda: ox.Rprop(), None, ("Rprop", dict(lr=0.001)), "rprop"),
+        "Lookahead(ADAM)": (lambda: ox.Lookahead(ox.ADAM()), None, None, None),
         # keras_optx.torch: torch's rules with torch's names (ported PyTorch code).
         "torch.SGD(momentum)": (lambda: ox.torch.SGD(0.01, momentum=0.9), lambda: K.SGD(0.01, momentum=0.9), ("SGD", dict(lr=0.01, momentum=0.9)), "momentum"),
         "torch.Adam": (lambda: ox.torch.Adam(), lambda: K.Adam(), ("Adam", dict(lr=0.001)), "adam"),
@@ -152,6 +154,13 @@ def run(args):
             None, None, None,
         ),
     }
+    # Every rule keras_optx lists (keras_optx/_catalog.py, as `compare` does) is timed: those above
+    # against their references, any other alone.
+    timed = {label.split("(")[0] for label in rules}
+    listed = [(c, getattr(ox, c)) for c in (*FLUX_RULES.values(), *EXTRA_RULES.values())]
+    for label, make in listed + [(f"torch.{c}", getattr(ox.torch, c)) for c in TORCH_RULES.values()]:
+        if label not in timed:
+            rules[label] = (make, None, None, None)
     if args.rules:
         wanted = set(args.rules.split(","))
         rules = {k: v for k, v in rules.items() if k in wanted or k.split("(")[0] in wanted}

@@ -11,11 +11,15 @@ from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
+from .lookahead import Lookahead
 from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
+from ._backends import current as _backend
+
+_backend.load_kernels()  # the running backend's kernels for the classes above (torch)
 
 __version__ = "0.1.0"
 
@@ -35,6 +39,7 @@ __all__ = [
     "Frozen",
     "InvDecay",
     "Lion",
+    "Lookahead",
     "Momentum",
     "NADAM",
     "Nesterov",
