@@ -9,7 +9,7 @@ read `self.rho`):
 - jax/tensorflow: a number is read from a non-trainable optimizer variable (one float32 vector per
   rule, created at build and saved with the model), so a compiled step sees a new value without
   retracing; assigning `opt.rho = 0.5` writes the variable.
-- torch: a number stays a Python float (fused kernels take floats; no device read per step); the
+- torch (an eager step, `backend.EAGER`): a number stays a Python float (fused kernels take floats; no device read per step); the
   variable is written on assignment only, so saved files are alike on every backend.
 - a schedule is called with the step the rate's schedule sees (0-based, counting updates); a
   callable is called with no argument (as Keras calls a callable rate).
@@ -25,7 +25,7 @@ import numbers
 
 import keras
 
-from ._tensors import _TORCH
+from ._backends import current as backend
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 _STEP_OWNER = contextvars.ContextVar("keras_optx_step_owner", default=None)
@@ -102,7 +102,7 @@ class _Hyper:
         plain = rule.__dict__.setdefault("_hyper_plain", set())
         entries = _entries(value)
         # Read as set inside a step too: static values (flags, counts), and constants on torch.
-        if entries is None or _TORCH and not any(map(_is_scheduled, entries)):
+        if entries is None or backend.EAGER and not any(map(_is_scheduled, entries)):
             plain.add(self.name)
         else:
             plain.discard(self.name)
@@ -201,7 +201,7 @@ class HyperMixin:
         for i, entry in enumerate(entries):
             if _is_scheduled(entry):
                 out.append(_evaluate(entry, root))
-            elif _TORCH:
+            elif backend.EAGER:
                 out.append(entry)
             else:
                 if vector is None:
@@ -211,14 +211,12 @@ class HyperMixin:
 
 
 def _evaluate(value, root):
-    from ._base import _scalar
-
     if isinstance(value, tuple):
         return tuple(_evaluate(v, root) for v in value)
     if isinstance(value, _Schedule):
-        return _scalar(value(root._step_numbers()[1]))
+        return backend.scalar(value(root._step_numbers()[1]))
     if callable(value):
-        return _scalar(value())
+        return backend.scalar(value())
     return value
 
 
