@@ -13,6 +13,7 @@ from .callbacks import HyperparameterScheduler
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
+from .lookahead import Lookahead
 from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
@@ -41,6 +42,7 @@ __all__ = [
     "HyperparameterScheduler",
     "InvDecay",
     "Lion",
+    "Lookahead",
     "Momentum",
     "NADAM",
     "Nesterov",

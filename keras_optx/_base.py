@@ -341,11 +341,15 @@ class Transform(Rule):
             return super()._update_step(grads, variables)
         t, step = self._step_numbers()
         delta, _ = self._transform(Many(grads), Many(v.value for v in variables), {}, t, step)
+        self._apply_wrapped(delta.items, variables)
+
+    def _apply_wrapped(self, grads, variables):
+        """Hand `grads` to the wrapped optimizer, which updates `variables`."""
         # On TensorFlow the base handed us the dense gradient summed over replicas (a norm of
         # per-replica or IndexedSlices gradients is wrong); the wrapped optimizer sums over
         # replicas again, so each replica passes its 1/n share.
         replicas = backend.replicas(self)
-        self.optimizer.apply([d / replicas for d in delta.items] if replicas > 1 else delta.items, variables)
+        self.optimizer.apply([g / replicas for g in grads] if replicas > 1 else list(grads), variables)
 
     def get_config(self):
         config = super().get_config()

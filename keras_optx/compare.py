@@ -12,7 +12,9 @@ step) and writes a PNG of the loss curves. Progress goes to stderr, the table to
 A rule is `NAME[:X]`: X replaces the first positional argument (the learning rate η for
 most rules, ρ for ADADelta, the threshold for clipping, wd for weightdecay, η for
 expdecay, γ for invdecay). `A+B+…` is the chain `Optimiser(A, B, …)`, e.g.
-`clipnorm+weightdecay:1e-4+adam` or `expdecay+descent`.
+`clipnorm+weightdecay:1e-4+adam` or `expdecay+descent`. `lookahead[:K]+…` wraps the rest
+in `Lookahead` (sync period K, default 6), e.g. `lookahead+radam`. `lion` and `rprop`
+(beyond Flux v0.12) are named but not in the default run.
 
 In Python, `compare(build_model, data, rules, loss=..., ...)` runs the same comparison on
 your model and data and returns a `Comparison` (`.table()`, `.to_dicts()`, `.plot(path)`).
@@ -49,7 +51,7 @@ def _torch_rules_available():
 
 def known_names():
     """Every name `--rules` accepts (besides `+` chains of them)."""
-    names = list(FLUX_RULES) + list(EXTRA_RULES) + list(TRANSFORMS)
+    names = list(FLUX_RULES) + list(EXTRA_RULES) + list(TRANSFORMS) + ["lookahead"]
     if _torch_rules_available():
         names += list(TORCH_RULES)
     return names
@@ -91,6 +93,18 @@ def build_optimizer(spec):
             raise UsageError(
                 f"empty rule name at position {position} of the chain {spec!r} (each member between '+' needs a name)"
             )
+    head, _, value = parts[0].partition(":")
+    if head.strip().lower() == "lookahead":  # `lookahead[:k]+<rule or chain>`: Lookahead around the rest
+        if len(parts) == 1:
+            raise UsageError(f"{spec!r} wraps a rule; write it before one, e.g. lookahead+adam")
+        try:
+            args = (float(value),) if value else ()
+        except ValueError:
+            raise UsageError(f"bad number {value!r} in {parts[0]!r}; write lookahead:K, e.g. lookahead:5+adam") from None
+        try:
+            return ox.Lookahead(build_optimizer("+".join(parts[1:])), *args)
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"rule {spec!r}: {error}") from None
     try:
         members = [_member(p) for p in parts]
         if len(members) == 1:
@@ -106,7 +120,7 @@ def build_optimizer(spec):
 
 def display_name(spec):
     """`clipnorm+adam:0.01` → `ClipNorm+ADAM(0.01)`."""
-    names = {**FLUX_RULES, **EXTRA_RULES, **{k: v[0] for k, v in TRANSFORMS.items()}, **{k: f"torch.{v}" for k, v in TORCH_RULES.items()}}
+    names = {**FLUX_RULES, **EXTRA_RULES, "lookahead": "Lookahead", **{k: v[0] for k, v in TRANSFORMS.items()}, **{k: f"torch.{v}" for k, v in TORCH_RULES.items()}}
     out = []
     for part in spec.split("+"):
         name, _, value = part.partition(":")

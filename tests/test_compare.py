@@ -99,6 +99,13 @@ def test_rule_names_build_the_named_optimizers():
     assert isinstance(compare.build_optimizer("lion:0.0003"), ox.Lion)
     assert isinstance(compare.build_optimizer("clipnorm+rprop"), ox.Optimiser)
     assert compare.display_name("rprop:0.01") == "Rprop(0.01)"
+    ranger = compare.build_optimizer("lookahead:5+clipnorm+radam")
+    assert isinstance(ranger, ox.Lookahead) and ranger.sync_period == 5
+    assert [type(r) for r in ranger.optimizer] == [ox.ClipNorm, ox.RADAM]
+    assert compare.display_name("lookahead+adam") == "Lookahead+ADAM"
+    for bad in ("lookahead", "lookahead:0+adam", "lookahead:x+adam"):
+        with pytest.raises(compare.UsageError, match="lookahead"):
+            compare.build_optimizer(bad)
 
 
 # The Python API ------------------------------------------------------------------------
