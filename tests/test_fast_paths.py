@@ -24,8 +24,9 @@ STEPS = 20
 FAST = {name: case.make for name, case in KERNELS.items()}
 # The learning rate changes every step where the slot carries η (Flux's velocity).
 VARYING_RATE = {name for name, case in KERNELS.items() if case.varying_rate}
-ADAM, RADAM, ADAMAX, ADADELTA, NADAM = (
-    "ADAM(0.001,(0.9,0.8))", "RADAM(0.01,(0.9,0.8))", "AdaMax(0.002,(0.9,0.995))", "ADADelta(0.89)", "NADAM(0.002,(0.89,0.995))"
+ADAM, RADAM, ADAMAX, ADADELTA, NADAM, OADAM, ADABELIEF = (
+    "ADAM(0.001,(0.9,0.8))", "RADAM(0.01,(0.9,0.8))", "AdaMax(0.002,(0.9,0.995))", "ADADelta(0.89)", "NADAM(0.002,(0.89,0.995))",
+    "OADAM(0.01,(0.9,0.995),eps=1e-6)", "AdaBelief(0.002,(0.8,0.9))",
 )
 
 torch_only = pytest.mark.skipif(
@@ -76,7 +77,7 @@ LARGE_SHAPES = [(300, 200), (70001,)]
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, "ClipNorm>WeightDecay>ADAM",
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, "ClipNorm>WeightDecay>ADAM",
                                   "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp", "ExpDecay>Momentum"])
 def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
@@ -98,7 +99,7 @@ def test_fast_path_matches_formula_in_cache_blocks(name):
 # they lie together, and ClipNorm and ClipGlobalNorm take one op per size over a copy of the
 # gradients there (`_backends.torch.transforms._packed_for`); the packed slot steps pair buffers laid out alike.
 GROUPED_SHAPES = [(3, 4), (7,), (12,), (5,), (4, 3), (2, 6), (7,), (6, 2)]
-PACKED = [ADAMAX, ADADELTA, NADAM, RADAM]  # their fast paths run slot-only steps on packed buffers
+PACKED = [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF]  # their fast paths run slot-only steps on packed buffers
 PACKED_CLIPS = ["ClipNorm>WeightDecay>ADAM", "ClipNorm(3)>ClipValue>Momentum", "ClipValue>ClipNorm(3)>ADAM", "ClipGlobalNorm>RMSProp"]
 
 
