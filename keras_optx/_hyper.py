@@ -250,6 +250,7 @@ def adjust(optimizer, **values):
     Example:
         >>> opt = keras_optx.Optimiser(keras_optx.WeightDecay(1e-4), keras_optx.Momentum(0.01, 0.9))
         >>> keras_optx.adjust(opt, rho=0.5, wd=0.0)   # or opt.adjust(rho=0.5, wd=0.0)
+        Optimiser(WeightDecay(wd=0.0), Momentum(learning_rate=0.01, rho=0.5))
         >>> opt[1].rho
         0.5
 

@@ -22,9 +22,17 @@ class HyperparameterScheduler(keras.callbacks.Callback):
             returning a number (a pair for `beta`). `"learning_rate"` sets every rule's rate.
         per: `"epoch"` (default) or `"step"`.
 
-    Example, 1cycle's momentum cycling (Smith 2018, arXiv:1803.09820) on ADAM's β₁:
+    Example:
+        1cycle's momentum cycling (Smith 2018, arXiv:1803.09820) on ADAM's β₁:
+
         >>> cycle = lambda step: (0.95 - 0.1 * min(step, 100) / 100, 0.999)
-        >>> model.fit(x, y, callbacks=[keras_optx.HyperparameterScheduler({"beta": cycle}, per="step")])
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile(optimizer=keras_optx.ADAM(0.01), loss="mse")
+        >>> x, y = np.ones((8, 2), "float32"), np.zeros((8, 1), "float32")
+        >>> scheduler = keras_optx.HyperparameterScheduler({"beta": cycle}, per="step")
+        >>> _ = model.fit(x, y, batch_size=4, epochs=5, callbacks=[scheduler], verbose=0)
+        >>> model.optimizer.beta  # after 10 updates: β₁ = 0.95 − 0.1·9/100
+        (0.941, 0.999)
 
     Like `keras.callbacks.LearningRateScheduler`, for any hyperparameter (optax `inject_hyperparams`).
     """
