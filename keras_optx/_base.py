@@ -17,6 +17,7 @@ import weakref
 import keras
 
 from . import _checks as check
+from . import _scale
 from ._tensors import Many, _TORCH, ops
 
 if _TORCH:
@@ -93,15 +94,46 @@ class Rule(keras.optimizers.Optimizer):
     # WeightDecay right before the rule costs no pass of its own.
     _torch_fused = None
     _torch_weight_decay = False
+    # `{slot: dtypes}`: the slots that may be stored in bfloat16/float16 (`state_dtype`), and in
+    # which. A rule whose state is unsound in low precision lists none and says why in
+    # `low_precision_refusal`; `state_dtype` is then refused.
+    low_precision_slots = {}
+    low_precision_refusal = None
 
-    def __init__(self, learning_rate=1.0, **kwargs):
+    def __init__(self, learning_rate=1.0, *, shard_state=False, state_dtype=None, **kwargs):
         hyper = {k: kwargs.pop(k) for k in list(kwargs) if k in self.hyperparameters}
         if self.has_learning_rate:
             learning_rate = check.learning_rate(learning_rate)
+        shard_state = _scale.check_shard_state(shard_state)
+        state_dtype = _scale.check_state_dtype(state_dtype)
         super().__init__(learning_rate=learning_rate, **kwargs)
         for name, value in hyper.items():
             setattr(self, name, self.hyperparameters[name](name, value))
         self._owner = None
+        self.shard_state = shard_state
+        self.state_dtype = state_dtype
+        self._check_state_dtype()
+
+    def _check_state_dtype(self):
+        """Refuse a `state_dtype` that no slot of this rule may take (by the rule's name and why)."""
+        if self.state_dtype is not None:
+            refusal = self._state_dtype_refusal(self.state_dtype)
+            if refusal:
+                raise ValueError(refusal)
+
+    def _state_dtype_refusal(self, dtype):
+        if any(self._slot_dtypes(dtype).values()):
+            return None
+        why = self.low_precision_refusal or (
+            "it keeps no state" if not self.slots else
+            "its slots hold squared gradients, which underflow in float16 for |g| < 2.4e-4; use 'bfloat16'"
+        )
+        return f"{type(self).__name__} does not take state_dtype={dtype!r}: {why}."
+
+    def _slot_dtypes(self, inherited=None):
+        """`{slot: its low-precision dtype, or None (the variable's)}` under `state_dtype` (or a chain's)."""
+        dtype = self.state_dtype or inherited
+        return {name: dtype if dtype in self.low_precision_slots.get(name, ()) else None for name in self.slots}
 
     # The update, as a formula ----------------------------------------------------
     def delta(self, ops, g, x, s, t, lr):
@@ -127,13 +159,13 @@ class Rule(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self._slot_variables = {}
+        low = self._slot_dtypes()
+        self._low_precision_state = any(low.values())
         for name, initial in self.slots.items():
+            # Each slot laid out like its variable (sharded like it under keras.distribution).
             self._slot_variables[name] = [
-                self.add_variable(
-                    shape=v.shape,
-                    dtype=_state_dtype(v.dtype),
-                    initializer=keras.initializers.Constant(initial),
-                    name=f"{_variable_path(v)}_{name}",
+                _scale.slot_variable(
+                    self, v, f"{_variable_path(v)}_{name}", initial, low[name] or _state_dtype(v.dtype), self.shard_state
                 )
                 for v in variables
             ]
@@ -168,7 +200,8 @@ class Rule(keras.optimizers.Optimizer):
 
     def _update(self, grads, variables):
         slots = self._slot_lists(variables)
-        fused = _fast_path(self, "_torch_fused") if _TORCH else None
+        # torch kernels read and write float32/64 slots: low-precision state runs the formula.
+        fused = _fast_path(self, "_torch_fused") if _TORCH and not self._low_precision_state else None
         if fused is not None:
             # A torch fused kernel that computes this very rule (tested against `delta`).
             xs = _values(variables)
@@ -180,6 +213,8 @@ class Rule(keras.optimizers.Optimizer):
         g = Many(_cast(gi, dt) for gi, dt in zip(grads, dtypes))
         x = Many(_cast(value, dt) for value, dt in zip(_values(variables), dtypes))
         state = {name: Many(_values(vs)) for name, vs in slots.items()}
+        if self._low_precision_state:  # the math in the variables' state dtype (float32)
+            state = {name: Many(_cast(s, dt) for s, dt in zip(many.items, dtypes)) for name, many in state.items()}
         t, step = self._step_numbers()
         delta, new_state = self._transform(g, x, state, t, step)
         writes = [(s, new) for name, vs in slots.items() for s, new in zip(vs, new_state[name].items)]
@@ -214,6 +249,8 @@ class Rule(keras.optimizers.Optimizer):
             config.pop("learning_rate")
         for name in self.hyperparameters:
             config[name] = getattr(self, name)
+        config["shard_state"] = self.shard_state
+        config["state_dtype"] = self.state_dtype
         return config
 
     @classmethod
@@ -231,6 +268,11 @@ class Rule(keras.optimizers.Optimizer):
             )
         if self.built:
             raise ValueError(f"{self.name} was already used to train on its own; pass a fresh instance to the chain.")
+        if self.shard_state and not owner.shard_state:
+            raise ValueError(
+                f"{self!r} has shard_state=True, but a chain keeps its members' state: set "
+                f"shard_state=True on the {type(owner).__name__} instead."
+            )
         # A weak reference: Keras's loader walks attributes and recurses forever on a cycle.
         self._owner = weakref.ref(owner)
 
@@ -276,6 +318,12 @@ class Transform(Rule):
         if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
             raise TypeError(
                 f"`optimizer` must be a Keras optimizer (keras.optimizers.Optimizer) or None; received {optimizer!r}."
+            )
+        if optimizer is not None and self.shard_state:
+            raise ValueError(
+                f"{type(self).__name__} wrapping {type(optimizer).__name__} keeps no state of its own; "
+                f"`shard_state=True` cannot reach {type(optimizer).__name__}'s slots. Use a keras_optx chain, "
+                f"e.g. Optimiser({type(self).__name__}(...), ADAM(), shard_state=True)."
             )
         self.optimizer = optimizer
         if optimizer is not None:
@@ -678,7 +726,7 @@ def _write(optimizer, slot_writes, variables, delta):
         torch._foreach_add_(xs, deltas, alpha=-1.0 if scale is None else -scale)
         return
     variable_deltas = list(zip(variables, delta.items))
-    updates = [(s, new) for s, new in slot_writes]
+    updates = [(s, _cast(new, s.dtype)) for s, new in slot_writes]
     updates += [(v, keras.ops.cast(v.value - keras.ops.cast(d, v.dtype), v.dtype)) for v, d in variable_deltas]
     if _BACKEND == "tensorflow":
         _tf_assign_all(optimizer, updates)

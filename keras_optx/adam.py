@@ -22,6 +22,8 @@ class _AdamFamily(Rule):
 
     hyperparameters = {"beta": check.betas, "epsilon": check.nonnegative}
     slots = {"m": 0.0, "v": 0.0}
+    # float16 for the first moment only: v = g² underflows in float16 for |g| < 2.4e-4.
+    low_precision_slots = {"m": ("bfloat16", "float16"), "v": ("bfloat16",)}
 
     def __init__(self, learning_rate=0.001, beta=(0.9, 0.999), epsilon=EPSILON, **kwargs):
         super().__init__(learning_rate, beta=beta, epsilon=epsilon, **kwargs)
@@ -149,6 +151,7 @@ class AdaMax(_AdamFamily):
     """
 
     slots = {"m": 0.0, "u": 0.0}
+    low_precision_slots = {"m": ("bfloat16", "float16"), "u": ("bfloat16", "float16")}  # u = max|g|: not squared
 
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.beta
@@ -192,6 +195,7 @@ class AMSGrad(_StartsAtEpsilon, _AdamFamily):
     """
 
     state_names = ("m", "v", "v_hat")
+    low_precision_slots = {**_AdamFamily.low_precision_slots, "v_hat": ("bfloat16",)}
 
     def delta(self, ops, g, x, s, t, lr):
         m, v = self.moments(g, s)
