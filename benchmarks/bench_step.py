@@ -98,6 +98,9 @@ def run(args):
         "AMSGrad": (lambda: ox.AMSGrad(), lambda: K.Adam(amsgrad=True), ("Adam", dict(lr=0.001, amsgrad=True)), "amsgrad"),
         "NADAM": (lambda: ox.NADAM(), lambda: K.Nadam(), ("NAdam", dict(lr=0.001)), "nadam"),
         "ADAMW": (lambda: ox.ADAMW(0.001, decay=1e-4), lambda: K.AdamW(weight_decay=0.1), ("AdamW", dict(lr=0.001, weight_decay=0.1)), "adamw"),
+        # Rules without a Keras or torch.optim namesake are also timed next to keras_optx ADAM.
+        "OADAM": (lambda: ox.OADAM(), None, None, "optimistic_adam"),
+        "AdaBelief": (lambda: ox.AdaBelief(), None, None, "adabelief"),
         # keras_optx.torch: torch's rules with torch's names (ported PyTorch code).
         "torch.SGD(momentum)": (lambda: ox.torch.SGD(0.01, momentum=0.9), lambda: K.SGD(0.01, momentum=0.9), ("SGD", dict(lr=0.01, momentum=0.9)), "momentum"),
         "torch.Adam": (lambda: ox.torch.Adam(), lambda: K.Adam(), ("Adam", dict(lr=0.001)), "adam"),
@@ -125,7 +128,7 @@ def run(args):
                 cases["keras " + type(builtin()).__name__] = harness.keras_case(builtin(), count, total)
             for label, make in harness.references(torch_ref, optax_ref, count, total):
                 cases[label] = make()
-            if name.startswith("chain"):
+            if name.startswith("chain") or (builtin is None and torch_ref is None):
                 cases["keras_optx ADAM"] = harness.keras_case(ox.ADAM(), count, total)
             times = interleave(cases, rounds, harness.sync)
             mine = times.pop("keras_optx")
@@ -275,6 +278,8 @@ class JaxHarness:
             "amsgrad": lambda: optax.amsgrad(0.001),
             "nadam": lambda: optax.nadam(0.001),
             "adamw": lambda: optax.adamw(0.001, weight_decay=0.1),
+            "optimistic_adam": lambda: optax.optimistic_adam_v2(0.001, b1=0.5, b2=0.9, nesterov=False),
+            "adabelief": lambda: optax.adabelief(0.001),  # bias-corrected, ϵ in s: Flux v0.12's is not
         }[name]()
         params = [jax.numpy.asarray(a) for a in _arrays(self.np, count, total, 0)]
         grads = [jax.numpy.asarray(a) for a in _arrays(self.np, count, total, 1)]

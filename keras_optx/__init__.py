@@ -6,7 +6,7 @@ Runs on the JAX, PyTorch and TensorFlow backends. See the README for the rule ta
 from . import _checks as checks
 from ._base import Rule, Transform
 from ._grad import gradient, value_and_gradient
-from .adam import ADAM, ADAMW, NADAM, RADAM, AdaMax, AMSGrad
+from .adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
 from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
@@ -23,6 +23,7 @@ __all__ = [
     "ADAM",
     "ADAMW",
     "AMSGrad",
+    "AdaBelief",
     "AdaMax",
     "ClipGlobalNorm",
     "ClipNorm",
@@ -33,6 +34,7 @@ __all__ = [
     "Momentum",
     "NADAM",
     "Nesterov",
+    "OADAM",
     "Optimiser",
     "RADAM",
     "RMSProp",

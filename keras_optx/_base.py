@@ -37,6 +37,11 @@ _LOW_PRECISION = ("float16", "bfloat16")
 _FUSED_DTYPES = (torch.float32, torch.float64) if _TORCH else ()
 _TORCH_VALUE = _TorchVariable.value if _TORCH and _TorchVariable is not None else None  # what `_values` inlines
 EPSILON = 1e-8
+# The layout of a keras_optx optimizer's saved config and variables, written to every config as
+# "format_version". Raise it when a change adds, removes or reorders an optimizer's variables or
+# renames a config key, and teach `Rule._migrate_config`/`_migrate_variables` to read the old one:
+# tests/fixtures/checkpoints (files saved by earlier versions) must keep loading.
+FORMAT_VERSION = 1
 
 
 class State(dict):
@@ -251,12 +256,48 @@ class Rule(keras.optimizers.Optimizer):
             config[name] = getattr(self, name)
         config["shard_state"] = self.shard_state
         config["state_dtype"] = self.state_dtype
+        config["format_version"] = FORMAT_VERSION
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         # Keras's from_config deserializes the schedule in place; keep the caller's dict intact.
-        return super().from_config(dict(config), custom_objects=custom_objects)
+        config, version = _versioned(cls, config)
+        optimizer = super().from_config(config, custom_objects=custom_objects)
+        optimizer._saved_format_version = version
+        return optimizer
+
+    # Saved-format migration ----------------------------------------------------------
+    @classmethod
+    def _migrate_config(cls, config, version):
+        """Return `config` (a dict saved with format `version` < FORMAT_VERSION) in today's form.
+
+        Version 0 is a file written before format versions existed; it has today's layout."""
+        return config
+
+    def _migrate_variables(self, arrays, version):
+        """Return the saved variable values (`arrays`, a list in saved order, format `version` <
+        FORMAT_VERSION) in the order and number of today's `self.variables`."""
+        return arrays
+
+    def load_own_variables(self, store):
+        arrays = [store[str(i)] for i in range(len(store.keys()))]
+        version = getattr(self, "_saved_format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            arrays = self._migrate_variables(arrays, version)
+        variables = self.variables
+        if not variables and arrays:
+            return super().load_own_variables(store)  # not built: Keras warns and builds later
+        if len(arrays) != len(variables):
+            # Keras only warns and leaves the state at zero: a resumed run would silently restart
+            # its moments. Refuse instead.
+            raise ValueError(
+                f"Cannot load the saved state of optimizer {self.name!r}: it has {len(arrays)} variables, this "
+                f"{type(self).__name__} has {len(variables)}. Load it with the same optimizer configuration "
+                f"it was saved with (saved format version {version}, this keras_optx reads {FORMAT_VERSION})."
+            )
+        for variable, value in zip(variables, arrays):
+            variable.assign(value)
 
     def _claim(self, owner):
         """Mark this rule as a member of `owner`: one rule, one chain, one set of slots."""
@@ -363,6 +404,22 @@ class Transform(Rule):
 
 
 # Helpers ---------------------------------------------------------------------------
+def _versioned(cls, config):
+    """`config` without its "format_version" (migrated by `cls._migrate_config`), and that version."""
+    config = dict(config)
+    version = config.pop("format_version", 0)
+    if not isinstance(version, int) or version < 0:
+        raise ValueError(f"{cls.__name__}: saved `format_version` must be an integer ≥ 0; received {version!r}.")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{cls.__name__} was saved by a newer keras_optx (format version {version}); this one reads format "
+            f"versions ≤ {FORMAT_VERSION}. Upgrade keras_optx to load it."
+        )
+    if version < FORMAT_VERSION:
+        config = cls._migrate_config(config, version)
+    return config, version
+
+
 def _adopt_rate(optimizer, rate):
     """Make `optimizer.learning_rate` read and set `rate` (a member's or wrapped optimizer's)."""
     own = optimizer._learning_rate

@@ -1,11 +1,11 @@
-"""The ADAM family (Flux's ADAM, RADAM, AdaMax, AMSGrad, NADAM, ADAMW)."""
+"""The ADAM family (Flux's ADAM, RADAM, AdaMax, OADAM, AMSGrad, NADAM, ADAMW, AdaBelief)."""
 
 import math
 
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule, _in_blocks, _into, _step_tensors, _whole
+from ._base import EPSILON, Rule, _in_blocks, _into, _step_tensors, _versioned, _whole
 from ._tensors import _TORCH
 from .adaptive import _StartsAtEpsilon
 from .chain import Optimiser
@@ -177,6 +177,42 @@ class AdaMax(_AdamFamily):
 
 
 @_register
+class OADAM(_AdamFamily):
+    """Optimistic ADAM (Flux `OADAM(η, β)`): ADAM's step extrapolated, 2Δₜ − Δₜ₋₁.
+
+    m, v as ADAM;  Δₜ = η·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ϵ);  the update is 2Δₜ − Δₜ₋₁
+    (Δ₀ = 0), and Δₜ is kept for the next step (slot `prev`).
+
+    Args:
+        learning_rate: η, default 0.001.
+        beta: (β₁, β₂), each in [0, 1), default (0.5, 0.9).
+        epsilon: ϵ, default 1e-8.
+
+    Example:
+        >>> opt = keras_optx.OADAM(0.001, (0.9, 0.995))
+
+    Flux v0.12's definition (its docstring says η = 0.0001; the code's default, used here, is
+    0.001). `optax.optimistic_adam_v2(η, b1=β₁, b2=β₂, nesterov=False)` is the same rule for a
+    constant rate except at the first step, where it takes Δ₀ = Δ₁ (a step of Δ₁, here 2Δ₁);
+    its default `nesterov=True` is another rule. Keras and torch.optim have none.
+    Daskalakis et al. 2018, "Training GANs with Optimism", arXiv:1711.00141.
+    """
+
+    slots = {"m": 0.0, "v": 0.0, "prev": 0.0}
+    low_precision_slots = {**_AdamFamily.low_precision_slots, "prev": ("bfloat16",)}
+
+    def __init__(self, learning_rate=0.001, beta=(0.5, 0.9), epsilon=EPSILON, **kwargs):
+        super().__init__(learning_rate, beta=beta, epsilon=epsilon, **kwargs)
+
+    def delta(self, ops, g, x, s, t, lr):
+        b1, b2 = self.beta
+        m, v = self.moments(g, s)
+        c = ops.sqrt(ops.one_minus_pow(b2, t))  # as ADAM: the bias corrections as scalars
+        step = (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.epsilon * c)
+        return 2 * step - s.prev, {"m": m, "v": v, "prev": step}
+
+
+@_register
 class AMSGrad(_StartsAtEpsilon, _AdamFamily):
     """AMSGrad (Flux `AMSGrad(η, β)`): ADAM with a non-decreasing second moment.
 
@@ -318,10 +354,43 @@ class ADAMW(Optimiser):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config, version = _versioned(cls, config)
         if isinstance(config.get("learning_rate"), dict):
             config["learning_rate"] = keras.saving.deserialize_keras_object(config["learning_rate"], custom_objects=custom_objects)
-        return cls(**config)
+        adamw = cls(**config)
+        adamw._saved_format_version = version
+        return adamw
 
     def __repr__(self):
         return f"ADAMW({self.rules[0]!r}, decay={self.decay})"
+
+
+@_register
+class AdaBelief(_AdamFamily):
+    """AdaBelief (Flux `AdaBelief(η, β)`): ADAM whose second moment tracks (g − m)², as Flux v0.12.
+
+    m ← β₁·m + (1−β₁)·g;  s ← β₂·s + (1−β₂)·(g − m)²  (with the new m);  Δ = η·m / (√s + ϵ)
+    (no bias correction)
+
+    Args:
+        learning_rate: η, default 0.001.
+        beta: (β₁, β₂), each in [0, 1), default (0.9, 0.999).
+        epsilon: ϵ, default 1e-8.
+
+    Example:
+        >>> opt = keras_optx.AdaBelief(0.001, (0.9, 0.8))
+
+    Flux v0.12's form. The paper's algorithm (and optax's `adabelief`, Optimisers.jl's
+    `AdaBelief`) bias-corrects m and s and adds ϵ inside s as well: s ← β₂s + (1−β₂)(g−m)² + ϵ;
+    neither Keras nor torch.optim has it. Zhuang et al. 2020, arXiv:2010.07468.
+    """
+
+    slots = {"m": 0.0, "s": 0.0}
+    low_precision_slots = {"m": ("bfloat16", "float16"), "s": ("bfloat16",)}  # s: squares, as v
+
+    def delta(self, ops, g, x, s, t, lr):
+        b1, b2 = self.beta
+        m = b1 * s.m + (1 - b1) * g
+        d = g - m
+        belief = b2 * s.s + (1 - b2) * d * d
+        return lr * m / (ops.sqrt(belief) + self.epsilon), {"m": m, "s": belief}

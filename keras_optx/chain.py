@@ -2,7 +2,7 @@
 
 import keras
 
-from ._base import Rule, Transform, _adopt_rate, _fast_path, _into, _scalar, _scratch, _track_once
+from ._base import Rule, Transform, _adopt_rate, _fast_path, _into, _scalar, _scratch, _track_once, _versioned
 from ._tensors import _TORCH, Many
 from .transforms import WeightDecay
 
@@ -161,9 +161,11 @@ class Optimiser(Rule):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config, version = _versioned(cls, config)
         rules = [keras.saving.deserialize_keras_object(r, custom_objects=custom_objects) for r in config.pop("rules")]
-        return cls(*rules, **config)
+        chain = cls(*rules, **config)
+        chain._saved_format_version = version
+        return chain
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(map(repr, self.rules))})"

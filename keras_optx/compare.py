@@ -42,6 +42,8 @@ FLUX_RULES = {
     "amsgrad": "AMSGrad",
     "nadam": "NADAM",
     "adamw": "ADAMW",
+    "oadam": "OADAM",
+    "adabelief": "AdaBelief",
 }
 # Chain members without a Flux default worth keeping get one that suits this problem.
 TRANSFORMS = {

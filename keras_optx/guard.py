@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from ._base import _adopt_rate, _checked_gradients
+from ._base import FORMAT_VERSION, _adopt_rate, _checked_gradients, _versioned
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -138,13 +138,24 @@ class SkipNonFinite(keras.optimizers.Optimizer):
         self.optimizer.finalize_variable_values(var_list)
 
     def get_config(self):
-        return {"name": self.name, "optimizer": keras.optimizers.serialize(self.optimizer)}
+        return {
+            "name": self.name,
+            "optimizer": keras.optimizers.serialize(self.optimizer),
+            "format_version": FORMAT_VERSION,
+        }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config, version = _versioned(cls, config)
         inner = keras.optimizers.deserialize(config.pop("optimizer"), custom_objects=custom_objects)
-        return cls(inner, **config)
+        guard = cls(inner, **config)
+        guard._saved_format_version = version
+        return guard
+
+    @classmethod
+    def _migrate_config(cls, config, version):
+        """As `Rule._migrate_config`: `config` of format `version` in today's form."""
+        return config
 
     def __repr__(self):
         return f"SkipNonFinite({self.optimizer!r})"

@@ -45,6 +45,8 @@ def cases():
         "ADADelta": Case(lambda lr, **kw: ox.ADADelta(0.9, learning_rate=lr, **kw), 1.0, True),
         "AMSGrad": Case(lambda lr, **kw: ox.AMSGrad(lr, **kw), 0.01, True),
         "NADAM": Case(lambda lr, **kw: ox.NADAM(lr, **kw), 0.01, True),
+        "OADAM": Case(lambda lr, **kw: ox.OADAM(lr, **kw), 0.01, True),
+        "AdaBelief": Case(lambda lr, **kw: ox.AdaBelief(lr, **kw), 0.01, True),
         "ADAMW": Case(lambda lr, **kw: ox.ADAMW(lr, decay=1e-2, **kw), 0.01, True),
         "ClipNorm>WeightDecay>ADAM": Case(
             lambda lr, **kw: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM(lr), **kw), 0.01, True

@@ -54,6 +54,12 @@ RULES = [
          lambda: ref.NADAM(0.002, (0.89, 0.995)), fit=False),
     # β₂ = 0 takes the formula's own branch (its √(β₂v/(1−β₂ᵗ)) term vanishes).
     Case("NADAM(1e-5,(0.9,0.0))", lambda: ox.NADAM(1e-5, (0.9, 0.0)), lambda: ref.NADAM(1e-5, (0.9, 0.0)), fit=False),
+    Case("OADAM", lambda: ox.OADAM(), lambda: ref.OADAM()),
+    Case("OADAM(0.01,(0.9,0.995),eps=1e-6)", lambda: ox.OADAM(0.01, (0.9, 0.995), 1e-6),
+         lambda: ref.OADAM(0.01, (0.9, 0.995), 1e-6), fit=False),
+    Case("AdaBelief", lambda: ox.AdaBelief(), lambda: ref.AdaBelief()),
+    Case("AdaBelief(0.002,(0.8,0.9))", lambda: ox.AdaBelief(0.002, (0.8, 0.9)),
+         lambda: ref.AdaBelief(0.002, (0.8, 0.9)), fit=False),
     Case("ADAMW", lambda: ox.ADAMW(), lambda: ref.ADAMW()),
     Case("ADAMW(0.001,(0.89,0.995),0.1)", lambda: ox.ADAMW(0.001, (0.89, 0.995), 0.1),
          lambda: ref.ADAMW(0.001, (0.89, 0.995), 0.1), fit=False),

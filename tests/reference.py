@@ -170,6 +170,38 @@ class NADAM(_Betas):
         return _rate(self.eta, n) * num / (np.sqrt(b2 * v / (1 - b2**n)) + self.eps)
 
 
+class OADAM(_Betas):
+    """Flux v0.12.10 `apply!(o::OADAM, x, Δ)`: Δ_ keeps the last ADAM step; out = 2·Δ_new − Δ_old."""
+
+    init = {"m": 0.0, "v": 0.0, "prev": 0.0}
+
+    def __init__(self, eta=0.001, beta=(0.5, 0.9), eps=EPS):
+        super().__init__(eta, beta, eps)
+
+    def step(self, s, g, x, n):
+        (b1, b2), (m, v) = self.beta, self.moments(s, g)
+        new = _rate(self.eta, n) * m / (1 - b1**n) / (np.sqrt(v / (1 - b2**n)) + self.eps)
+        out = 2 * new - s["prev"]
+        s["prev"] = new
+        return out
+
+
+class AdaBelief(Reference):
+    """Flux v0.12.10 `apply!(o::AdaBelief, x, Δ)`: no bias correction; s tracks (g − m)² with the new m."""
+
+    init = {"m": 0.0, "s": 0.0}
+
+    def __init__(self, eta=0.001, beta=(0.9, 0.999), eps=EPS):
+        super().__init__()
+        self.eta, self.beta, self.eps = eta, beta, eps
+
+    def step(self, s, g, x, n):
+        b1, b2 = self.beta
+        s["m"] = b1 * s["m"] + (1 - b1) * g
+        s["s"] = b2 * s["s"] + (1 - b2) * (g - s["m"]) ** 2
+        return _rate(self.eta, n) * s["m"] / (np.sqrt(s["s"]) + self.eps)
+
+
 class WeightDecay(Reference):
     def __init__(self, wd=0.0):
         super().__init__()

@@ -83,4 +83,4 @@ def test_rule_names_build_the_named_optimizers():
     assert [type(r) for r in chain] == [ox.ClipNorm, ox.WeightDecay, ox.ADAM]
     assert chain[0].thresh == 0.5
     assert compare.display_name("clipnorm+adam:0.01") == "ClipNorm+ADAM(0.01)"
-    assert len(compare.DEFAULT_RULES) == 12
+    assert len(compare.DEFAULT_RULES) == 14

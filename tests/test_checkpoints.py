@@ -1,0 +1,149 @@
+"""Saved-format stability: `.keras` files written by keras_optx (tests/fixtures/checkpoints/, one folder
+per backend that wrote them, regenerated only by tests/fixtures/make_checkpoints.py) load on this
+backend and continue training to the trajectory recorded when they were saved.
+
+A change that adds, removes or reorders optimizer variables or renames a config key must raise
+`keras_optx._base.FORMAT_VERSION` and migrate older files (`Rule._migrate_config`,
+`Rule._migrate_variables`); these files then keep passing.
+"""
+
+import json
+import os
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import keras_optx as ox
+from keras_optx._base import FORMAT_VERSION
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "fixtures", "checkpoints")
+sys.path.insert(0, os.path.join(HERE, "fixtures"))
+import make_checkpoints as fixtures  # noqa: E402
+
+BACKEND = keras.backend.backend()
+FILES = sorted(
+    (saved_on, name[: -len(".keras")])
+    for saved_on in os.listdir(FIXTURES)
+    if os.path.isdir(os.path.join(FIXTURES, saved_on))
+    for name in os.listdir(os.path.join(FIXTURES, saved_on))
+    if name.endswith(".keras")
+)
+
+
+def _continue(model, recorded):
+    model.run_eagerly = True
+    states = []
+    for i in range(len(recorded["x"])):
+        model.train_on_batch(recorded["x"][i], recorded["y"][i])
+        states.append(fixtures.state(model))
+    return states
+
+
+def _expected(recorded, step):
+    n = len([k for k in recorded.files if k.startswith(f"step{step}/")])
+    return [recorded[f"step{step}/{j}"] for j in range(n)]
+
+
+def test_every_case_and_backend_has_a_fixture():
+    import keras_optx.torch  # noqa: F401  the torch-compatible case needs it importable here
+
+    assert {saved_on for saved_on, _ in FILES} == set(fixtures.BACKENDS)
+    for backend in fixtures.BACKENDS:
+        assert {name for saved_on, name in FILES if saved_on == backend} == set(fixtures.cases())
+
+
+@pytest.mark.parametrize("saved_on,name", FILES, ids=[f"{b}/{n}" for b, n in FILES])
+def test_saved_file_loads_and_continues_the_recorded_trajectory(saved_on, name):
+    path = os.path.join(FIXTURES, saved_on, f"{name}.keras")
+    model = keras.saving.load_model(path)
+    with np.load(os.path.join(FIXTURES, saved_on, f"{name}.npz")) as recorded:
+        recorded = {k: recorded[k] for k in recorded.files}
+
+    class Recorded(dict):
+        files = list(recorded)
+
+    recorded = Recorded(recorded)
+    for step, got in enumerate(_continue(model, recorded)):
+        expected = _expected(recorded, step)
+        assert len(got) == len(expected), f"{len(got)} weights + optimizer variables, the file's run had {len(expected)}"
+        for j, (a, b) in enumerate(zip(got, expected)):
+            # Same backend: the same kernels, to rounding; another backend: float32 tolerance (as
+            # tests/test_reliability.py's portable-state check, measured ≤ 2e-6).
+            tol = dict(rtol=1e-6, atol=1e-7) if saved_on == BACKEND else dict(rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(a, b, **tol, err_msg=f"continued step {step}, array {j}")
+
+
+def _config(path):
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("config.json"))
+
+
+def _rewrite(path, out, edit):
+    """Copy the `.keras` file at `path` to `out` with its optimizer config edited by `edit(config)`."""
+    config = _config(path)
+    edit(config["compile_config"]["optimizer"]["config"])
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = json.dumps(config).encode() if item.filename == "config.json" else src.read(item.filename)
+            dst.writestr(item, data)
+    return out
+
+
+def test_configs_carry_the_format_version():
+    for saved_on, name in FILES:
+        optimizer = _config(os.path.join(FIXTURES, saved_on, f"{name}.keras"))["compile_config"]["optimizer"]
+        assert optimizer["config"]["format_version"] == 1, (saved_on, name)
+    for make in fixtures.cases().values():
+        assert make().get_config()["format_version"] == FORMAT_VERSION
+
+
+def test_file_without_format_version_loads_as_version_0(tmp_path):
+    """Files written before format versions existed have today's layout: they load via the migration hook."""
+    source = os.path.join(FIXTURES, BACKEND, "chain_ClipNorm_WeightDecay_ADAM.keras")
+
+    def strip(config):
+        config.pop("format_version")
+        for rule in config["rules"]:
+            rule["config"].pop("format_version")
+
+    seen = []
+    original = ox.Optimiser._migrate_config.__func__
+
+    def spy(cls, config, version):
+        seen.append((cls.__name__, version))
+        return original(cls, config, version)
+
+    ox.Optimiser._migrate_config = classmethod(spy)
+    try:
+        model = keras.saving.load_model(_rewrite(source, str(tmp_path / "v0.keras"), strip))
+    finally:
+        del ox.Optimiser._migrate_config
+    assert ("Optimiser", 0) in seen
+    reference = keras.saving.load_model(source)
+    for a, b in zip(model.optimizer.variables, reference.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_file_from_a_newer_format_is_refused(tmp_path):
+    source = os.path.join(FIXTURES, BACKEND, "rule_ADAM.keras")
+    out = _rewrite(source, str(tmp_path / "future.keras"), lambda c: c.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(Exception, match="newer keras_optx"):
+        keras.saving.load_model(out)
+
+
+def test_saved_state_of_another_size_is_refused_not_dropped(tmp_path):
+    """Keras only warns when the saved optimizer has another number of variables, and trains on from
+    zeros; a keras_optx optimizer refuses."""
+    source = os.path.join(FIXTURES, BACKEND, "rule_ADAM.keras")
+    original = ox.ADAM._migrate_variables
+    ox.ADAM._migrate_variables = lambda self, arrays, version: arrays[:-1]
+    try:
+        out = _rewrite(source, str(tmp_path / "v0.keras"), lambda c: c.pop("format_version"))
+        with pytest.raises(Exception, match="Cannot load the saved state"):
+            keras.saving.load_model(out)
+    finally:
+        ox.ADAM._migrate_variables = original

@@ -1,0 +1,64 @@
+"""Second witnesses for rules another library implements as the same formula.
+
+keras_optx on this backend (eager, and compiled where Keras compiles) against the other
+library's own optimizer, step by step, on the gradient stream of test_conformance (exact
+zeros, and one variable at ~1e3 every third step):
+
+- `OADAM` = `optax.optimistic_adam_v2(η, b1, b2, nesterov=False)` (run in jax here) after the
+  first step: optax takes Δ₀ = Δ₁ there (a step of Δ₁, Flux's 2Δ₁ − 0), so Flux's trajectory is
+  optax's shifted by one more Δ₁ = y₀ − y₁: xₙ = yₙ + y₁ − y₀.
+"""
+
+import keras
+import numpy as np
+import pytest
+from test_conformance import MODES, SHAPES, compiled_apply, gradient_stream, initial_values
+
+import keras_optx as ox
+
+STEPS = 20
+RTOL, ATOL = 2e-5, 2e-6  # float32 on both sides
+
+
+def _run(optimizer, mode, steps=STEPS):
+    """The variables after each of `steps` updates of `optimizer` (keras_optx or Keras)."""
+    variables = [keras.Variable(v) for v in initial_values()]
+    apply = (lambda grads: optimizer.apply(grads, variables)) if mode == "eager" else compiled_apply(optimizer, variables)
+    trajectory = []
+    for _, grads in zip(range(steps), gradient_stream()):
+        apply([keras.ops.convert_to_tensor(g) for g in grads])
+        trajectory.append([np.array(keras.ops.convert_to_numpy(v.value), np.float64) for v in variables])
+    return trajectory
+
+
+def _optax_run(transformation, steps=STEPS):
+    import jax.numpy as jnp
+    import optax
+
+    params = [jnp.asarray(v) for v in initial_values()]
+    state = transformation.init(params)
+    trajectory = []
+    for _, grads in zip(range(steps), gradient_stream()):
+        updates, state = transformation.update([jnp.asarray(g) for g in grads], state, params)
+        params = optax.apply_updates(params, updates)
+        trajectory.append([np.array(p, np.float64) for p in params])
+    return trajectory
+
+
+def _assert_same_trajectory(actual, expected, what):
+    for n, (xs, ys) in enumerate(zip(actual, expected), 1):
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            scale = 1.0 + np.max(np.abs(y), initial=0.0)
+            np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL * scale, err_msg=f"{what}: variable {i} at step {n}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("eta,beta", [(0.001, (0.5, 0.9)), (0.01, (0.9, 0.995))])
+def test_oadam_is_optax_optimistic_adam(eta, beta, mode):
+    import optax
+
+    y0 = [np.asarray(v, np.float64) for v in initial_values()]
+    ys = _optax_run(optax.optimistic_adam_v2(eta, b1=beta[0], b2=beta[1], nesterov=False))
+    expected = [[yn + y1 - y00 for yn, y1, y00 in zip(y, ys[0], y0)] for y in ys]
+    _assert_same_trajectory(_run(ox.OADAM(eta, beta), mode), expected, f"OADAM({eta}, {beta})")
+    assert len(SHAPES) == len(expected[0])
