@@ -207,3 +207,19 @@ def test_low_precision_state_saves_and_loads(tmp_path):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.value).astype("float32"),
                                       keras.ops.convert_to_numpy(b.value).astype("float32"))
     assert {keras.backend.standardize_dtype(v.dtype) for v in loaded.optimizer.variables if v.path.endswith(("_m", "_v"))} == {"bfloat16"}
+
+
+def _rules(optimizer):
+    yield optimizer
+    for member in getattr(optimizer, "_members", ()):
+        yield from _rules(member)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_every_rule_says_which_slots_take_low_precision(case):
+    """A rule with state lists each slot in `low_precision_slots` or says why not
+    (`low_precision_refusal`): a new slot is never left behind in float32 unannounced."""
+    for rule in _rules(case.make()):
+        if isinstance(rule, ox.Optimiser) or not rule.slots or rule.low_precision_refusal:
+            continue
+        assert set(rule.slots) <= set(rule.low_precision_slots), type(rule).__name__
