@@ -85,7 +85,19 @@ class Rule(keras.optimizers.Optimizer):
     (Flux.jl, Innes 2018, arXiv:1811.01457).
 
     Every Keras optimizer keyword (`weight_decay`, `clipnorm`, `use_ema`,
-    `gradient_accumulation_steps`, `loss_scale_factor`, `name`, …) is accepted.
+    `gradient_accumulation_steps`, `loss_scale_factor`, `name`, …) is accepted, and two of
+    keras_optx's own, about where the state lives (each slot is always created with its
+    variable's layout, so under `keras.distribution` it is sharded like its variable):
+
+    - `shard_state=False`: with True, under a data-parallel `keras.distribution` on JAX each
+      slot is also split over the data axis, on its first dimension that divides (ZeRO stage 1,
+      Rajbhandari et al. 2020, arXiv:1910.02054): ~1/N of the state per device, the same
+      update. Where it cannot apply (torch, TensorFlow, no distribution) it warns once.
+    - `state_dtype=None`: `"bfloat16"` or `"float16"` stores the slots listed in the rule's
+      `low_precision_slots` (with the dtypes each takes) in that dtype; the update is computed
+      in float32. A rule that cannot keep its state so (`low_precision_refusal`) refuses it.
+
+    >>> opt = keras_optx.ADAM(1e-3, state_dtype="bfloat16", shard_state=True)
     """
 
     hyperparameters = {}

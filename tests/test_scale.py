@@ -223,3 +223,75 @@ def test_every_rule_says_which_slots_take_low_precision(case):
         if isinstance(rule, ox.Optimiser) or not rule.slots or rule.low_precision_refusal:
             continue
         assert set(rule.slots) <= set(rule.low_precision_slots), type(rule).__name__
+
+
+# Two processes over loopback -------------------------------------------------------------
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _processes(tmp_path, *commands, timeout=300):
+    """Run `commands` (argument lists of tests/_multiprocess.py, the output path last) together;
+    each is killed past `timeout` seconds. Returns the JSON each wrote."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("XLA_FLAGS", None)
+    outs, running = [], []
+    for i, args in enumerate(commands):
+        outs.append(tmp_path / f"out{i}.json")
+        log = open(tmp_path / f"log{i}.txt", "w")
+        running.append(subprocess.Popen([sys.executable, str(HERE / "_multiprocess.py"), *args, str(outs[-1])],
+                                        stdout=log, stderr=subprocess.STDOUT, env=env))
+    try:
+        codes = [p.wait(timeout=timeout) for p in running]
+    finally:
+        for p in running:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, code in enumerate(codes):
+        assert code == 0, (tmp_path / f"log{i}.txt").read_text()[-3000:]
+    return [json.loads(o.read_text()) for o in outs]
+
+
+def _largest_difference(a, b):
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in zip(a, b))
+
+
+MULTIPROCESS = pytest.mark.skipif(
+    BACKEND != "jax", reason="the processes pick their own backend; run once, in the jax test process"
+)
+
+
+@MULTIPROCESS
+def test_two_jax_processes_match_one_with_and_without_shard_state(tmp_path):
+    (port,) = _free_ports(1)
+    first, second = _processes(tmp_path, ["jax", "0", str(port)], ["jax", "1", str(port)])
+    (one,) = _processes(tmp_path, ["one", "jax"])
+    assert _largest_difference(one["initial"], one["weights"]) > 1e-3  # the steps moved the weights
+    for result in (first, second):
+        assert result["processes"] == 2 and result["devices"] == 2
+        for key in ("shard_state=False", "shard_state=True"):
+            assert _largest_difference(result[key]["weights"], one["weights"]) <= 1e-6, (key, result[key])
+        sharded = result["shard_state=True"]
+        assert ["batch", None] in sharded["slot_specs"] and sharded["slot_local_bytes"] < 0.6 * sharded["slot_bytes"]
+        assert result["shard_state=False"]["slot_local_bytes"] == result["shard_state=False"]["slot_bytes"]
+
+
+@MULTIPROCESS
+def test_two_tensorflow_workers_match_one(tmp_path):
+    ports = [str(p) for p in _free_ports(2)]
+    first, second = _processes(tmp_path, ["tensorflow", "0", *ports], ["tensorflow", "1", *ports])
+    (one,) = _processes(tmp_path, ["one", "tensorflow"])
+    assert _largest_difference(one["initial"], one["weights"]) > 1e-3
+    for result in (first, second):
+        assert result["replicas"] == 2
+        assert _largest_difference(result["weights"], one["weights"]) <= 1e-6
