@@ -101,6 +101,8 @@ def run(args):
         # Rules without a Keras or torch.optim namesake are also timed next to keras_optx ADAM.
         "OADAM": (lambda: ox.OADAM(), None, None, "optimistic_adam"),
         "AdaBelief": (lambda: ox.AdaBelief(), None, None, "adabelief"),
+        "Lion": (lambda: ox.Lion(), lambda: K.Lion(), None, "lion"),
+        "Rprop": (lambda: ox.Rprop(), None, ("Rprop", dict(lr=0.001)), "rprop"),
         # keras_optx.torch: torch's rules with torch's names (ported PyTorch code).
         "torch.SGD(momentum)": (lambda: ox.torch.SGD(0.01, momentum=0.9), lambda: K.SGD(0.01, momentum=0.9), ("SGD", dict(lr=0.01, momentum=0.9)), "momentum"),
         "torch.Adam": (lambda: ox.torch.Adam(), lambda: K.Adam(), ("Adam", dict(lr=0.001)), "adam"),
@@ -280,6 +282,8 @@ class JaxHarness:
             "adamw": lambda: optax.adamw(0.001, weight_decay=0.1),
             "optimistic_adam": lambda: optax.optimistic_adam_v2(0.001, b1=0.5, b2=0.9, nesterov=False),
             "adabelief": lambda: optax.adabelief(0.001),  # bias-corrected, ϵ in s: Flux v0.12's is not
+            "lion": lambda: optax.lion(0.001),
+            "rprop": lambda: optax.rprop(0.001),
         }[name]()
         params = [jax.numpy.asarray(a) for a in _arrays(self.np, count, total, 0)]
         grads = [jax.numpy.asarray(a) for a in _arrays(self.np, count, total, 1)]

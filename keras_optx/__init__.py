@@ -11,7 +11,9 @@ from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
+from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
+from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
 
@@ -30,14 +32,18 @@ __all__ = [
     "ClipValue",
     "Descent",
     "ExpDecay",
+    "Frozen",
     "InvDecay",
+    "Lion",
     "Momentum",
     "NADAM",
     "Nesterov",
     "OADAM",
     "Optimiser",
+    "Partition",
     "RADAM",
     "RMSProp",
+    "Rprop",
     "Rule",
     "SkipNonFinite",
     "Transform",

@@ -8,6 +8,8 @@ config and serialization.
 """
 
 import collections
+import contextlib
+import contextvars
 import copy
 import functools
 import itertools
@@ -129,27 +131,44 @@ class Rule(keras.optimizers.Optimizer):
         self._owner = None
         self.shard_state = shard_state
         self.state_dtype = state_dtype
-        self._check_state_dtype()
+        if self._parts() is None:  # a chain or Partition checks once its members are known
+            self._check_state_dtype()
+
+    def _parts(self):
+        """The rules whose slots this one owns, keyed `<position>_<slot>` (a chain's members, a
+        Partition's rules); None for a rule that owns only its own `slots`."""
+        return None
 
     def _check_state_dtype(self):
         """Refuse a `state_dtype` that no slot of this rule may take (by the rule's name and why)."""
-        if self.state_dtype is not None:
-            refusal = self._state_dtype_refusal(self.state_dtype)
+        dtype = self.state_dtype
+        if dtype is None:
+            return
+        for part in self._parts() or ():
+            if part.state_dtype not in (None, dtype):
+                raise ValueError(f"{part!r} has state_dtype={part.state_dtype!r}, its owner state_dtype={dtype!r}; set one.")
+            refusal = part._state_dtype_refusal(dtype) if any(True for _ in part._slot_dtypes(dtype)) else None
             if refusal:
-                raise ValueError(refusal)
+                raise ValueError(f"{refusal} Give `state_dtype` to the members that take it instead.")
+        refusal = self._state_dtype_refusal(dtype)
+        if refusal:
+            raise ValueError(refusal)
 
     def _state_dtype_refusal(self, dtype):
         if any(self._slot_dtypes(dtype).values()):
             return None
         why = self.low_precision_refusal or (
-            "it keeps no state" if not self.slots else
+            "it keeps no state" if not self._slot_dtypes(dtype) else
             "its slots hold squared gradients, which underflow in float16 for |g| < 2.4e-4; use 'bfloat16'"
         )
         return f"{type(self).__name__} does not take state_dtype={dtype!r}: {why}."
 
     def _slot_dtypes(self, inherited=None):
-        """`{slot: its low-precision dtype, or None (the variable's)}` under `state_dtype` (or a chain's)."""
+        """`{slot: its low-precision dtype, or None (the variable's)}` under `state_dtype` (or its owner's)."""
         dtype = self.state_dtype or inherited
+        parts = self._parts()
+        if parts is not None:
+            return {f"{i}_{k}": d for i, part in enumerate(parts) for k, d in part._slot_dtypes(dtype).items()}
         return {name: dtype if dtype in self.low_precision_slots.get(name, ()) else None for name in self.slots}
 
     # The update, as a formula ----------------------------------------------------
@@ -178,16 +197,30 @@ class Rule(keras.optimizers.Optimizer):
         self._slot_variables = {}
         low = self._slot_dtypes()
         self._low_precision_state = any(low.values())
-        for name, initial in self.slots.items():
-            # Each slot laid out like its variable (sharded like it under keras.distribution).
+        for name, (initial, has) in self._slot_owners(variables).items():
+            # Each slot laid out like its variable (sharded like it under keras.distribution);
+            # None where a variable keeps no such slot (a Partition's rule holds state for its variables only).
             self._slot_variables[name] = [
                 _scale.slot_variable(
-                    self, v, f"{_variable_path(v)}_{name}", initial, low[name] or _state_dtype(v.dtype), self.shard_state
+                    self, v, f"{_variable_path(v)}_{name}", initial, low.get(name) or _state_dtype(v.dtype), self.shard_state
                 )
-                for v in variables
+                if own
+                else None
+                for v, own in zip(variables, has)
             ]
             if _TORCH:
-                _pack(self._slot_variables[name])
+                _pack([s for s in self._slot_variables[name] if s is not None])
+        for v in self._build_state(variables):
+            _track_once(self, v)
+
+    def _slot_owners(self, variables):
+        """`{slot name: (initial value, [whether each of `variables` keeps it])}`; every variable by default."""
+        return {name: (initial, [True] * len(variables)) for name, initial in self.slots.items()}
+
+    def _build_state(self, variables):
+        """Create variables other than slots at build (a Partition's freeze mask); returns them
+        for the optimizer that owns this rule to track and save. None by default."""
+        return []
 
     def apply(self, grads, trainable_variables=None):
         # Keras zips grads with variables: an extra gradient or a wrong shape would be
@@ -216,6 +249,10 @@ class Rule(keras.optimizers.Optimizer):
         _set_cache(self, "_known_cache", source=self._trainable_variables_indices, variables=list(variables))
 
     def _update(self, grads, variables):
+        with _step_variables(variables):
+            self._update_step(grads, variables)
+
+    def _update_step(self, grads, variables):
         slots = self._slot_lists(variables)
         # torch kernels read and write float32/64 slots: low-precision state runs the formula.
         fused = _fast_path(self, "_torch_fused") if _TORCH and not self._low_precision_state else None
@@ -230,8 +267,8 @@ class Rule(keras.optimizers.Optimizer):
         g = Many(_cast(gi, dt) for gi, dt in zip(grads, dtypes))
         x = Many(_cast(value, dt) for value, dt in zip(_values(variables), dtypes))
         state = {name: Many(_values(vs)) for name, vs in slots.items()}
-        if self._low_precision_state:  # the math in the variables' state dtype (float32)
-            state = {name: Many(_cast(s, dt) for s, dt in zip(many.items, dtypes)) for name, many in state.items()}
+        if self._low_precision_state:  # the math in float32; `_write` stores the slots in their dtype
+            state = {name: Many(_state_value(s) for s in many.items) for name, many in state.items()}
         t, step = self._step_numbers()
         delta, new_state = self._transform(g, x, state, t, step)
         writes = [(s, new) for name, vs in slots.items() for s, new in zip(vs, new_state[name].items)]
@@ -247,7 +284,7 @@ class Rule(keras.optimizers.Optimizer):
         if cache is not None and cache.source is self._slot_variables and _same(cache.variables, variables):
             return cache.slots
         index = [self._get_variable_index(v) for v in variables]
-        slots = {name: [vs[i] for i in index] for name, vs in self._slot_variables.items()}
+        slots = {name: [vs[i] for i in index if vs[i] is not None] for name, vs in self._slot_variables.items()}
         _set_cache(self, "_slot_cache", source=self._slot_variables, variables=list(variables), slots=slots)
         return slots
 
@@ -393,9 +430,9 @@ class Transform(Rule):
             for v in self.optimizer.variables:
                 _track_once(self, v)
 
-    def _update(self, grads, variables):
+    def _update_step(self, grads, variables):
         if self.optimizer is None:
-            return super()._update(grads, variables)
+            return super()._update_step(grads, variables)
         t, step = self._step_numbers()
         delta, _ = self._transform(Many(grads), Many(v.value for v in variables), {}, t, step)
         # On TensorFlow the base handed us the dense gradient summed over replicas (a norm of
@@ -416,6 +453,26 @@ class Transform(Rule):
 
 
 # Helpers ---------------------------------------------------------------------------
+_STEP_VARIABLES = contextvars.ContextVar("keras_optx_step_variables", default=None)
+
+
+@contextlib.contextmanager
+def _step_variables(variables):
+    """Name the variables the running step updates, in its order (a Partition routes by them)."""
+    token = _STEP_VARIABLES.set(list(variables))
+    try:
+        yield
+    finally:
+        _STEP_VARIABLES.reset(token)
+
+
+def _current_variables():
+    variables = _STEP_VARIABLES.get()
+    if variables is None:
+        raise RuntimeError("A Partition's update needs its variables; it runs inside an optimizer's `apply`.")
+    return variables
+
+
 def _versioned(cls, config):
     """`config` without its "format_version" (migrated by `cls._migrate_config`), and that version."""
     config = dict(config)
@@ -490,6 +547,11 @@ def _state_dtype(dtype):
     """Slots and the update math run in float32 for float16/bfloat16 variables."""
     dtype = keras.backend.standardize_dtype(dtype)
     return "float32" if dtype in _LOW_PRECISION else dtype
+
+
+def _state_value(value):
+    """A slot's value for the update math: float32 where it is stored in float16/bfloat16."""
+    return keras.ops.cast(value, "float32") if keras.backend.standardize_dtype(value.dtype) in _LOW_PRECISION else value
 
 
 def _fast_path(rule, name):

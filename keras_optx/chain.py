@@ -70,27 +70,20 @@ class Optimiser(Rule):
                 _track_once(self, v)
         self._check_state_dtype()
 
-    def _check_state_dtype(self):
-        if getattr(self, "_members", None) is None:  # from Rule.__init__: checked once the members are known
-            return
-        dtype = self.state_dtype
-        if dtype is None:
-            return
-        for member in self._members:
-            if member.state_dtype not in (None, dtype):
-                raise ValueError(f"{member!r} has state_dtype={member.state_dtype!r}, its chain state_dtype={dtype!r}; set one.")
-            refusal = member._state_dtype_refusal(dtype) if member.slots else None
-            if refusal:
-                raise ValueError(f"{refusal} Give `state_dtype` to the chain's members that take it instead of the chain.")
-        super()._check_state_dtype()
-
-    def _slot_dtypes(self, inherited=None):
-        dtype = self.state_dtype or inherited
-        return {f"{i}_{k}": d for i, m in enumerate(self._members) for k, d in m._slot_dtypes(dtype).items()}
+    def _parts(self):
+        return getattr(self, "_members", ())
 
     @property
     def slots(self):
         return {f"{i}_{name}": init for i, m in enumerate(self._members) for name, init in m.slots.items()}
+
+    def _slot_owners(self, variables):
+        return {
+            f"{i}_{name}": spec for i, m in enumerate(self._members) for name, spec in m._slot_owners(variables).items()
+        }
+
+    def _build_state(self, variables):
+        return [v for m in self._members for v in m._build_state(variables)]
 
     def _transform(self, g, x, state, t, step):
         return self._fold(self._members, g, x, state, t, step)

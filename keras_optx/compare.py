@@ -5,7 +5,7 @@ with scikit-learn, no download) once per Flux rule, all from the same initial we
 batch order, prints a table (rule, final training loss, test accuracy, ms per step) and
 writes a PNG of the loss curves. Progress goes to stderr, the table to stdout.
 
-    python -m keras_optx.compare                                   # the 12 Flux rules, default backend
+    python -m keras_optx.compare                                   # the 14 Flux v0.12 rules, default backend
     python -m keras_optx.compare --backend jax --epochs 5 --rules adam,clipnorm+adam,torch.sgd:0.1
 
 A rule is `NAME[:X]`: X replaces the first positional argument (the learning rate η for
@@ -45,6 +45,11 @@ FLUX_RULES = {
     "oadam": "OADAM",
     "adabelief": "AdaBelief",
 }
+# Rules beyond Flux v0.12, at their documented defaults (not in the default run).
+EXTRA_RULES = {
+    "lion": "Lion",
+    "rprop": "Rprop",
+}
 # Chain members without a Flux default worth keeping get one that suits this problem.
 TRANSFORMS = {
     "clipnorm": ("ClipNorm", 1.0),
@@ -67,7 +72,7 @@ def _torch_rules_available():
 
 def known_names():
     """Every name `--rules` accepts (besides `+` chains of them)."""
-    names = list(FLUX_RULES) + list(TRANSFORMS)
+    names = list(FLUX_RULES) + list(EXTRA_RULES) + list(TRANSFORMS)
     if _torch_rules_available():
         names += list(TORCH_RULES)
     return names
@@ -83,8 +88,8 @@ def _member(part):
             args = (float(value),)
         except ValueError:
             raise UsageError(f"bad number {value!r} in rule {part!r}; write NAME:X, e.g. adam:0.01") from None
-    if key in FLUX_RULES:
-        return getattr(ox, FLUX_RULES[key])(*args)
+    if key in FLUX_RULES or key in EXTRA_RULES:
+        return getattr(ox, {**FLUX_RULES, **EXTRA_RULES}[key])(*args)
     if key in TRANSFORMS:
         cls, default = TRANSFORMS[key]
         return getattr(ox, cls)(*(args or (default,)))
@@ -119,7 +124,7 @@ def build_optimizer(spec):
 
 def display_name(spec):
     """`clipnorm+adam:0.01` → `ClipNorm+ADAM(0.01)`."""
-    names = {**FLUX_RULES, **{k: v[0] for k, v in TRANSFORMS.items()}, **{k: f"torch.{v}" for k, v in TORCH_RULES.items()}}
+    names = {**FLUX_RULES, **EXTRA_RULES, **{k: v[0] for k, v in TRANSFORMS.items()}, **{k: f"torch.{v}" for k, v in TORCH_RULES.items()}}
     out = []
     for part in spec.split("+"):
         name, _, value = part.partition(":")
@@ -312,7 +317,7 @@ def parser():
     p.add_argument(
         "--rules",
         default=",".join(DEFAULT_RULES),
-        help="comma-separated NAME[:X] or chains A+B (default: the 12 Flux rules); names: " + ", ".join(known_names()),
+        help="comma-separated NAME[:X] or chains A+B (default: the 14 Flux v0.12 rules); names: " + ", ".join(known_names()),
     )
     p.add_argument("--epochs", type=_positive_int, default=20, help="epochs per rule (default 20)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step (default 64)")

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-Case = namedtuple("Case", "make lr settable")
+Case = namedtuple("Case", "make lr settable schedules", defaults=(True,))
 K_STEPS, N_STEPS, M_STEPS = 3, 3, 2  # trained before saving, after loading, on the return trip
 BATCH = 8
 
@@ -26,7 +26,9 @@ def cases():
     """{id: Case}: one representative configuration per rule class, chains, wrappers, compat.
 
     `make(lr, **keras_kwargs)` builds the optimizer; `settable` says whether
-    `optimizer.learning_rate = value` is allowed (not for a schedule given as the rate).
+    `optimizer.learning_rate = value` is allowed (not for a schedule given as the rate);
+    `schedules` whether the rule takes a schedule or callable as its rate (not Rprop, whose
+    rate is only its initial step size).
     """
     import keras
 
@@ -47,6 +49,8 @@ def cases():
         "NADAM": Case(lambda lr, **kw: ox.NADAM(lr, **kw), 0.01, True),
         "OADAM": Case(lambda lr, **kw: ox.OADAM(lr, **kw), 0.01, True),
         "AdaBelief": Case(lambda lr, **kw: ox.AdaBelief(lr, **kw), 0.01, True),
+        "Lion": Case(lambda lr, **kw: ox.Lion(lr, **kw), 0.003, True),
+        "Rprop": Case(lambda lr, **kw: ox.Rprop(lr, **kw), 0.01, True, False),
         "ADAMW": Case(lambda lr, **kw: ox.ADAMW(lr, decay=1e-2, **kw), 0.01, True),
         "ClipNorm>WeightDecay>ADAM": Case(
             lambda lr, **kw: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM(lr), **kw), 0.01, True

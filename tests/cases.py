@@ -60,6 +60,12 @@ RULES = [
     Case("AdaBelief", lambda: ox.AdaBelief(), lambda: ref.AdaBelief()),
     Case("AdaBelief(0.002,(0.8,0.9))", lambda: ox.AdaBelief(0.002, (0.8, 0.9)),
          lambda: ref.AdaBelief(0.002, (0.8, 0.9)), fit=False),
+    Case("Lion", lambda: ox.Lion(), lambda: ref.Lion()),
+    Case("Lion(3e-4,(0.95,0.98))", lambda: ox.Lion(3e-4, (0.95, 0.98)), lambda: ref.Lion(3e-4, (0.95, 0.98)), fit=False),
+    Case("Rprop", lambda: ox.Rprop(), lambda: ref.Rprop()),
+    # η₀ below Γ₋: clamped up at the first step; ℓ₊ = 2 reaches Γ₊ = 0.01 within the test
+    Case("Rprop(1e-7,(0.3,2.0),(1e-6,0.01))", lambda: ox.Rprop(1e-7, (0.3, 2.0), (1e-6, 0.01)),
+         lambda: ref.Rprop(1e-7, (0.3, 2.0), (1e-6, 0.01)), fit=False),
     Case("ADAMW", lambda: ox.ADAMW(), lambda: ref.ADAMW()),
     Case("ADAMW(0.001,(0.89,0.995),0.1)", lambda: ox.ADAMW(0.001, (0.89, 0.995), 0.1),
          lambda: ref.ADAMW(0.001, (0.89, 0.995), 0.1), fit=False),
@@ -97,4 +103,27 @@ CHAINS = [
          lambda: ref.Chain(ref.ClipGlobalNorm(1.0), ref.RMSProp(0.01)), fit=False),
 ]
 
-CASES = RULES + SCHEDULES + CHAINS
+# Variable paths of the conformance test (tests/test_conformance.py names its variables so); the
+# small model of the fit and save tests has paths "dense/kernel", "dense/bias", "dense_1/…".
+PATHS = ("kernel", "bias", "scale", "conv_kernel")
+
+PARTITIONS = [
+    Case("Partition(bias:Momentum,kernel:ADAM,.*:Descent)",
+         lambda: ox.Partition({"bias": ox.Momentum(0.05, 0.5), "kernel": ox.ADAM(0.01), ".*": ox.Descent(0.1)}),
+         lambda: ref.Partition([("bias", ref.Momentum(0.05, 0.5)), ("kernel", ref.ADAM(0.01)), (".*", ref.Descent(0.1))],
+                               PATHS)),
+    Case("ClipGlobalNorm>Partition(bias:Frozen,.*:WeightDecay>Nesterov)",
+         lambda: ox.Optimiser(ox.ClipGlobalNorm(1.0), ox.Partition(
+             {"bias": ox.Frozen(), ".*": ox.Optimiser(ox.WeightDecay(1e-2), ox.Nesterov(0.01))})),
+         lambda: ref.Chain(ref.ClipGlobalNorm(1.0), ref.Partition(
+             [("bias", None), (".*", ref.Chain(ref.WeightDecay(1e-2), ref.Nesterov(0.01)))], PATHS))),
+    Case("Partition(kernel:Partition(conv:RMSProp,.*:AdaMax),.*:ClipGlobalNorm>ADAMW)",
+         lambda: ox.Partition({"kernel": ox.Partition({"conv": ox.RMSProp(0.01), ".*": ox.AdaMax()}),
+                               ".*": ox.Optimiser(ox.ClipGlobalNorm(0.5), ox.ADAMW(0.01, decay=0.1))}),
+         lambda: ref.Partition([("kernel", ref.Partition([("conv", ref.RMSProp(0.01)), (".*", ref.AdaMax())],
+                                                          ("kernel", "conv_kernel"))),
+                                (".*", ref.Chain(ref.ClipGlobalNorm(0.5), ref.ADAMW(0.01, decay=0.1)))], PATHS),
+         fit=False),
+]
+
+CASES = RULES + SCHEDULES + CHAINS + PARTITIONS

@@ -202,6 +202,43 @@ class AdaBelief(Reference):
         return _rate(self.eta, n) * s["m"] / (np.sqrt(s["s"]) + self.eps)
 
 
+class Lion(Reference):
+    """Chen et al. 2023, Algorithm 2 (without decay): Δ = η·sign(β₁m + (1−β₁)g); m = β₂m + (1−β₂)g."""
+
+    init = {"m": 0.0}
+
+    def __init__(self, eta=0.001, beta=(0.9, 0.99)):
+        super().__init__()
+        self.eta, self.beta = eta, beta
+
+    def step(self, s, g, x, n):
+        b1, b2 = self.beta
+        out = _rate(self.eta, n) * np.sign(b1 * s["m"] + (1 - b1) * g)
+        s["m"] = b2 * s["m"] + (1 - b2) * g
+        return out
+
+
+class Rprop(Reference):
+    """Rprop as torch.optim.Rprop: step sizes start at η, grow by ℓ₊ / shrink by ℓ₋ as the sign of
+    g·prev holds / flips, always clamped into Γ; where it flipped the gradient is zeroed (no step)
+    and remembered as 0."""
+
+    def __init__(self, eta=0.001, ell=(0.5, 1.2), gamma=(1e-6, 50.0)):
+        super().__init__()
+        self.eta, self.ell, self.gamma = eta, ell, gamma
+
+    def initial(self):
+        return {"prev": 0.0, "step": self.eta}
+
+    def step(self, s, g, x, n):
+        q = g * s["prev"]
+        factor = np.where(q > 0, self.ell[1], np.where(q < 0, self.ell[0], 1.0))
+        s["step"] = np.clip(s["step"] * factor, *self.gamma)
+        g = np.where(q < 0, 0.0, g)
+        s["prev"] = g
+        return s["step"] * np.sign(g)
+
+
 class WeightDecay(Reference):
     def __init__(self, wd=0.0):
         super().__init__()
@@ -275,3 +312,45 @@ class Chain:
 
 def ADAMW(eta=0.001, beta=(0.9, 0.999), decay=0.0, eps=EPS):
     return Chain(ADAM(eta, beta, eps), WeightDecay(decay))
+
+
+class Partition:
+    """Each variable to the first rule whose pattern `re.search`es its path; each rule sees its subset.
+
+    `rules` is a list of (pattern, reference or None); None is `Frozen` (Δ = 0). `frozen(n)` names the
+    positions frozen at update n (Δ = 0, state kept): their rule does not see them at that update."""
+
+    def __init__(self, rules, paths, frozen=lambda n: ()):
+        import re
+
+        self.rules = rules
+        self.routes = [next(k for k, (p, _) in enumerate(rules) if re.search(p, path)) for path in paths]
+        self.frozen = frozen
+        self.states = [{} for _ in rules]
+
+    def __call__(self, gs, xs, n):
+        out = [np.zeros_like(np.asarray(x, np.float64)) for x in xs]
+        frozen = set(self.frozen(n))
+        for k, (_, rule) in enumerate(self.rules):
+            positions = [i for i, r in enumerate(self.routes) if r == k and i not in frozen]
+            if rule is None or not positions:
+                continue
+            for i, d in zip(positions, _subset_call(rule, positions, [gs[i] for i in positions], [xs[i] for i in positions], n)):
+                out[i] = d
+        return out
+
+
+def _subset_call(rule, positions, gs, xs, n):
+    """Call `rule` on a subset, keeping each variable's state under its own position (Flux's IdDict)."""
+    if isinstance(rule, Reference):
+        saved = rule.state
+        rule.state = {j: saved[p] for j, p in enumerate(positions) if p in saved}
+        out = rule(gs, xs, n)
+        saved.update({positions[j]: s for j, s in rule.state.items()})
+        rule.state = saved
+        return out
+    if isinstance(rule, Chain):
+        for member in rule.members:
+            gs = _subset_call(member, positions, gs, xs, n)
+        return gs
+    return rule(gs, xs, n)  # stateless (ClipGlobalNorm, Scale)

@@ -84,3 +84,6 @@ def test_rule_names_build_the_named_optimizers():
     assert chain[0].thresh == 0.5
     assert compare.display_name("clipnorm+adam:0.01") == "ClipNorm+ADAM(0.01)"
     assert len(compare.DEFAULT_RULES) == 14
+    assert isinstance(compare.build_optimizer("lion:0.0003"), ox.Lion)
+    assert isinstance(compare.build_optimizer("clipnorm+rprop"), ox.Optimiser)
+    assert compare.display_name("rprop:0.01") == "Rprop(0.01)"

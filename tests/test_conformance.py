@@ -5,7 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from cases import CASES, RULES
+from cases import CASES, PATHS, RULES
 from conftest import BACKEND
 
 import keras_optx as ox
@@ -69,7 +69,7 @@ MODES = ["eager", pytest.param("compiled", marks=pytest.mark.skipif(
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_matches_reference_step_by_step(case, mode):
     values = initial_values()
-    variables = [keras.Variable(v) for v in values]
+    variables = [keras.Variable(v, name=name) for v, name in zip(values, PATHS)]
     optimizer, oracle = case.make(), case.reference()
     apply = (lambda grads: optimizer.apply(grads, variables)) if mode == "eager" else compiled_apply(optimizer, variables)
     expected = [v.astype(np.float64) for v in values]
@@ -165,6 +165,10 @@ BAD = [
     (lambda: ox.OADAM(epsilon=-1e-8), ValueError, "epsilon"),
     (lambda: ox.AdaBelief(beta=(1.2, 0.999)), ValueError, r"beta\[0\]"),
     (lambda: ox.AdaBelief(-0.1), ValueError, "learning_rate"),
+    (lambda: ox.Lion(beta=(-0.1, 0.99)), ValueError, r"beta\[0\]"),
+    (lambda: ox.Rprop(ell=(0.5, 1.2, 2.0)), ValueError, "ell.*length 2"),
+    (lambda: ox.Rprop(gamma=(1e-6, float("inf"))), ValueError, r"gamma\[1\]"),
+    (lambda: ox.Rprop(lambda: 0.1), TypeError, "learning_rate"),
     (lambda: ox.Momentum(rho=1.0), ValueError, "rho"),
     (lambda: ox.Nesterov(rho=-0.5), ValueError, "rho"),
     (lambda: ox.RMSProp(rho=1.5), ValueError, "rho"),

@@ -295,3 +295,17 @@ def test_two_tensorflow_workers_match_one(tmp_path):
     for result in (first, second):
         assert result["replicas"] == 2
         assert _largest_difference(result["weights"], one["weights"]) <= 1e-6
+
+
+def test_partition_and_chain_members_keep_their_state_dtype():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
+    partition = ox.Partition({"kernel": ox.ADAM(state_dtype="bfloat16"), ".*": ox.Optimiser(ox.ClipNorm(1.0), ox.Momentum())})
+    partition.build(model.trainable_variables)
+    dtypes = {v.path.rsplit("/", 1)[-1]: keras.backend.standardize_dtype(v.dtype) for v in partition.variables}
+    assert dtypes["sequential_dense_kernel_0_m"] == dtypes["sequential_dense_kernel_0_v"] == "bfloat16", dtypes
+    assert dtypes["sequential_dense_bias_1_1_velocity"] == "float32", dtypes
+    with pytest.raises(ValueError, match="ADAGrad does not take"):
+        ox.Partition({"kernel": ox.ADAM(), ".*": ox.ADAGrad()}, state_dtype="bfloat16")
+    bf16 = ox.Partition({".*": ox.Optimiser(ox.ClipNorm(1.0), ox.Momentum())}, state_dtype="bfloat16")
+    bf16.build(model.trainable_variables)
+    assert {keras.backend.standardize_dtype(v.dtype) for v in bf16.variables if v.path.endswith("velocity")} == {"bfloat16"}

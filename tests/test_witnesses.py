@@ -7,6 +7,8 @@ zeros, and one variable at ~1e3 every third step):
 - `OADAM` = `optax.optimistic_adam_v2(η, b1, b2, nesterov=False)` (run in jax here) after the
   first step: optax takes Δ₀ = Δ₁ there (a step of Δ₁, Flux's 2Δ₁ − 0), so Flux's trajectory is
   optax's shifted by one more Δ₁ = y₀ − y₁: xₙ = yₙ + y₁ − y₀.
+- `Lion` = `keras.optimizers.Lion` (on this backend, eager and compiled alike).
+- `Rprop` = `torch.optim.Rprop` (float32, the real torch.optim on CPU, whatever the backend).
 """
 
 import keras
@@ -62,3 +64,38 @@ def test_oadam_is_optax_optimistic_adam(eta, beta, mode):
     expected = [[yn + y1 - y00 for yn, y1, y00 in zip(y, ys[0], y0)] for y in ys]
     _assert_same_trajectory(_run(ox.OADAM(eta, beta), mode), expected, f"OADAM({eta}, {beta})")
     assert len(SHAPES) == len(expected[0])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("eta,beta", [(0.001, (0.9, 0.99)), (3e-4, (0.95, 0.98))])
+def test_lion_is_keras_lion(eta, beta, mode):
+    expected = _run(keras.optimizers.Lion(learning_rate=eta, beta_1=beta[0], beta_2=beta[1]), mode)
+    _assert_same_trajectory(_run(ox.Lion(eta, beta), mode), expected, f"Lion({eta}, {beta})")
+
+
+RPROP_SETTINGS = [
+    (0.001, (0.5, 1.2), (1e-6, 50.0)),  # the defaults
+    (0.01, (0.3, 2.0), (1e-4, 0.05)),  # reaches both bounds within the test
+    (1e-7, (0.5, 1.2), (1e-6, 50.0)),  # η₀ below Γ₋: torch clamps it up at the first step
+]
+
+
+def _torch_rprop(eta, ell, gamma, steps=STEPS):
+    import torch
+
+    params = [torch.nn.Parameter(torch.tensor(v)) for v in initial_values()]
+    optimizer = torch.optim.Rprop(params, lr=eta, etas=ell, step_sizes=gamma)
+    trajectory = []
+    for _, grads in zip(range(steps), gradient_stream()):
+        for p, g in zip(params, grads):
+            p.grad = torch.tensor(g)
+        optimizer.step()
+        trajectory.append([p.detach().numpy().astype(np.float64) for p in params])
+    return trajectory
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("eta,ell,gamma", RPROP_SETTINGS)
+def test_rprop_is_torch_rprop(eta, ell, gamma, mode):
+    expected = _torch_rprop(eta, ell, gamma)
+    _assert_same_trajectory(_run(ox.Rprop(eta, ell, gamma), mode), expected, f"Rprop({eta}, {ell}, {gamma})")
