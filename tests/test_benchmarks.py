@@ -46,3 +46,20 @@ def test_fit_benchmark_prints_every_optimizer():
     assert {"no-op", "keras Adam", "keras_optx ADAM", "keras_optx chain(ClipNorm,WeightDecay,ADAM)"} <= set(names)
     if BACKEND == "torch":  # the apply-only column and its fused-Adam floor
         assert any(name.startswith("torch.optim.Adam(fused=True)") for name in names)
+
+
+def test_memory_benchmark_reports_state_bytes_per_parameter():
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in _run("bench_memory.py", "--rounds", "2")]
+    table = {(row[0], row[1]): row for row in rows}
+    adam = table[("ADAM", "keras_optx")]
+    assert adam[2] == "8.00" and adam[3] == "4.00", adam  # two float32 moments; bfloat16 halves them
+    assert table[("ADAM", "keras Adam")][2] == "8.00"
+    assert table[("Momentum", "keras_optx")][2] == "4.00"
+    if BACKEND == "jax":
+        assert float(adam[4]) <= 8.00 / 5, adam  # shard_state over 8 host devices
+        assert table[("ADAM", "optax.adam")][2] == "8.00"
+    else:
+        assert adam[4] == "–"
+    if BACKEND == "torch":
+        assert table[("ADAM", "torch.optim.Adam")][2] == "8.00"
+        assert float(table[("chain(ClipNorm,WeightDecay,ADAM)", "keras_optx")][5]) <= 1.0  # one kept buffer at most
