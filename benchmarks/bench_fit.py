@@ -5,7 +5,9 @@
 
 Steps per second for each optimizer, and the optimizer's share of the training step:
 (step time − step time with a no-op optimizer) / step time, also given over plain SGD.
-Models are built and compiled once each, then timed one epoch at a time, interleaved.
+Models are built and compiled once each, then timed one epoch at a time, interleaved. The
+process runs on `--threads` cores (affinity, as in bench_step.py) with as many threads per
+library; the table gives the process's CPU time / wall time per optimizer.
 """
 
 import argparse
@@ -20,7 +22,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["jax", "torch", "tensorflow", "all"], default="all")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="CPU cores (affinity) and threads per library")
     args = parser.parse_args()
     if args.backend == "all":
         for backend in ("torch", "jax", "tensorflow"):
@@ -80,31 +82,35 @@ def run(args):
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # warm-up: trace, compile, build
         models[name] = model
     times = {name: [] for name in models}
+    cpu = dict.fromkeys(models, 0.0)
     for _ in range(rounds):
         for name, model in models.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+            cpu[name] += time.process_time() - start_cpu
             times[name].append((time.perf_counter() - start) / steps)
     step = {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
     applied = _apply_times(models, rounds=9 if args.quick else 31) if backend == "torch" else {}
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"\n### model.fit, {backend}: MLP 784-512-512-10, batch {batch}, {steps} steps/epoch, "
-          f"median and min of {rounds} epochs; {cpu}, {os.cpu_count()} cores, {os.environ.get('OMP_NUM_THREADS')} thread(s)\n")
-    print("| optimizer | ms/step (median / min) | steps/s (median) | share over no-op (median / min) | share over SGD (median / min) | apply ms, share of step |")
-    print("|---|---:|---:|---:|---:|---:|")
+          f"median and min of {rounds} epochs; {cpu_name}, {os.cpu_count()} cores, {args.threads} thread(s) on cores "
+          f"{sorted(os.sched_getaffinity(0))}; load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + "\n")
+    print("| optimizer | ms/step (median / min) | steps/s (median) | share over no-op (median / min) | share over SGD (median / min) | apply ms, share of step | CPU/wall |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     noop, sgd = step["no-op"], step["keras SGD"]
     if applied:  # no fit row of its own: its apply time against keras_optx ADAM's fit step
         step[_FUSED] = step["keras_optx ADAM"]
     for name, (med, low) in step.items():
         if name == _FUSED:
-            print(f"| {name} | — | — | — | — | {applied[name] * 1e3:.2f}, {applied[name] / med:.0%} |")
+            print(f"| {name} | — | — | — | — | {applied[name] * 1e3:.2f}, {applied[name] / med:.0%} | — |")
             continue
         share = f"{(med - noop[0]) / med:.0%} / {(low - noop[1]) / low:.0%}"
         over_sgd = f"{(med - sgd[0]) / med:.0%} / {(low - sgd[1]) / low:.0%}"
         direct = f"{applied[name] * 1e3:.2f}, {applied[name] / med:.0%}" if name in applied else "—"
-        print(f"| {name} | {med * 1e3:.2f} / {low * 1e3:.2f} | {1 / med:.1f} | {share} | {over_sgd} | {direct} |")
+        ratio = cpu[name] / (sum(times[name]) * steps)
+        print(f"| {name} | {med * 1e3:.2f} / {low * 1e3:.2f} | {1 / med:.1f} | {share} | {over_sgd} | {direct} | {ratio:.2f} |")
     if applied:
-        print("\nLast column: `optimizer.apply` alone on the model's variables with fixed gradients (median of "
+        print("\n\"apply ms\": `optimizer.apply` alone on the model's variables with fixed gradients (median of "
               "interleaved calls), and its share of the median fit step. The differences of whole epochs swing by "
               "several % on a shared machine; this one does not.")
 

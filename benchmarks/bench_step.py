@@ -1,27 +1,38 @@
 """Time one optimizer step of every keras_optx rule next to its references, per backend.
 
-    .venv/bin/python benchmarks/bench_step.py                    # all three backends (subprocesses)
+    .venv/bin/python benchmarks/bench_step.py                    # all three backends (subprocesses), 1 core
     .venv/bin/python benchmarks/bench_step.py --backend torch    # one backend
+    .venv/bin/python benchmarks/bench_step.py --threads 2        # 2 cores (affinity) and 2 threads per library
     .venv/bin/python benchmarks/bench_step.py --quick            # smaller tensors, fewer rounds
 
 One step = one update of every variable from fixed gradients. For each rule the cases
-(keras_optx, Keras's built-in, torch.optim foreach/fused, optax) are built together and
-timed interleaved, round after round, in one process; the table shows the median and
-the minimum of the rounds and the ratios keras_optx / reference (on a loaded machine the
-minimum is the steadier figure: contention only ever adds time).
+(keras_optx, Keras's built-in, torch.optim foreach/fused, optax, the memory floor, the empty
+step) are built together and timed interleaved, round after round, in one process; the table
+shows the median and the minimum of the rounds, the process's CPU time / wall time over the
+timed rounds, and the ratios keras_optx / reference (on a loaded machine the minimum is the
+steadier figure: contention only ever adds time).
+
+Threads: the process runs on `--threads` cores (`os.sched_setaffinity`, set before any library
+starts a thread pool), and torch, TensorFlow and OpenMP are set to as many threads. CPU/wall
+near 1.0 with one core means the case had the core to itself; below 1.0 it waited for it (the
+machine was busy); above 1.0 more cores worked than were stated (it cannot, with affinity).
 
 - torch: `optimizer.apply(grads, variables)` eagerly; torch.optim's `step()` on the same
   sizes (foreach=True, and fused=True where torch has it).
 - jax: keras_optx and Keras built-ins through `stateless_apply` under `jax.jit` with
-  donated buffers; optax `update` + `apply_updates` under `jax.jit`, donated.
-- tensorflow: `optimizer.apply` inside `tf.function(jit_compile=True)` (XLA, as `model.fit` compiles), for both sides.
+  donated buffers; optax `update` + `apply_updates` under `jax.jit`, donated. The "empty
+  step" passes the same arrays through a jit that computes nothing: the call's own cost.
+- tensorflow: `optimizer.apply` inside `tf.function(jit_compile=True)` (XLA, as `model.fit`
+  compiles), for both sides; the empty step reads one element of each of the same arrays.
 
-Also measured: the machine's memory bandwidth (a large copy) and the floor it implies for
-ADAM (reads p, g, m, v and writes p, m, v: 28 bytes per float32 parameter).
+Memory floor (Descent, Momentum, Nesterov, ADAM): the time of `x += y` in numpy over as many
+bytes as the rule must move at least (ADAM: reads p, g, m, v and writes p, m, v, 28 bytes per
+float32 parameter; Momentum and Nesterov 20; Descent 12), on the same cores, interleaved.
 """
 
 import argparse
 import gc
+import glob
 import os
 import statistics
 import subprocess
@@ -38,7 +49,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="10x smaller tensors, fewer rounds")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per case (median taken)")
     parser.add_argument("--rules", default=None, help="comma-separated subset, e.g. ADAM,Momentum")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per library (default 1: stable on a shared machine)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU cores the process may run on (affinity), and threads per library (default 1)")
     args = parser.parse_args()
     if args.backend == "all":
         for backend in ("torch", "jax", "tensorflow"):
@@ -54,10 +66,23 @@ def main():
 
 
 def limit_threads(n):
-    """Same thread budget for every library; oversubscribed OpenMP spin-waits wreck timings."""
-    os.environ["OMP_NUM_THREADS"] = str(n)
+    """Run on `n` cores, enforced: process affinity, then each library's own thread settings.
+
+    Call before numpy, keras or a backend is imported: threads inherit the affinity of the
+    thread that creates them, and XLA and TensorFlow size their pools from it. Affinity is what
+    holds: jax 0.10's XLA CPU client has no thread-count setting of its own (its large kernels
+    are split across a pool, `outer_dimension_partitions`, sized from the schedulable cores).
+    Returns the cores chosen.
+    """
+    available = sorted(os.sched_getaffinity(0))
+    if not 1 <= n <= len(available):
+        raise SystemExit(f"--threads must be between 1 and {len(available)} (the cores this process may use), got {n}")
+    cores = available[:n]
+    os.sched_setaffinity(0, cores)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
     if n == 1:
-        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     import keras  # noqa: F401  (imports the backend)
 
     backend = keras.backend.backend()
@@ -65,11 +90,26 @@ def limit_threads(n):
         import torch
 
         torch.set_num_threads(n)
+        torch.set_num_interop_threads(n)
     elif backend == "tensorflow":
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(n)
+    return cores
+
+
+def thread_check():
+    """The cores every thread of this process may run on, read back from /proc (one line)."""
+    allowed = {}
+    for status in glob.glob("/proc/self/task/*/status"):
+        try:
+            text = open(status).read()
+        except OSError:  # the thread ended
+            continue
+        cores = text.split("Cpus_allowed_list:", 1)[1].split()[0]
+        allowed[cores] = allowed.get(cores, 0) + 1
+    return ", ".join(f"{count} threads on core(s) {cores}" for cores, count in sorted(allowed.items()))
 
 
 # ------------------------------------------------------------------------------------
@@ -78,6 +118,7 @@ def run(args):
 
     import keras
     import keras_optx as ox
+    from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, TORCH_RULES
 
     backend = keras.backend.backend()
     layouts = QUICK_LAYOUTS if args.quick else LAYOUTS
@@ -112,69 +153,132 @@ def run(args):
             None, None, None,
         ),
     }
+    # Every rule keras_optx lists (keras_optx/_catalog.py, as `compare` does) is timed: those above
+    # against their references, any other alone.
+    timed = {label.split("(")[0] for label in rules}
+    listed = [(c, getattr(ox, c)) for c in (*FLUX_RULES.values(), *EXTRA_RULES.values())]
+    for label, make in listed + [(f"torch.{c}", getattr(ox.torch, c)) for c in TORCH_RULES.values()]:
+        if label not in timed:
+            rules[label] = (make, None, None, None)
     if args.rules:
         wanted = set(args.rules.split(","))
         rules = {k: v for k, v in rules.items() if k in wanted or k.split("(")[0] in wanted}
 
-    bandwidth = measure_bandwidth(np)
-    header(backend, keras, bandwidth, rounds)
     harness = {"torch": TorchHarness, "jax": JaxHarness, "tensorflow": TfHarness}[backend](np)
+    header(backend, keras, rounds, args.threads, harness.describe())
     for layout, (count, total) in layouts.items():
         print(f"\n### {backend}, layout {layout}: {count} variables, {total / 1e6:g}M parameters\n")
-        print("| rule | keras_optx ms (median / min) | reference | ref ms (median / min) | ratio of medians | ratio of minima |")
-        print("|---|---:|---|---:|---:|---:|")
-        adam_ms = None
+        print("| rule | keras_optx ms (wall median / min, CPU median) | reference | ref ms (wall median / min, CPU median) "
+              "| CPU/wall (keras_optx / ref) | ratio of wall medians | ratio of wall minima | ratio of CPU medians |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|")
         for name, (ours, builtin, torch_ref, optax_ref) in rules.items():
-            cases = {"keras_optx": harness.keras_case(ours(), count, total)}
+            step = harness.keras_case(ours(), count, total)
+            cases = {"keras_optx": step}
+            if getattr(step, "empty", None) is not None:
+                cases[f"empty step, same {step.arrays} arrays"] = step.empty
             if builtin is not None:
                 cases["keras " + type(builtin()).__name__] = harness.keras_case(builtin(), count, total)
             for label, make in harness.references(torch_ref, optax_ref, count, total):
                 cases[label] = make()
             if name.startswith("chain") or (builtin is None and torch_ref is None):
                 cases["keras_optx ADAM"] = harness.keras_case(ox.ADAM(), count, total)
+            floor = None
+            if name in FLOOR_BYTES:
+                floor = harness.floor(FLOOR_BYTES[name], total, args.threads)
+                cases["floor"] = floor
             times = interleave(cases, rounds, harness.sync)
             mine = times.pop("keras_optx")
-            if name == "ADAM":
-                adam_ms = mine
             for label, ms in times.items():
-                print(f"| {name} | {mine[0]:.2f} / {mine[1]:.2f} | {label} | {ms[0]:.2f} / {ms[1]:.2f} | {mine[0] / ms[0]:.2f} | {mine[1] / ms[1]:.2f} |")
+                if label == "floor":
+                    cached = " (in L3 cache: not a memory floor)" if 2 * floor.bytes / 3 <= l3_bytes() and not harness.gpu else ""
+                    where = "GPU" if harness.gpu else f"{args.threads} core(s)"
+                    label = (f"memory floor: x += y, {FLOOR_BYTES[name]} B/param, {where}, "
+                             f"{floor.bytes / ms[1] / 1e6:.1f} GB/s at the minimum{cached}")
+                print(f"| {name} | {mine[0]:.2f} / {mine[1]:.2f}, {mine[2]:.2f} | {label} | {ms[0]:.2f} / {ms[1]:.2f}, {ms[2]:.2f} "
+                      f"| {mine[3]:.2f} / {ms[3]:.2f} | {mine[0] / ms[0]:.2f} | {mine[1] / ms[1]:.2f} | {mine[2] / ms[2]:.2f} |")
             cases.clear()
+            floor = None
             gc.collect()
-        if adam_ms is not None:
-            floor = 28 * total / bandwidth * 1e3
-            print(f"| ADAM | {adam_ms[0]:.2f} / {adam_ms[1]:.2f} | bandwidth floor (28 B/param at {bandwidth / 1e9:.1f} GB/s) | {floor:.2f} | {adam_ms[0] / floor:.2f} | {adam_ms[1] / floor:.2f} |")
+    print(f"\nthreads at the end of the run: {thread_check()}; load average at the end "
+          + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
+# Least memory traffic of one step, bytes per float32 parameter: Descent reads p, g and writes p;
+# Momentum (and Nesterov) read p, g, v and write p, v; ADAM reads p, g, m, v and writes p, m, v.
+FLOOR_BYTES = {"Descent": 12, "Momentum": 20, "Nesterov": 20, "ADAM": 28}
 
 
 def interleave(cases, rounds, sync):
-    """Median milliseconds per case; cases alternate within each round."""
+    """Per case: median and minimum wall ms, median CPU ms, and CPU time / wall time over the rounds.
+
+    Cases alternate within each round, so a change in the machine's load falls on all of them.
+    CPU time is the whole process's (every thread). On one core it is the time the step had
+    the core: on a machine shared with other work it leaves out the time spent waiting for it,
+    which wall time counts, so the CPU median is the steadier figure there (CPU/wall below 1
+    shows how much waiting the wall figures hold).
+    """
     for step in cases.values():  # warm-up: compile, allocate state
         for _ in range(3):
             step()
         sync()
     times = {label: [] for label in cases}
+    cpus = {label: [] for label in cases}
     for _ in range(rounds):
         for label, step in cases.items():
             sync()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step()
             sync()
+            cpus[label].append(time.process_time() - start_cpu)
             times[label].append(time.perf_counter() - start)
-    return {label: (statistics.median(ts) * 1e3, min(ts) * 1e3) for label, ts in times.items()}
+    return {label: (statistics.median(ts) * 1e3, min(ts) * 1e3, statistics.median(cpus[label]) * 1e3,
+                    sum(cpus[label]) / sum(ts)) for label, ts in times.items()}
 
 
-def measure_bandwidth(np):
-    """Bytes per second of a large copy (read + write), best of several."""
-    a = np.ones(50_000_000, dtype=np.float32)
-    b = np.empty_like(a)
-    best = float("inf")
-    for _ in range(7):
-        start = time.perf_counter()
-        np.copyto(b, a)
-        best = min(best, time.perf_counter() - start)
-    return 2 * a.nbytes / best
+class MemoryFloor:
+    """The least time of one step's memory traffic: `x += y` (numpy, in place) moving `per_param` bytes per parameter.
+
+    An optimizer kernel updates its variables and slots in place and reads the gradient, so it
+    moves each cache line once each way; `x += y` has the same pattern (read x and y, write x:
+    12 bytes per element). A copy into a second buffer is not a floor here: its stores first
+    read the destination's lines (write-allocate), and on this machine it measured 27 GB/s to
+    the in-place add's 45. Split over `threads` threads (numpy releases the GIL), one per core
+    the benchmark may use; timed interleaved with the cases, under the same load.
+    """
+
+    def __init__(self, np, per_param, total, threads):
+        self.np, self.threads = np, threads
+        size = round(per_param / 12 * total)
+        self.x, self.y = np.ones(size, dtype=np.float32), np.empty(size, dtype=np.float32)
+        self.y.fill(0.0)  # written, so its pages are real memory (np.zeros maps one shared zero page: cached)
+        self.bytes = 12 * size
+        bounds = [size * i // threads for i in range(threads + 1)]
+        self.parts = [(self.x[lo:hi], self.y[lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(threads)
+
+    def _add(self, part):
+        self.np.add(part[0], part[1], out=part[0])
+
+    def __call__(self):
+        if self.threads == 1:
+            self._add(self.parts[0])
+        else:
+            list(self.pool.map(self._add, self.parts))
 
 
-def header(backend, keras, bandwidth, rounds):
+def l3_bytes():
+    """The last-level cache's size in bytes (0 if unknown)."""
+    try:
+        text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip()
+    except OSError:
+        return 0
+    return int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20}[text[-1]] if text[-1] in "KM" else int(text)
+
+
+def header(backend, keras, rounds, threads, device):
     import platform
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
@@ -186,8 +290,9 @@ def header(backend, keras, bandwidth, rounds):
             pass
     print(f"\n## backend {backend}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    print(f"memory bandwidth (numpy copy, read+write): {bandwidth / 1e9:.1f} GB/s; median of {rounds} interleaved rounds; "
-          f"{os.environ.get('OMP_NUM_THREADS')} thread(s) per library")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{threads} thread(s): process affinity cores {sorted(os.sched_getaffinity(0))}, each library set to "
+          f"{threads}; {device}; median and minimum of {rounds} interleaved rounds; load average at the start {load}")
 
 
 def _arrays(np, count, total, seed):
@@ -201,15 +306,30 @@ class TorchHarness:
         import torch
 
         self.np, self.torch = np, torch
+        self.gpu = torch.cuda.is_available()  # Keras puts its variables on the GPU when there is one
+        self.device = torch.device("cuda" if self.gpu else "cpu")
+
+    def describe(self):
+        return f"torch device {self.torch.cuda.get_device_name() if self.gpu else 'cpu'}"
 
     def sync(self):
-        pass
+        if self.gpu:
+            self.torch.cuda.synchronize()
+
+    def floor(self, per_param, total, threads):
+        if not self.gpu:
+            return MemoryFloor(self.np, per_param, total, threads)
+        size = round(per_param / 12 * total)
+        x, y = self.torch.ones(size, device=self.device), self.torch.zeros(size, device=self.device)
+        step = lambda: x.add_(y)  # noqa: E731
+        step.bytes = 12 * size
+        return step
 
     def keras_case(self, opt, count, total):
         import keras
 
         variables = [keras.Variable(a) for a in _arrays(self.np, count, total, 0)]
-        grads = [self.torch.from_numpy(a) for a in _arrays(self.np, count, total, 1)]
+        grads = [self.torch.from_numpy(a).to(self.device) for a in _arrays(self.np, count, total, 1)]
         return lambda: opt.apply(grads, variables)
 
     def references(self, torch_ref, optax_ref, count, total):
@@ -223,9 +343,9 @@ class TorchHarness:
 
     def _torch_case(self, cls, kwargs, kind, count, total):
         torch = self.torch
-        params = [torch.nn.Parameter(torch.from_numpy(a)) for a in _arrays(self.np, count, total, 0)]
+        params = [torch.nn.Parameter(torch.from_numpy(a).to(self.device)) for a in _arrays(self.np, count, total, 0)]
         for p, g in zip(params, _arrays(self.np, count, total, 1)):
-            p.grad = torch.from_numpy(g)
+            p.grad = torch.from_numpy(g).to(self.device)
         opt = cls(params, **kwargs, **{kind: True})
         return opt.step
 
@@ -235,6 +355,25 @@ class JaxHarness:
         import jax
 
         self.np, self.jax = np, jax
+        self.gpu = jax.default_backend() == "gpu"
+
+    def describe(self):
+        return f"jax device {self.jax.devices()[0].device_kind}"
+
+    def floor(self, per_param, total, threads):
+        if not self.gpu:
+            return MemoryFloor(self.np, per_param, total, threads)
+        jax = self.jax
+        size = round(per_param / 12 * total)
+        add = jax.jit(lambda x, y: x + y, donate_argnums=0)
+        state = {"x": jax.numpy.ones(size), "y": jax.numpy.zeros(size)}
+
+        def step():
+            state["x"] = add(state["x"], state["y"])
+            jax.block_until_ready(state["x"])
+
+        step.bytes = 12 * size
+        return step
 
     def sync(self):
         pass  # each step blocks on its own outputs
@@ -256,6 +395,16 @@ class JaxHarness:
             state["opt"], state["train"] = opt_vars, train
             jax.block_until_ready(train)
 
+        # The same arrays through a jit that computes nothing (outputs alias the donated inputs):
+        # the per-array cost of the call itself, which no optimizer formula can remove.
+        nothing = jax.jit(lambda opt_vars, train_vars, g: (opt_vars, train_vars), donate_argnums=(0, 1))
+        empty_state = {"opt": [jax.numpy.array(x) for x in state["opt"]], "train": [jax.numpy.array(x) for x in state["train"]]}
+
+        def empty():
+            empty_state["opt"], empty_state["train"] = nothing(empty_state["opt"], empty_state["train"], grads)
+            jax.block_until_ready(empty_state["train"])
+
+        step.empty, step.arrays = empty, len(state["opt"]) + len(state["train"]) + len(grads)
         return step
 
     def references(self, torch_ref, optax_ref, count, total):
@@ -303,10 +452,18 @@ class JaxHarness:
 
 
 class TfHarness:
+    gpu = False
+
     def __init__(self, np):
         import tensorflow as tf
 
         self.np, self.tf = np, tf
+
+    def describe(self):
+        return "tensorflow device cpu"
+
+    def floor(self, per_param, total, threads):
+        return MemoryFloor(self.np, per_param, total, threads)
 
     def sync(self):
         pass
@@ -319,7 +476,17 @@ class TfHarness:
         grads = [tf.constant(a) for a in _arrays(self.np, count, total, 1)]
         opt.build(variables)
         # XLA, as `model.fit` compiles by default on TensorFlow (jit_compile="auto"); CPU execution is synchronous.
-        return tf.function(lambda: opt.apply(grads, variables), jit_compile=True)
+        step = tf.function(lambda: opt.apply(grads, variables), jit_compile=True)
+        # The same arrays into the same kind of compiled function, which reads one element of each:
+        # the per-array cost of the call itself.
+        arrays = [v.value for v in opt.variables] + [v.value for v in variables] + grads
+        empty = tf.function(lambda: tf.add_n([tf.cast(tf.reshape(x, [-1])[0], "float32") for x in arrays]), jit_compile=True)
+
+        def timed():
+            step()
+
+        timed.empty, timed.arrays = empty, len(arrays)
+        return timed
 
     def references(self, torch_ref, optax_ref, count, total):
         return iter(())

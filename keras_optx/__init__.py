@@ -16,6 +16,9 @@ from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
+from ._backends import current as _backend
+
+_backend.load_kernels()  # the running backend's kernels for the classes above (torch)
 
 __version__ = "0.1.0"
 

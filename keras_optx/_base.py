@@ -2,42 +2,26 @@
 
 A subclass states its hyperparameters (with their checks), its slots (with their
 initial values) and `delta`, the update as a formula. Everything Keras-shaped lives
-here, once: validation, slot variables, the update step on each backend, writing
-the results back (distribution-aware on TensorFlow, multi-tensor on torch),
-config and serialization.
+here, once: validation, slot variables, the update step, config and serialization.
+What differs per backend (replica sums and cross-replica writes on TensorFlow, kernels
+and packed buffers on torch) is in `keras_optx._backends`, behind one small interface.
 """
 
-import collections
 import contextlib
 import contextvars
 import copy
-import functools
-import itertools
-import operator
 import weakref
 
 import keras
 
 from . import _checks as check
 from . import _scale
-from ._tensors import Many, _TORCH, ops
+from ._backends import current as backend
+from ._identity import _same, _set_cache
+from ._tensors import Many, ops
 
-if _TORCH:
-    import torch
-
-    try:  # Keras internals that `_values` needs to skip `.value`'s per-variable checks safely
-        from keras.src.backend.common.stateless_scope import in_stateless_scope
-        from keras.src.backend.common.variables import get_autocast_scope
-        from keras.src.backend.torch.core import Variable as _TorchVariable
-        from keras.src.backend.torch.core import get_device as _torch_device
-    except ImportError:  # another Keras layout: `_values` reads `.value`
-        _TorchVariable = None
-
-_BACKEND = keras.backend.backend()
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 _LOW_PRECISION = ("float16", "bfloat16")
-_FUSED_DTYPES = (torch.float32, torch.float64) if _TORCH else ()
-_TORCH_VALUE = _TorchVariable.value if _TORCH and _TorchVariable is not None else None  # what `_values` inlines
 EPSILON = 1e-8
 # The layout of a keras_optx optimizer's saved config and variables, written to every config as
 # "format_version". Raise it when a change adds, removes or reorders an optimizer's variables or
@@ -105,14 +89,6 @@ class Rule(keras.optimizers.Optimizer):
     hyperparameters = {}
     slots = {}
     has_learning_rate = True
-    # Optional torch fast path `_torch_fused(xs, gs, slots, t, lr) -> bool` (True when it
-    # applied the update). Used only when the rule is the optimizer itself or a chain's last
-    # member, every variable is float32/float64 with a matching gradient, and no subclass
-    # redefined the formula below the hook (see `_fast_path`). With `_torch_weight_decay`, the
-    # hook also takes `weight_decay=λ`: coupled decay g + λ·x inside the kernel, so a chain's
-    # WeightDecay right before the rule costs no pass of its own.
-    _torch_fused = None
-    _torch_weight_decay = False
     # `{slot: dtypes}`: the slots that may be stored in bfloat16/float16 (`state_dtype`), and in
     # which. A rule whose state is unsound in low precision lists none and says why in
     # `low_precision_refusal`; `state_dtype` is then refused.
@@ -187,7 +163,7 @@ class Rule(keras.optimizers.Optimizer):
             rate = rate.value
         elif callable(rate):
             rate = rate()
-        return _scalar(rate)
+        return backend.scalar(rate)
 
     # Keras glue -------------------------------------------------------------------
     def build(self, variables):
@@ -208,8 +184,7 @@ class Rule(keras.optimizers.Optimizer):
                 else None
                 for v, own in zip(variables, has)
             ]
-            if _TORCH:
-                _pack([s for s in self._slot_variables[name] if s is not None])
+            backend.prepare_slots([s for s in self._slot_variables[name] if s is not None])
         for v in self._build_state(variables):
             _track_once(self, v)
 
@@ -229,15 +204,7 @@ class Rule(keras.optimizers.Optimizer):
         return super().apply(grads, trainable_variables)
 
     def _backend_update_step(self, grads, variables, learning_rate):
-        if _BACKEND == "tensorflow":
-            grads, variables = _tf_reduce_and_densify(self, grads, variables)
-        if _TORCH:
-            # `isinstance` is what keras.ops.is_tensor tests on torch, without two calls per gradient.
-            grads = [g if isinstance(g, torch.Tensor) else keras.ops.convert_to_tensor(g) for g in grads]
-            _torch_update(self, grads, variables)
-        else:
-            grads = [g if keras.ops.is_tensor(g) else keras.ops.convert_to_tensor(g) for g in grads]
-            self._update(grads, variables)
+        backend.update_step(self, grads, variables)  # ends in `self._update`
 
     def _check_variables_are_known(self, variables):
         # Keras looks up every variable's id on every step; the list is nearly always the one
@@ -254,25 +221,19 @@ class Rule(keras.optimizers.Optimizer):
 
     def _update_step(self, grads, variables):
         slots = self._slot_lists(variables)
-        # torch kernels read and write float32/64 slots: low-precision state runs the formula.
-        fused = _fast_path(self, "_torch_fused") if _TORCH and not self._low_precision_state else None
-        if fused is not None:
-            # A torch fused kernel that computes this very rule (tested against `delta`).
-            xs = _values(variables)
-            if _fusable(self, grads, xs):
-                t, step = self._step_numbers()
-                if fused(xs, list(grads), {n: _values(vs) for n, vs in slots.items()}, t, self._rate(step)):
-                    return
+        # Kernels read and write float32/64 slots: low-precision state runs the formula.
+        if not self._low_precision_state and backend.apply_kernel(self, grads, variables, slots):
+            return  # a kernel of exactly this class (torch)
         dtypes = [_state_dtype(v.dtype) for v in variables]
         g = Many(_cast(gi, dt) for gi, dt in zip(grads, dtypes))
-        x = Many(_cast(value, dt) for value, dt in zip(_values(variables), dtypes))
-        state = {name: Many(_values(vs)) for name, vs in slots.items()}
-        if self._low_precision_state:  # the math in float32; `_write` stores the slots in their dtype
+        x = Many(_cast(value, dt) for value, dt in zip(backend.values(variables), dtypes))
+        state = {name: Many(backend.values(vs)) for name, vs in slots.items()}
+        if self._low_precision_state:  # the math in float32; `backend.write` stores the slots in their dtype
             state = {name: Many(_state_value(s) for s in many.items) for name, many in state.items()}
         t, step = self._step_numbers()
         delta, new_state = self._transform(g, x, state, t, step)
         writes = [(s, new) for name, vs in slots.items() for s, new in zip(vs, new_state[name].items)]
-        _write(self, writes, variables, delta)
+        backend.write(self, writes, variables, delta)
 
     def _slot_lists(self, variables):
         """`{slot name: [its variable for each of `variables`]}`, cached for the last list seen.
@@ -291,11 +252,7 @@ class Rule(keras.optimizers.Optimizer):
     def _step_numbers(self):
         """t = 1, 2, … and the 0-based step for schedules, both counting updates applied
         (`iterations`), so with gradient accumulation a schedule advances once per update."""
-        if _TORCH:
-            step = int(self._iterations.value) // (self.gradient_accumulation_steps or 1)
-            return step + 1, step
-        t = keras.ops.cast(self.iterations + 1, "float32")
-        return t, self.iterations
+        return backend.step_numbers(self)
 
     def get_config(self):
         config = super().get_config()
@@ -438,7 +395,7 @@ class Transform(Rule):
         # On TensorFlow the base handed us the dense gradient summed over replicas (a norm of
         # per-replica or IndexedSlices gradients is wrong); the wrapped optimizer sums over
         # replicas again, so each replica passes its 1/n share.
-        replicas = self._distribution_strategy.num_replicas_in_sync if _BACKEND == "tensorflow" else 1
+        replicas = backend.replicas(self)
         self.optimizer.apply([d / replicas for d in delta.items] if replicas > 1 else delta.items, variables)
 
     def get_config(self):
@@ -497,16 +454,6 @@ def _adopt_rate(optimizer, rate):
     optimizer._learning_rate = rate
 
 
-if _TORCH:
-
-    @torch.compiler.disable
-    def _torch_update(optimizer, grads, variables):
-        # Under `jit_compile=True` (torch.compile) the step runs eagerly: it is foreach/fused
-        # kernels already, and dynamo cannot trace its Python-side step and rate logic.
-        with torch.no_grad():
-            optimizer._update(grads, variables)
-
-
 def _checked_gradients(optimizer, grads, trainable_variables):
     """`grads` and the variables as lists, refused (before any write) on a length or shape mismatch."""
     grads = list(grads)
@@ -554,337 +501,7 @@ def _state_value(value):
     return keras.ops.cast(value, "float32") if keras.backend.standardize_dtype(value.dtype) in _LOW_PRECISION else value
 
 
-def _fast_path(rule, name):
-    """`rule`'s torch fast path `name`, or None where a subclass redefines the formula
-    (`delta`, `_transform` or ADAM's `moments`) below the class that wrote the hook: the hook computes its
-    own class's formula, not the subclass's."""
-    if name in vars(rule):  # set on the instance (tests swap hooks this way)
-        return vars(rule)[name]
-    return getattr(rule, name) if _hook_is_current(type(rule), name) else None
-
-
-@functools.cache
-def _hook_is_current(cls, name):
-    mro = cls.__mro__
-    owner = next((i for i, c in enumerate(mro) if name in vars(c)), None)
-    if owner is None or vars(mro[owner])[name] is None:
-        return False
-    formula = min(next((i for i, c in enumerate(mro) if f in vars(c)), len(mro)) for f in ("delta", "_transform", "moments"))
-    return owner <= formula
-
-
-def _fusable(owner, grads, xs):
-    """Whether torch fused kernels may run on variable values `xs`: float32/64 (no float16
-    casting), dense contiguous gradients of the same dtype, one device, not under torch.compile.
-
-    Runs every step on fresh gradients, so it reads as few tensor attributes as it can
-    (~50 ns each): `dtype` objects are singletons (`is`), shapes were checked by `apply`, and
-    the values' own checks are skipped when they are the very tensors `owner` last passed."""
-    if not xs or torch.compiler.is_compiling():
-        return False
-    device = xs[0].device
-    if not _same(getattr(owner, "_torch_fusable_for", ()), xs):
-        if any(x.dtype not in _FUSED_DTYPES or x.device != device or not x.is_contiguous() for x in xs):
-            return False
-        object.__setattr__(owner, "_torch_fusable_for", list(xs))  # past Keras's variable tracking
-    # The device's index (-1: CPU) is ~3x cheaper to read than comparing `device`s; a process
-    # has one kind of accelerator, so the index names the device.
-    index, strided = xs[0].get_device(), torch.strided
-    for g, x in zip(grads, xs):
-        if (
-            not isinstance(g, torch.Tensor)
-            or g.dtype is not x.dtype
-            or g.layout is not strided
-            or g.get_device() != index
-            or not g.is_contiguous()
-        ):
-            return False
-    return True
-
-
-def _values(variables):
-    """The variables' values, as `[v.value for v in variables]`; on torch, fast.
-
-    `.value` costs ~2 µs (stateless-scope, autocast-scope and meta-device checks, per
-    variable); outside those scopes it is `v._value`, so read that directly when every
-    variable's class uses Keras's torch `value` property."""
-    if _TORCH_VALUE is None or in_stateless_scope() or get_autocast_scope() is not None or str(_torch_device()) == "meta":
-        return [v.value for v in variables]
-    if any(getattr(kind, "value", None) is not _TORCH_VALUE for kind in set(map(type, variables))):
-        return [v.value for v in variables]  # a Variable class with its own `value`
-    xs = [v._value for v in variables]
-    if any(map(operator.is_, xs, itertools.repeat(None))):  # uninitialized: `.value` makes a placeholder
-        return [v.value for v in variables]
-    return xs
-
-
-def _same(a, b):
-    """Whether lists `a` and `b` hold the very same objects (identity, not `==`)."""
-    return len(a) == len(b) and all(map(operator.is_, a, b))
-
-
-class _Cache:
-    """A plain attribute holder, invisible to Keras's variable tracking."""
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-
-
-def _set_cache(optimizer, name, **fields):
-    """Store a `_Cache` on `optimizer`, past Keras's `__setattr__` (whose tracker would adopt
-    a list of variables as the optimizer's own)."""
-    cache = _Cache(**fields)
-    object.__setattr__(optimizer, name, cache)
-    return cache
-
-
-def _step_tensors(t, xs):
-    """The per-variable step counts torch's fused kernels read (one shared float tensor)."""
-    return [torch.tensor(float(t), dtype=torch.float32, device=xs[0].device)] * len(xs)
-
-
-def _scratch(owner, xs, count=1):
-    """`count` buffer lists shaped like `xs`, kept by `owner` between steps.
-
-    Torch fast paths write their temporaries here: on CPU a fresh large buffer costs page
-    faults on every step, often more than the arithmetic. Each list is views of one packed
-    buffer where it can be (see `_whole`). Zeros when first made (one-time cost): no kernel
-    ever reads non-finite garbage from them."""
-    buffers = getattr(owner, "_torch_scratch", [])
-    made_for = getattr(owner, "_torch_scratch_for", ())
-    if len(buffers) < count or not (_same(made_for, xs) or _like(buffers[0], xs)):
-        buffers = owner._torch_scratch = [_packed(xs) or [torch.zeros_like(x) for x in xs] for _ in range(count)]
-    # The tensors last checked: next step's are nearly always the same ones (identity is ~20x cheaper to check).
-    object.__setattr__(owner, "_torch_scratch_for", list(xs))
-    return buffers[:count]
-
-
-def _like(buffers, xs):
-    return len(buffers) == len(xs) and all(
-        b.shape == x.shape and b.dtype == x.dtype and b.device == x.device for b, x in zip(buffers, xs)
-    )
-
-
-# Packed buffers (torch). A foreach op costs ~1.3 µs of dispatch per tensor on CPU: over 200
-# variables of 10k elements that is more than its arithmetic. So each slot's variables (and each
-# kept scratch list) are views of one contiguous buffer, and a step that touches only slots and
-# scratch runs as one op on the buffers (`_whole`); steps that read gradients or write the
-# variables stay per tensor. The views are what the Keras variables hold, so saving, loading and
-# `assign` work on them as before. In the buffer, tensors of one size lie side by side (sizes in
-# first-seen order, then variable order; every pack of one list of shapes alike), so a per-tensor
-# reduction over them is one op on a (count, size) view (`_Pack.runs`: ClipNorm's norms).
-_PACK = "_keras_optx_pack"  # set on each view: a `_Pack`
-
-
-class _Pack:
-    """A packed buffer and how its tensors lie in it."""
-
-    def __init__(self, whole, views, order, runs):
-        self.whole = whole  # the buffer
-        self.views = views  # one per tensor, in the list's order
-        self.order = order  # the list's positions in buffer order
-        self.runs = runs  # [(a (count, size) view of the buffer, the count)] in buffer order
-
-
-def _packed(like, values=None, parameters=False):
-    """Zero tensors shaped like `like` (or copies of `values`), views of one contiguous buffer;
-    None where `like` is empty or mixes dtypes or devices."""
-    first = like[0] if like else None
-    if first is None or any(t.dtype != first.dtype or t.device != first.device for t in like):
-        return None
-    sizes = [t.numel() for t in like]
-    counts = collections.Counter(sizes)  # keeps first-seen order
-    rank = {size: k for k, size in enumerate(counts)}
-    order = sorted(range(len(like)), key=lambda i: rank[sizes[i]])
-    whole = torch.zeros(sum(sizes), dtype=first.dtype, device=first.device)
-    views = [None] * len(like)
-    for piece, i in zip(torch.split(whole, [sizes[i] for i in order]), order):
-        views[i] = piece.view(like[i].shape)
-    runs = [(block.view(count, size), count) for block, (size, count) in
-            zip(torch.split(whole, [size * count for size, count in counts.items()]), counts.items())]
-    if values is not None:
-        torch._foreach_copy_(views, values)
-    if parameters:  # what Keras's torch Variable holds; a Parameter made from a view shares its memory
-        views = [torch.nn.Parameter(v, requires_grad=False) for v in views]
-    pack = _Pack(whole, views, order, runs)
-    for view in views:
-        setattr(view, _PACK, pack)
-    return views
-
-
-def _pack(variables):
-    """Make one slot's Keras variables hold views of one packed buffer (torch), where their class
-    is Keras's own torch Variable and all are initialised, of one dtype and device."""
-    if _TORCH_VALUE is None or not variables or any(type(v).value is not _TORCH_VALUE for v in variables):
-        return
-    values = [v._value for v in variables]
-    if any(value is None for value in values):  # initialisation deferred (built in a stateless scope)
-        return
-    with torch.no_grad():
-        views = _packed(values, values, parameters=True)
-    if views is not None:
-        for variable, view in zip(variables, views):
-            variable._value = view
-
-
-def _whole(*lists):
-    """`([buffer], …)` when each list is exactly the views of one packed buffer, in order, so a
-    foreach op over them is one op; else `lists` as they are (a subset of the variables, a
-    stateless call's values, mixed dtypes). Lists combined in one op must be `_whole`d together."""
-    wholes, order = [], None
-    for tensors in lists:
-        pack = _pack_of(tensors)
-        # Lists shaped alike are packed alike; a guard all the same, as one op pairs their elements.
-        if pack is None or (order is not None and pack.order != order):
-            return lists
-        order = pack.order
-        wholes.append([pack.whole])
-    return tuple(wholes)
-
-
-def _pack_of(tensors):
-    """The `_Pack` whose views `tensors` are, exactly and in order; else None."""
-    pack = getattr(tensors[0], _PACK, None) if tensors else None
-    return pack if pack is not None and _same(pack.views, tensors) else None
-
-
-def _gather(pack, tensors):
-    """Copy `tensors` (shaped like the pack's views) into the pack's buffer: one op."""
-    torch.cat([tensors[i].reshape(-1) for i in pack.order], out=pack.whole)
-
-
-def _into(outs, name, tensors, *args, **kwargs):
-    """outs ← torch.<name>(tensors, *args, **kwargs) elementwise, in kept buffers; returns `outs`.
-
-    An argument that is a list (or tuple) is taken per tensor (`_into(out, "add", g, xs, alpha=λ)`);
-    `outs` may hold the very tensors of `tensors` (in place). No fresh tensors: on CPU, freed and
-    re-allocated buffers page-fault on every step, which cost more than the arithmetic (measured:
-    ~3x a fused Adam for one fresh `_foreach_add` over 200×10k). Packed lists (`_whole`): one `out=` call on the
-    buffers. Tensors of ≥ 32768 elements on average: one `out=` call each; smaller ones: a
-    foreach copy and the foreach in-place op (a pass over little memory costs less than a
-    Python call per tensor), on the packed buffer where `outs` is one."""
-    per_tensor = any(isinstance(a, (list, tuple)) for a in args)
-    whole_outs, whole_tensors = _whole(outs, tensors) if not per_tensor else (outs, tensors)
-    if whole_outs is not outs or _large(tensors):
-        fn = getattr(torch, name)
-        for i, (out, tensor) in enumerate(zip(whole_outs, whole_tensors)):
-            fn(tensor, *(a[i] if isinstance(a, (list, tuple)) else a for a in args), out=out, **kwargs)
-        return outs
-    if not _same(outs, tensors):  # a list of the same tensors is in place too
-        torch._foreach_copy_(outs, tensors)
-    getattr(torch, f"_foreach_{name}_")(outs if per_tensor else _whole(outs)[0], *args, **kwargs)
-    return outs
-
-
-_LARGE = 1 << 15  # elements per tensor from which `_into` calls per tensor (on 200×10k both branches time alike)
-
-
-def _large(tensors):
-    """Whether `tensors` hold ≥ `_LARGE` elements on average: worth a call (or a cache block) each."""
-    return sum(t.numel() for t in tensors) >= _LARGE * len(tensors)
-
-
-def _in_blocks(owner, lists, scratch=0):
-    """Yield `lists` (each a list of tensors shaped like the first), plus `scratch` kept buffer
-    lists, in blocks that fit the cache: on CPU, where the tensors are large (≥ 32768 elements on
-    average), contiguous and of one dtype, a block is a run of consecutive tensors of ≤ `_BLOCK` elements in
-    all, or one piece of a larger tensor, taken from every list, with block-sized kept scratch;
-    else the whole lists once, with `_scratch`.
-
-    A rule's sequence of elementwise in-place ops then reads each element from memory once per
-    block instead of once per op. Measured over 4×2.5M parameters (benchmarks/RESULTS.md): AdaMax
-    22.9 → 14.5 ms, ADADelta 32.8 → 22.6 ms, NADAM 26.0 → 22.7 ms (medians)."""
-    xs = lists[0]
-    dtype = xs[0].dtype
-    if (
-        xs[0].device.type != "cpu"
-        or not _large(xs)
-        or any(x.dtype != dtype for x in xs)
-        or not all(t.is_contiguous() for tensors in lists for t in tensors)  # pieces are flat views
-    ):
-        yield (*lists, *(_scratch(owner, xs, scratch) if scratch else ()))
-        return
-    kept = getattr(owner, "_torch_block_scratch", None)
-    if kept is None or len(kept) < scratch or any(k.dtype != dtype or k.numel() != _BLOCK for k in kept):
-        kept = owner._torch_block_scratch = [torch.zeros(_BLOCK, dtype=dtype) for _ in range(scratch)]
-    kept = kept[:scratch]
-
-    def run_block(run):  # whole tensors; their scratch: consecutive views of the kept buffers
-        offsets = list(itertools.accumulate((xs[i].numel() for i in run), initial=0))
-        shaped = [[k[a:b].view(xs[i].shape) for i, a, b in zip(run, offsets, offsets[1:])] for k in kept]
-        return (*([tensors[i] for i in run] for tensors in lists), *shaped)
-
-    run, filled = [], 0
-    for i, x in enumerate(xs):
-        size = x.numel()
-        if run and (filled + size > _BLOCK or size > _BLOCK):
-            yield run_block(run)
-            run, filled = [], 0
-        if size > _BLOCK:
-            for pieces in zip(*(torch.split(tensors[i].view(-1), _BLOCK) for tensors in lists)):
-                yield (*([p] for p in pieces), *([k[: pieces[0].numel()]] for k in kept))
-        else:
-            run.append(i)
-            filled += size
-    if run:
-        yield run_block(run)
-
-
-_BLOCK = 1 << 18  # elements per block: a few lists of 1 MiB stay in this machine's 32 MiB L3 (measured best of 2^16–2^21)
-
-
 def _cast(tensor, dtype):
     if keras.backend.standardize_dtype(tensor.dtype) == dtype:
         return tensor
     return keras.ops.cast(tensor, dtype)
-
-
-def _scalar(value):
-    """On torch, scalars become Python floats so foreach kernels take their fast path."""
-    if _TORCH and not isinstance(value, (int, float)):
-        return float(value)
-    return value
-
-
-def _write(optimizer, slot_writes, variables, delta):
-    """Store new slot values and apply x ← x − Δ (`delta` a `Many`), the fastest correct way per backend."""
-    if _TORCH:
-        if slot_writes:
-            torch._foreach_copy_(_values([s for s, _ in slot_writes]), [new for _, new in slot_writes])
-        xs = _values(variables)
-        deltas, scale = delta._items, delta._scale  # a pending scale goes into `alpha`: one pass
-        deltas = [d if d.dtype == x.dtype else d.to(x.dtype) for x, d in zip(xs, deltas)]
-        torch._foreach_add_(xs, deltas, alpha=-1.0 if scale is None else -scale)
-        return
-    variable_deltas = list(zip(variables, delta.items))
-    updates = [(s, _cast(new, s.dtype)) for s, new in slot_writes]
-    updates += [(v, keras.ops.cast(v.value - keras.ops.cast(d, v.dtype), v.dtype)) for v, d in variable_deltas]
-    if _BACKEND == "tensorflow":
-        _tf_assign_all(optimizer, updates)
-    else:
-        for variable, value in updates:
-            variable.assign(value)
-
-
-def _tf_reduce_and_densify(optimizer, grads, variables):
-    import tensorflow as tf
-
-    pairs = optimizer._all_reduce_sum_gradients(list(zip(grads, [v for v in variables])))
-    grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g, _ in pairs]
-    return grads, variables
-
-
-def _tf_assign_all(optimizer, updates):
-    """Assign in cross-replica context so `tf.distribute` strategies update every replica."""
-    import tensorflow as tf
-
-    targets = [v.value if isinstance(v, keras.Variable) else v for v, _ in updates]
-    values = [value for _, value in updates]
-
-    def assign_all(distribution, targets, values):
-        for target, value in zip(targets, values):
-            distribution.extended.update(target, lambda var, val: var.assign(val), args=(value,), group=False)
-
-    tf.__internal__.distribute.interim.maybe_merge_call(
-        assign_all, optimizer._distribution_strategy, targets, values
-    )

@@ -1,18 +1,12 @@
 """The ADAM family (Flux's ADAM, RADAM, AdaMax, OADAM, AMSGrad, NADAM, ADAMW, AdaBelief)."""
 
-import math
-
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule, _in_blocks, _into, _step_tensors, _versioned, _whole
-from ._tensors import _TORCH
+from ._base import EPSILON, Rule, _versioned
 from .adaptive import _StartsAtEpsilon
 from .chain import Optimiser
 from .transforms import WeightDecay
-
-if _TORCH:
-    import torch
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -35,19 +29,6 @@ class _AdamFamily(Rule):
         """m ← β₁·m + (1−β₁)·g;  v ← β₂·v + (1−β₂)·g²."""
         b1, b2 = self.beta
         return b1 * s.m + (1 - b1) * g, b2 * s.v + (1 - b2) * g**2
-
-
-def _one_minus_pow(base, t):
-    """1 − baseᵗ in Python floats (torch's step count is a Python int), accurate near 1."""
-    return -math.expm1(t * math.log(base)) if base > 0 else 1.0
-
-
-def _torch_moments(rule, gs, m, v):
-    """ADAM's m ← β₁·m + (1−β₁)·g and v ← β₂·v + (1−β₂)·g², in place on the slots (torch)."""
-    b1, b2 = rule.beta
-    torch._foreach_lerp_(m, gs, 1 - b1)
-    torch._foreach_mul_(_whole(v)[0], b2)
-    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
 
 
 @_register
@@ -76,16 +57,6 @@ class ADAM(_AdamFamily):
         c = ops.sqrt(ops.one_minus_pow(b2, t))
         return (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.epsilon * c), {"m": m, "v": v}
 
-    _torch_weight_decay = True
-
-    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
-        b1, b2 = self.beta
-        torch._fused_adam_(
-            xs, gs, slots["m"], slots["v"], [], _step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2,
-            weight_decay=weight_decay, eps=self.epsilon, amsgrad=False, maximize=False,
-        )
-        return True
-
 
 @_register
 class RADAM(_AdamFamily):
@@ -106,29 +77,21 @@ class RADAM(_AdamFamily):
     `torch.optim.RAdam` switches at ρₜ > 5, not 4. Liu et al. 2019, arXiv:1908.03265.
     """
 
-    def delta(self, ops, g, x, s, t, lr):
-        b1, b2 = self.beta
-        m, v = self.moments(g, s)
+    def rectification(self, ops, t):
+        """(ρₜ, r) at update t: the rule rectifies (Δ = r·η·m̂/(√v̂ + ϵ)) where ρₜ > 4."""
+        b2 = self.beta[1]
         rho_inf = 2 / (1 - b2) - 1
         # 1 − β₂ᵗ via expm1: in float32 the plain form errs by ~0.03 in ρₜ near the ρₜ > 4 switch.
         rho = rho_inf - 2 * t * b2**t / ops.one_minus_pow(b2, t)
-        r = ops.sqrt(ops.maximum((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho), 0.0))
+        return rho, ops.sqrt(ops.maximum((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho), 0.0))
+
+    def delta(self, ops, g, x, s, t, lr):
+        b1, b2 = self.beta
+        m, v = self.moments(g, s)
+        rho, r = self.rectification(ops, t)
         rate = lr / ops.one_minus_pow(b1, t)  # η·m̂ = rate·m: the corrections stay scalars
         rectified = (r * rate) * m / (ops.sqrt(v) * (1 / ops.sqrt(ops.one_minus_pow(b2, t))) + self.epsilon)
         return ops.where(rho > 4, rectified, rate * m), {"m": m, "v": v}
-
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # Rectified, RADAM is ADAM at rate r·η: torch's fused Adam. Before that (ρₜ ≤ 4, the
-        # first few steps) the moments update in place and Δ = η·m̂.
-        b1, b2 = self.beta
-        rho_inf = 2 / (1 - b2) - 1
-        rho = rho_inf - 2 * t * b2**t / _one_minus_pow(b2, t)
-        if rho > 4:
-            r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-            return ADAM._torch_fused(self, xs, gs, slots, t, r * lr)
-        _torch_moments(self, gs, slots["m"], slots["v"])
-        torch._foreach_add_(xs, slots["m"], alpha=-lr / _one_minus_pow(b1, t))
-        return True
 
 
 @_register
@@ -158,22 +121,6 @@ class AdaMax(_AdamFamily):
         m = b1 * s.m + (1 - b1) * g
         u = ops.maximum(b2 * s.u, ops.abs(g))
         return lr / ops.one_minus_pow(b1, t) * m / (u + self.epsilon), {"m": m, "u": u}
-
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # The formula as in-place foreach ops on the slots and one kept buffer, block by block
-        # (`_in_blocks`): no fresh tensors; the steps on u and the buffer alone run once on their
-        # packed buffers.
-        b1, b2 = self.beta
-        rate = -lr / _one_minus_pow(b1, t)
-        for x, g, m, u, buffer in _in_blocks(self, (xs, gs, slots["m"], slots["u"]), scratch=1):
-            torch._foreach_lerp_(m, g, 1 - b1)  # β₁·m + (1−β₁)·g
-            _into(buffer, "abs", g)
-            whole_u, whole_buffer = _whole(u, buffer)
-            torch._foreach_mul_(whole_u, b2)
-            torch._foreach_maximum_(whole_u, whole_buffer)
-            _into(whole_buffer, "add", whole_u, self.epsilon)  # buffer ← u + ϵ
-            torch._foreach_addcdiv_(x, m, buffer, value=rate)
-        return True
 
 
 @_register
@@ -238,17 +185,6 @@ class AMSGrad(_StartsAtEpsilon, _AdamFamily):
         v_hat = ops.maximum(s.v_hat, v)
         return lr * m / (ops.sqrt(v_hat) + self.epsilon), {"m": m, "v": v, "v_hat": v_hat}
 
-    _torch_weight_decay = True
-
-    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
-        # torch's AMSGrad at step = ∞: its bias corrections 1 − βᵗ become 1, as in Flux.
-        b1, b2 = self.beta
-        torch._fused_adam_(
-            xs, gs, slots["m"], slots["v"], slots["v_hat"], _step_tensors(float("inf"), xs), lr=lr,
-            beta1=b1, beta2=b2, weight_decay=weight_decay, eps=self.epsilon, amsgrad=True, maximize=False,
-        )
-        return True
-
 
 @_register
 class NADAM(_AdamFamily):
@@ -280,23 +216,6 @@ class NADAM(_AdamFamily):
         k = ops.sqrt(b2 / ops.one_minus_pow(b2, t))
         return ((c1 / k) * m + (c2 / k) * g) / (ops.sqrt(v) + self.epsilon / k), {"m": m, "v": v}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # In place on the slots and one kept buffer, block by block (`_in_blocks`): √v·k + ϵ =
-        # k·(√v + ϵ/k), k = √(β₂/(1−β₂ᵗ)), so x ← x − (c₁·m + c₂·g)/(k·(√v + ϵ/k)) is two addcdiv passes.
-        b1, b2 = self.beta
-        if b2 == 0:  # k = 0: Δ = numerator/ϵ; the formula handles it
-            return False
-        k = math.sqrt(b2 / _one_minus_pow(b2, t))
-        c1, c2 = -lr * b1 / _one_minus_pow(b1, t + 1) / k, -lr * (1 - b1) / _one_minus_pow(b1, t) / k
-        for x, g, m, v, buffer in _in_blocks(self, (xs, gs, slots["m"], slots["v"]), scratch=1):
-            _torch_moments(self, g, m, v)
-            whole_v, whole_buffer = _whole(v, buffer)
-            _into(whole_buffer, "sqrt", whole_v)
-            torch._foreach_add_(whole_buffer, self.epsilon / k)  # buffer ← √v + ϵ/k
-            torch._foreach_addcdiv_(x, m, buffer, value=c1)
-            torch._foreach_addcdiv_(x, g, buffer, value=c2)
-        return True
-
 
 @_register
 class ADAMW(Optimiser):
@@ -321,18 +240,6 @@ class ADAMW(Optimiser):
     def __init__(self, learning_rate=0.001, beta=(0.9, 0.999), decay=0.0, epsilon=1e-8, **kwargs):
         decay = check.nonnegative("decay", decay)
         super().__init__(ADAM(learning_rate, beta, epsilon), WeightDecay(decay), **kwargs)
-
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # torch's AdamW first scales x by 1 − η·λ: λ = decay/η gives Flux's x − decay·x (ADAM's Δ
-        # does not depend on x, so the order does not matter).
-        if self.decay and not lr > 0:
-            return False
-        b1, b2 = self.beta
-        torch._fused_adamw_(
-            xs, gs, slots["0_m"], slots["0_v"], [], _step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2,
-            weight_decay=self.decay / lr if self.decay else 0.0, eps=self.epsilon, amsgrad=False, maximize=False,
-        )
-        return True
 
     @property
     def beta(self):

@@ -3,11 +3,7 @@
 import keras
 
 from . import _checks as check
-from ._base import EPSILON, Rule, _in_blocks, _into, _scratch, _step_tensors, _whole
-from ._tensors import _TORCH
-
-if _TORCH:
-    import torch
+from ._base import EPSILON, Rule
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -40,18 +36,6 @@ class RMSProp(Rule):
     def delta(self, ops, g, x, s, t, lr):
         a = self.rho * s.acc + (1 - self.rho) * g**2
         return lr * g / (ops.sqrt(a) + self.epsilon), {"acc": a}
-
-    _torch_weight_decay = True
-
-    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
-        # RMSProp is torch's fused Adam with β₁ = 0 (m = g) and no bias correction (step = ∞
-        # makes 1 − βᵗ = 1). The kernel needs an m buffer: a kept one, not state (each step sets it to g).
-        (scratch,) = _scratch(self, xs)
-        torch._fused_adam_(
-            xs, gs, scratch, slots["acc"], [], _step_tensors(float("inf"), xs), lr=lr, beta1=0.0,
-            beta2=self.rho, weight_decay=weight_decay, eps=self.epsilon, amsgrad=False, maximize=False,
-        )
-        return True
 
 
 class _StartsAtEpsilon:
@@ -94,16 +78,6 @@ class ADAGrad(_StartsAtEpsilon, Rule):
         a = s.acc + g**2
         return lr * g / (ops.sqrt(a) + self.epsilon), {"acc": a}
 
-    _torch_weight_decay = True
-
-    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
-        # torch's Adagrad with lr_decay = 0 is this rule (its step count is then unused).
-        torch._fused_adagrad_(
-            xs, gs, slots["acc"], _step_tensors(t, xs), lr=lr, lr_decay=0.0, weight_decay=weight_decay,
-            eps=self.epsilon, maximize=False,
-        )
-        return True
-
 
 @_register
 class ADADelta(Rule):
@@ -138,20 +112,4 @@ class ADADelta(Rule):
         d = rho * s.acc_delta + (1 - rho) * step**2
         return lr * step, {"acc": a, "acc_delta": d}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # The formula in place on the slots and two kept buffers (no fresh tensors), block by block
-        # (`_in_blocks`), the steps without g or x once on the packed buffers; √(d+ϵ)/√(a+ϵ) is
-        # taken as √((d+ϵ)/(a+ϵ)): one square root instead of two.
-        rho, eps = self.rho, self.epsilon
-        for x, g, a, d, step, other in _in_blocks(self, (xs, gs, slots["acc"], slots["acc_delta"]), scratch=2):
-            whole_a, whole_d, whole_step, whole_other = _whole(a, d, step, other)
-            torch._foreach_mul_(whole_a, rho)
-            torch._foreach_addcmul_(a, g, g, value=1 - rho)
-            _into(whole_step, "add", whole_d, eps)
-            torch._foreach_div_(whole_step, _into(whole_other, "add", whole_a, eps))
-            torch._foreach_sqrt_(whole_step)
-            torch._foreach_mul_(step, g)  # step = g·√((d+ϵ)/(a+ϵ))
-            torch._foreach_mul_(whole_d, rho)
-            torch._foreach_addcmul_(whole_d, whole_step, whole_step, value=1 - rho)
-            torch._foreach_add_(x, step, alpha=-lr)
-        return True
+

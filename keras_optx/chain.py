@@ -2,12 +2,9 @@
 
 import keras
 
-from ._base import Rule, Transform, _adopt_rate, _fast_path, _into, _scalar, _scratch, _track_once, _versioned
-from ._tensors import _TORCH, Many
-from .transforms import WeightDecay
-
-if _TORCH:
-    import torch
+from ._backends import current as backend
+from ._base import Rule, Transform, _adopt_rate, _track_once, _versioned
+from ._tensors import Many
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
@@ -23,10 +20,7 @@ class _Scaled(Rule):
         self.schedule = schedule
 
     def _transform(self, g, x, state, t, step):
-        return g * _scalar(self.schedule(step)), {}
-
-    def _torch_into(self, out, g, xs, t, step):
-        return _into(out, "mul", g, float(self.schedule(step)))
+        return g * backend.scalar(self.schedule(step)), {}
 
 
 @_register
@@ -96,41 +90,6 @@ class Optimiser(Rule):
             g, updated = member._transform(g, x, _own(state, i), t, step)
             new_state.update({f"{i}_{k}": v for k, v in updated.items()})
         return g, new_state
-
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # torch: the members before the last run as foreach ops, then the last member's fused
-        # kernel (if it has one) applies the update, so a chain costs its transforms + one kernel.
-        *head, last = self._members
-        fused = _fast_path(last, "_torch_fused")
-        if not head or fused is None:
-            return False
-        into = [_fast_path(member, "_torch_into") for member in head]
-        decay = 0.0
-        if all(into):
-            if last._torch_weight_decay and isinstance(head[-1], WeightDecay):
-                # The kernel adds the coupled decay g + λ·x itself: one pass fewer.
-                decay, into = head[-1].wd, into[:-1]
-            # Transforms only: each writes into one kept buffer (no fresh large tensors; gs untouched).
-            g = gs
-            if into:
-                (buffer,) = _scratch(self, xs)
-                for write in into:
-                    g = write(buffer, g, xs, t, t - 1)
-            g = Many(g)
-        else:
-            many = {k: Many(v) for k, v in slots.items()}
-            g, new_state = self._fold(head, Many(gs), Many(xs), many, t, t - 1)
-            for name, value in new_state.items():
-                torch._foreach_copy_(slots[name], value.items)
-        own = _own(slots, len(head))
-        if not fused(xs, g.items, own, t, last._rate(t - 1), **({"weight_decay": decay} if decay else {})):
-            # The kernel declined; finish with the last member's formula (the head already ran).
-            g = g + decay * Many(xs) if decay else g
-            delta, updated = last._transform(g, Many(xs), {k: Many(v) for k, v in own.items()}, t, t - 1)
-            for name, value in updated.items():
-                torch._foreach_copy_(own[name], value.items)
-            torch._foreach_sub_(xs, delta.items)
-        return True
 
     def _rate_variables(self):
         return [v for m in self._members for v in m._rate_variables()]

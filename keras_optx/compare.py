@@ -23,42 +23,12 @@ import time
 import keras
 
 import keras_optx as ox
+from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, TORCH_RULES, TRANSFORMS  # every rule by name: one list
 
 PROG = "keras-optx-compare"
 BACKENDS = ("jax", "torch", "tensorflow")
 _REEXEC_FLAG = "KERAS_OPTX_COMPARE_REEXEC"
 
-# name → (display name, constructor attribute path). Flux's defaults unless `:X` is given.
-FLUX_RULES = {
-    "descent": "Descent",
-    "momentum": "Momentum",
-    "nesterov": "Nesterov",
-    "rmsprop": "RMSProp",
-    "adam": "ADAM",
-    "radam": "RADAM",
-    "adamax": "AdaMax",
-    "adagrad": "ADAGrad",
-    "adadelta": "ADADelta",
-    "amsgrad": "AMSGrad",
-    "nadam": "NADAM",
-    "adamw": "ADAMW",
-    "oadam": "OADAM",
-    "adabelief": "AdaBelief",
-}
-# Rules beyond Flux v0.12, at their documented defaults (not in the default run).
-EXTRA_RULES = {
-    "lion": "Lion",
-    "rprop": "Rprop",
-}
-# Chain members without a Flux default worth keeping get one that suits this problem.
-TRANSFORMS = {
-    "clipnorm": ("ClipNorm", 1.0),
-    "clipglobalnorm": ("ClipGlobalNorm", 1.0),
-    "clipvalue": ("ClipValue", 1.0),
-    "weightdecay": ("WeightDecay", 1e-4),
-    "invdecay": ("InvDecay", 1e-3),
-}
-TORCH_RULES = {"torch.sgd": "SGD", "torch.adam": "Adam", "torch.adamw": "AdamW"}
 DEFAULT_RULES = tuple(FLUX_RULES)
 
 

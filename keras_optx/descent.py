@@ -4,10 +4,6 @@ import keras
 
 from . import _checks as check
 from ._base import Rule
-from ._tensors import _TORCH
-
-if _TORCH:
-    import torch
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -32,12 +28,6 @@ class Descent(Rule):
 
     def delta(self, ops, g, x, s, t, lr):
         return lr * g, {}
-
-    _torch_weight_decay = True
-
-    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
-        torch._fused_sgd_(xs, gs, [], weight_decay=weight_decay, momentum=0.0, lr=lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
-        return True
 
 
 @_register
@@ -68,19 +58,6 @@ class Momentum(Rule):
     def delta(self, ops, g, x, s, t, lr):
         v = self.rho * s.velocity - lr * g
         return -v, {"velocity": v}
-
-    _torch_weight_decay = True
-
-    def _torch_fused(self, xs, gs, slots, t, lr, weight_decay=0.0):
-        # torch's buf ← ρ·buf + (1 − dampening)·g with dampening = 1 + η is Flux's v ← ρv − ηg
-        # (the slot keeps Flux's meaning); x ← x − lr·buf with lr = −1 is x ← x + v.
-        if self.rho == 0:  # torch then skips the buffer
-            return False
-        torch._fused_sgd_(
-            xs, gs, slots["velocity"], weight_decay=weight_decay, momentum=self.rho, lr=-1.0, dampening=1.0 + lr,
-            nesterov=False, maximize=False, is_first_step=False,
-        )
-        return True
 
 
 @_register
@@ -114,15 +91,4 @@ class Nesterov(Rule):
         d = self.rho * v - lr * g
         return -d, {"velocity": v}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # d = ρ²v − (1+ρ)ηg = ρv' − ηg with v' = ρv − ηg: Momentum's kernel mapping with x ← x + ρv',
-        # then x ← x − ηg. (torch's own Nesterov step, g + ρ·buf, needs g rescaled, and its
-        # grad_scale overwrites the caller's gradients.)
-        if self.rho == 0:
-            return False
-        torch._fused_sgd_(
-            xs, gs, slots["velocity"], weight_decay=0.0, momentum=self.rho, lr=-self.rho, dampening=1.0 + lr,
-            nesterov=False, maximize=False, is_first_step=False,
-        )
-        torch._foreach_add_(xs, gs, alpha=-lr)
-        return True
+

@@ -220,7 +220,7 @@ def tune(entry, function, steps=STEPS, rates=RATES):
     return best
 
 
-def plot(function, results, path, rates=RATES, columns=5):
+def plot(function, results, path, rates=RATES, columns=4):
     """One PNG: a contour panel per entry with its path."""
     import matplotlib
 
@@ -228,7 +228,7 @@ def plot(function, results, path, rates=RATES, columns=5):
     import matplotlib.pyplot as plt
 
     rows = math.ceil(len(results) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, 2.6 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.8 * rows + 0.6), squeeze=False)
     xs = np.linspace(*function.xlim, 200)
     ys = np.linspace(*function.ylim, 200)
     X, Y = np.meshgrid(xs, ys)
@@ -260,8 +260,8 @@ def plot(function, results, path, rates=RATES, columns=5):
         f"η: the rate of {', '.join(f'{r:g}' for r in rates)} with the lowest mean f along the path",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.96 if rows > 2 else 0.9))
-    fig.savefig(path, dpi=72)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.8 * rows + 0.6)))
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 

@@ -4,23 +4,10 @@ import re
 
 import keras
 
-from ._base import (
-    Rule,
-    Transform,
-    _adopt_rate,
-    _current_variables,
-    _fast_path,
-    _same,
-    _set_cache,
-    _step_variables,
-    _track_once,
-    _values,
-    _versioned,
-)
-from ._tensors import _TORCH, Many
-
-if _TORCH:
-    import torch
+from ._backends import current as backend
+from ._base import Rule, Transform, _adopt_rate, _current_variables, _step_variables, _track_once, _versioned
+from ._identity import _same, _set_cache
+from ._tensors import Many
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -211,11 +198,12 @@ class Partition(Rule):
         return [_path(v) for v, m in zip(self.__dict__["_mask_for"].variables, mask) if m > 0]
 
     def _frozen_flags(self, variables):
-        """Per variable: a Python bool on torch (read once per step), a scalar bool tensor elsewhere."""
+        """Per variable: a Python bool where the step runs eagerly (torch: read once per step), a
+        scalar bool tensor where it is traced (jax, tensorflow)."""
         index = self.__dict__["_mask_for"].index
         positions = [index[id(v)] for v in variables]
-        if _TORCH:
-            mask = _values([self._mask])[0].tolist()
+        if backend.EAGER:
+            mask = keras.ops.convert_to_numpy(backend.values([self._mask])[0]).tolist()
             return [mask[i] > 0 for i in positions]
         mask = self._mask.value
         return [mask[i] > 0.5 for i in positions]
@@ -231,7 +219,7 @@ class Partition(Rule):
         for k, (rule, positions) in enumerate(zip(self.rules, groups)):
             prefix = f"{k}_"
             own = {n[len(prefix):]: s for n, s in state.items() if n.startswith(prefix)}
-            if not positions or isinstance(rule, Frozen) or (_TORCH and all(frozen[i] for i in positions)):
+            if not positions or isinstance(rule, Frozen) or all(frozen[i] is True for i in positions):
                 for i in positions:
                     out[i] = _zeros(xs[i])
                 new_state.update({prefix + n: s for n, s in own.items()})
@@ -251,39 +239,6 @@ class Partition(Rule):
                     _pick(f, old, new) for f, old, new in zip(keeps, own[name].items, values.items)
                 )
         return Many(out), new_state
-
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # torch: each group runs its rule's fused kernel (or formula) on its own variables;
-        # frozen variables and `Frozen` groups are not touched at all.
-        variables = _current_variables()
-        groups = self._groups(variables)
-        frozen = self._frozen_flags(variables)
-        for k, (rule, positions) in enumerate(zip(self.rules, groups)):
-            if isinstance(rule, Frozen):
-                continue
-            sub = [variables[i] for i in positions]
-            owners = rule._slot_owners(sub)
-            prefix = f"{k}_"
-            keep = [j for j, i in enumerate(positions) if not frozen[i]]
-            if not keep:
-                continue
-            own = {}
-            for name, (_, has) in owners.items():
-                lists = slots[prefix + name]
-                slot_of = {}  # position in the group → its slot tensor
-                for j, value in zip([j for j, h in enumerate(has) if h], lists):
-                    slot_of[j] = value
-                own[name] = [slot_of[j] for j in keep if j in slot_of]
-            kx, kg, kv = [xs[positions[j]] for j in keep], [gs[positions[j]] for j in keep], [sub[j] for j in keep]
-            with _step_variables(kv):
-                fused = _fast_path(rule, "_torch_fused")
-                if fused is not None and fused(kx, kg, own, t, rule._rate(t - 1)):
-                    continue
-                delta, updated = rule._transform(Many(kg), Many(kx), {n: Many(v) for n, v in own.items()}, t, t - 1)
-            for name, value in updated.items():
-                torch._foreach_copy_(own[name], value.items)
-            torch._foreach_sub_(kx, delta.items)
-        return True
 
     def _rate_variables(self):
         return [v for r in self.rules for v in r._rate_variables()]
@@ -337,7 +292,7 @@ def _path(variable):
 
 
 def _zeros(like):
-    return torch.zeros_like(like) if _TORCH else keras.ops.zeros_like(like)
+    return keras.ops.zeros_like(like)
 
 
 def _pick(condition, if_true, if_false):

@@ -11,10 +11,10 @@ SGD(0.1, momentum=0.9, weight_decay=5e-4)           # same trajectory, as a Kera
 
 These are not the Flux rules of `keras_optx` (`ADAM`, `ADAMW`, `Momentum`): the
 names, arguments and the meaning of `weight_decay` are torch's. They also cover
-dtorch (`dtorch.optim.SGD`/`Adam`). They run on every Keras backend; this module
-imports torch only on the torch backend, where each step is torch's own fused kernel
-(`_fused_sgd_`, `_fused_adam_`, `_fused_adamw_`) on the same state (tested to equal the
-formulas below).
+dtorch (`dtorch.optim.SGD`/`Adam`). They run on every Keras backend; on the torch
+backend each step is torch's own fused kernel (`_fused_sgd_`, `_fused_adam_`,
+`_fused_adamw_`) on the same state (`keras_optx/_backends/torch/kernels.py`, tested to
+equal the formulas below).
 
 `weight_decay` has torch's meaning (coupled L2 for SGD and Adam, lr-scaled and
 decoupled for AdamW). Keras's own `weight_decay` keyword of `keras.optimizers.Optimizer`
@@ -31,11 +31,7 @@ import numbers
 import keras
 
 from . import _checks as check
-from ._base import Rule, _step_tensors
-from ._tensors import _TORCH
-
-if _TORCH:
-    import torch
+from ._base import Rule
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
@@ -182,15 +178,6 @@ class SGD(_TorchRule):
         d = g + self.momentum * buf if self.nesterov else buf
         return lr * d, {"momentum_buffer": buf}
 
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        # torch's own kernel on torch's own state; `is_first_step` is its b ← g on step 1.
-        torch._fused_sgd_(
-            xs, gs, slots.get("momentum_buffer", []), weight_decay=self.torch_weight_decay, momentum=self.momentum,
-            lr=lr, dampening=self.dampening, nesterov=self.nesterov, maximize=self.maximize,
-            is_first_step=t == 1 and not self.dampen_first_step,
-        )
-        return True
-
 
 class _Adam(_TorchRule):
     hyperparameters = {"betas": check.betas, "eps": check.nonnegative, "amsgrad": check.flag, "maximize": check.flag}
@@ -226,16 +213,6 @@ class _Adam(_TorchRule):
         if wd and self._decoupled:
             step = step + (lr * wd) * x
         return step, new
-
-    def _torch_fused(self, xs, gs, slots, t, lr):
-        b1, b2 = self.betas
-        kernel = torch._fused_adamw_ if self._decoupled else torch._fused_adam_
-        kernel(
-            xs, gs, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq", []), _step_tensors(t, xs),
-            lr=lr, beta1=b1, beta2=b2, weight_decay=self.torch_weight_decay, eps=self.eps, amsgrad=self.amsgrad,
-            maximize=self.maximize,
-        )
-        return True
 
 
 @_register("Adam")

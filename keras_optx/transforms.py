@@ -4,21 +4,14 @@ Each is a chain member (`Optimiser(ClipNorm(1.0), ADAM())`) and also wraps any K
 optimizer, built-ins included (`ClipNorm(1.0, keras.optimizers.Adam())`): the gradient
 is transformed, then handed to the wrapped optimizer.
 
-On torch each also has `_torch_into(out, g, xs, t, step)`, which returns its Δ, written into
-the kept buffer `out` (see `_base._into`; over large tensors on CPU, ClipNorm and ClipGlobalNorm
-hand gradients within their threshold through as they are), so a chain of transforms before a
-fused rule allocates no large tensor (tested to equal `delta`). Later members write into `out`,
-never into what they are handed.
+On torch, in a chain before a rule with a kernel, each runs as its registered `into`
+(`keras_optx/_backends/torch/transforms.py`), writing into one kept buffer.
 """
 
 import keras
 
 from . import _checks as check
-from ._base import Transform, _gather, _into, _large, _pack_of, _same
-from ._tensors import _TORCH
-
-if _TORCH:
-    import torch
+from ._base import Transform
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -51,9 +44,6 @@ class WeightDecay(Transform):
     def delta(self, ops, g, x, s, t, lr):
         return g + self.wd * x, {}
 
-    def _torch_into(self, out, g, xs, t, step):
-        return _into(out, "add", g, xs, alpha=self.wd)
-
 
 @_register
 class ClipValue(Transform):
@@ -77,10 +67,6 @@ class ClipValue(Transform):
 
     def delta(self, ops, g, x, s, t, lr):
         return ops.clip(g, -self.thresh, self.thresh), {}
-
-    def _torch_into(self, out, g, xs, t, step):
-        low = _into(out, "clamp_min", g, -self.thresh)
-        return _into(low, "clamp_max", low, self.thresh)
 
 
 @_register
@@ -109,33 +95,6 @@ class ClipNorm(Transform):
     def delta(self, ops, g, x, s, t, lr):
         return g * (self.thresh / ops.maximum(ops.norm(g), self.thresh)), {}
 
-    def _torch_into(self, out, g, xs, t, step):
-        pack = _packed_for(out, g, sizes_shared=True)
-        if pack is not None:
-            # Many small tensors, most sharing a size with others: each size's norms and scaling
-            # are one op on its (count, size) block (200×10k: 1.9 → 1.0 ms for this step).
-            norms = [torch.linalg.vector_norm(block, dim=1) for block, _ in pack.runs]
-            scales = self.thresh / torch.clamp_min(torch.cat(norms), self.thresh)
-            for (block, _), scale in zip(pack.runs, scales.split([count for _, count in pack.runs])):
-                block.mul_(scale.unsqueeze(1))
-            return out
-        scales = self.thresh / torch.clamp_min(torch.stack(torch._foreach_norm(g)), self.thresh)
-        # As 0-d tensors: with a list of Python floats a foreach op dispatches once per tensor on
-        # CPU (over 200×10k, `_foreach_mul_` took 0.7–0.9 ms that way, 0.3 ms with tensors).
-        factors = list(scales.unbind())
-        # On CPU the scales are on the host already: a gradient within the threshold is its own Δ
-        # (g·1 = g), so only the clipped ones are copied and scaled. On a device, reading them would wait.
-        clipped = [i for i, s in enumerate(scales.tolist()) if s < 1.0] if scales.device.type == "cpu" else g
-        if len(clipped) == len(g):
-            return _into(out, "mul", g, factors)
-        delta = list(g)
-        if clipped:
-            outs = [out[i] for i in clipped]
-            _into(outs, "mul", [g[i] for i in clipped], [factors[i] for i in clipped])
-            for i, scaled in zip(clipped, outs):
-                delta[i] = scaled
-        return delta
-
 
 @_register
 class ClipGlobalNorm(Transform):
@@ -161,27 +120,3 @@ class ClipGlobalNorm(Transform):
 
     def delta(self, ops, g, x, s, t, lr):
         return g * (self.thresh / ops.maximum(ops.global_norm(g), self.thresh)), {}
-
-    def _torch_into(self, out, g, xs, t, step):
-        pack = _packed_for(out, g)
-        if pack is not None:  # small tensors: one norm and one scaling over the buffer
-            pack.whole.mul_(self.thresh / torch.clamp_min(torch.linalg.vector_norm(pack.whole), self.thresh))
-            return out
-        norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(g)]))
-        scale = self.thresh / torch.clamp_min(norm, self.thresh)
-        if scale.device.type == "cpu" and scale.item() == 1.0:  # within the threshold: Δ = g, no copy
-            return g
-        return _into(out, "mul", g, scale)
-
-
-def _packed_for(out, g, sizes_shared=False):
-    """`out`'s pack, now holding a copy of `g`, when `out` is one packed buffer and `g` small
-    tensors (< 32768 elements on average) (and with `sizes_shared`, of at most half as many sizes
-    as tensors); else None. Over many small tensors a norm per tensor costs more in dispatch than
-    in arithmetic; copying them into the buffer first is one op."""
-    pack = None if _large(g) else _pack_of(out)
-    if pack is not None and sizes_shared and len(pack.runs) * 2 > len(g):
-        return None
-    if pack is not None and not _same(g, out):
-        _gather(pack, g)
-    return pack

@@ -190,6 +190,19 @@ def fence(text, language=""):
     return f"{ticks}{language}\n{text}\n{ticks}\n"
 
 
+# TensorFlow's and XLA's C++ start-up lines (printed to stderr whatever TF_CPP_MIN_LOG_LEVEL says): not the
+# notebook's output. Python warnings stay.
+_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\).*|[IWE]\d{4} \d\d:\d\d:\d+\.\d+ .*"
+    r"|To enable the following instructions: .*)\n?",
+    re.M,
+)
+
+
+def quiet(text):
+    return _NOISE.sub("", text)
+
+
 def notebook_markdown(nb, stem):
     """Markdown cells as they are; code in Python blocks; its output in `output` blocks and images."""
     parts, images = [], {}
@@ -203,7 +216,7 @@ def notebook_markdown(nb, stem):
         text = []
         for output in cell.get("outputs", []):
             if output.output_type == "stream":
-                text.append(output.text)
+                text.append(output.text if output.name == "stdout" else quiet(output.text))
             elif output.output_type in ("execute_result", "display_data"):
                 data = output.get("data", {})
                 if "image/png" in data:
@@ -282,7 +295,7 @@ page = [
 ]
 for fname, info in summary_json["functions"].items():
     page.append(f"\n## {info['title'].split('  ')[0]}\n\n`{info['title']}`, from {tuple(info['start'])}.\n")
-    page.append(f"\n![{info['title']}](gallery/{info['image']})\n")
+    page.append(f"\n[![{info['title']}](gallery/{info['image']})](gallery/{info['image']})\n")
     page.append("\n??? info \"Rates used and final values\"\n\n    | rule | η | final f |\n    | --- | --- | --- |\n")
     for rule in info["rules"]:
         rate = "—" if rule["rate"] is None else f"{rule['rate']:g}"

@@ -10,40 +10,67 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import BACKEND
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 RATIO = re.compile(r"^\d+\.\d\d$")
+CPU_WALL = re.compile(r"^\d+\.\d\d / (\d+\.\d\d|—)$")
 
 
-def _run(script, *args):
+def _run(script, *args, quick=True):
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--backend", BACKEND, "--quick", *args],
-        capture_output=True, text=True, env=env, timeout=300,
+        [sys.executable, str(BENCHMARKS / script), "--backend", BACKEND, *(["--quick"] if quick else []), *args],
+        capture_output=True, text=True, env=env, timeout=900,  # minutes only on a machine shared by many processes
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return [line for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| rule")]
+    return result.stdout
+
+
+def _rows(stdout):
+    return [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| rule")]
 
 
 def test_step_benchmark_prints_a_ratio_for_every_case():
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in _run("bench_step.py", "--rules", "ADAM,chain", "--rounds", "2")]
+    stdout = _run("bench_step.py", "--rules", "ADAM,chain", "--rounds", "2")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in _rows(stdout)]
     rules = {row[0] for row in rows}
     assert rules == {"ADAM", "chain(ClipNorm,WeightDecay,ADAM)"}
     for row in rows:
-        assert RATIO.match(row[-1]) and RATIO.match(row[-2]), row  # ratio of medians, ratio of minima
+        assert RATIO.match(row[-1]) and RATIO.match(row[-2]), row  # ratio of CPU medians, ratio of wall minima
+        assert RATIO.match(row[-3]), row  # ratio of wall medians
+        assert CPU_WALL.match(row[-4]), row  # CPU time / wall time, keras_optx / reference
     references = {row[2] for row in rows if row[0] == "ADAM"}
-    assert "keras Adam" in references and any(r.startswith("bandwidth floor") for r in references)
+    assert "keras Adam" in references and any(r.startswith("memory floor: x += y, 28 B/param, 1 core(s)") for r in references)
     if BACKEND == "torch":
         assert {"torch.optim.Adam foreach", "torch.optim.Adam fused"} <= references
     if BACKEND == "jax":
         assert "optax.adam" in references
+    if BACKEND in ("jax", "tensorflow"):  # the call's own cost: ADAM over 4 variables passes 4 + 4 + 8 slots + 2 arrays
+        empties = {r for row in rows for r in [row[2]] if r.startswith("empty step, same ")}
+        assert len(empties) == 2 and all(int(r.split()[3]) >= 3 * 4 for r in empties), empties
+    # The thread count is stated and enforced: affinity to one core, every thread of the process on it.
+    assert "1 thread(s): process affinity cores [" in stdout
+    (last,) = [line for line in stdout.splitlines() if line.startswith("threads at the end of the run:")]
+    assert last.count("on core(s)") == 1 and "," not in last.split("on core(s)")[1].split(";")[0], last
+
+
+def test_step_benchmark_refuses_more_threads_than_cores():
+    env = dict(os.environ, KERAS_BACKEND=BACKEND)
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_step.py"), "--backend", BACKEND, "--threads", "9999"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0 and "--threads must be between 1 and" in result.stderr
 
 
 def test_fit_benchmark_prints_every_optimizer():
-    rows = _run("bench_fit.py")
+    rows = _rows(_run("bench_fit.py"))
     names = [line.strip("|").split("|")[0].strip() for line in rows if not line.startswith("| optimizer")]
     assert {"no-op", "keras Adam", "keras_optx ADAM", "keras_optx chain(ClipNorm,WeightDecay,ADAM)"} <= set(names)
+    for line in rows:
+        if not line.startswith("| optimizer") and not line.startswith("| torch.optim"):
+            assert RATIO.match(line.strip("|").split("|")[-1].strip()), line  # CPU/wall
     if BACKEND == "torch":  # the apply-only column and its fused-Adam floor
         assert any(name.startswith("torch.optim.Adam(fused=True)") for name in names)
 
@@ -63,3 +90,27 @@ def test_memory_benchmark_reports_state_bytes_per_parameter():
     if BACKEND == "torch":
         assert table[("ADAM", "torch.optim.Adam")][2] == "8.00"
         assert float(table[("chain(ClipNorm,WeightDecay,ADAM)", "keras_optx")][5]) <= 1.0  # one kept buffer at most
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="gpu_run.py starts its own torch and jax processes: one run covers it, on the torch leg")
+def test_gpu_run_dry_run_writes_every_part(tmp_path):
+    """The one-command GPU run still runs (on the CPU, tiny sizes, tests only collected) and writes its table."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_run.py"), "--dry-run", "--out", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = (tmp_path / "gpu_results.md").read_text()
+    assert text.startswith("# keras_optx on the GPU (dry run, CPU): all parts ran and passed")
+    for part in ("## Step benchmark, torch", "## Step benchmark, jax", "## Kernels per step, jax", "## Test suite, torch", "## Test suite, jax"):
+        assert part in text, part
+    assert "| ADAM | 4x250k |" in text and "torch.optim.Adam fused" in text and "optax.adam" in text
+    assert re.search(r"## Test suite, jax .*\d+ tests collected", text)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the check does not depend on the Keras backend: once, on the torch leg")
+def test_gpu_run_without_a_gpu_says_so():
+    if subprocess.run([sys.executable, "-c", "import torch, sys; sys.exit(torch.cuda.is_available())"]).returncode:
+        pytest.skip("this machine has a GPU: the refusal is for machines without one")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_run.py"), "--out", "/nonexistent-not-written"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "no GPU here" in result.stderr and "--dry-run" in result.stderr

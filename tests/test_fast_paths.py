@@ -1,8 +1,8 @@
 """Fast paths compute the rule's own formula, and nothing breaks compilation.
 
-On torch, a rule with a `_torch_fused` hook runs a fused kernel when it is the optimizer
-itself; here the hook and the generic path (`delta`, evaluated over all variables) are
-run side by side and must give the same trajectory, slots included. On JAX and
+On torch, a rule with a kernel registered for its class (keras_optx/_backends/torch/) runs it
+when it is the optimizer itself; here the kernel and the generic path (`delta`, evaluated over
+all variables) are run side by side and must give the same trajectory, slots included. On JAX and
 TensorFlow every rule runs its formula under XLA / tf.function; `model.fit` with
 `jit_compile=True` must match the eager run.
 """
@@ -76,20 +76,25 @@ def _variables(rng, dtype="float32", shapes=SHAPES):
 
 
 def _generic(opt):
-    opt._torch_fused = None  # an instance attribute hides the hook: `delta` runs
+    opt._torch_kernel = None  # an instance's own kernel (here: none) replaces its class's: `delta` runs
     return opt
 
 
 def _counting(opt):
+    """`opt` with its kernel wrapped to record each call's answer (on torch; elsewhere there are none)."""
     calls = []
-    hook = opt._torch_fused
+    if BACKEND != "torch":
+        return opt, calls
+    from keras_optx._backends.torch import kernel_of
 
-    def counted(*args):
-        handled = hook(*args)
+    kernel = kernel_of(opt)
+
+    def counted(*args, **kwargs):
+        handled = kernel(*args, **kwargs)
         calls.append(handled)
         return handled
 
-    opt._torch_fused = counted
+    opt._torch_kernel = counted
     return opt, calls
 
 
@@ -104,7 +109,7 @@ def test_fast_path_matches_formula(name):
 
 
 # Tensors of ≥ 32768 elements take the per-tensor `out=` branch of the in-place helpers
-# (`_into`); the small shapes above take the foreach copy-then-in-place branch.
+# (`buffers.into`); the small shapes above take the foreach copy-then-in-place branch.
 LARGE_SHAPES = [(300, 200), (70001,)]
 
 
@@ -115,7 +120,7 @@ def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
 
 
-# Over 32768 elements on average, AdaMax, ADADelta and NADAM run block by block on CPU (`_in_blocks`,
+# Over 32768 elements on average, AdaMax, ADADelta and NADAM run block by block on CPU (`buffers.in_blocks`,
 # ≤ 2^18 elements a block): a tensor of several blocks with a partial last one, one of exactly one
 # block, and runs of smaller tensors sharing a block (the last two and the first three).
 BLOCK_SHAPES = [(5,), (3, 7), (100000,), (700, 800), (1 << 18,), (200000,), (70000,)]
@@ -129,7 +134,7 @@ def test_fast_path_matches_formula_in_cache_blocks(name):
 
 # Sizes shared by several variables (12 five times, 7 twice), not side by side: in a packed buffer
 # they lie together, and ClipNorm and ClipGlobalNorm take one op per size over a copy of the
-# gradients there (`transforms._packed_for`); the packed slot steps pair buffers laid out alike.
+# gradients there (`_backends.torch.transforms._packed_for`); the packed slot steps pair buffers laid out alike.
 GROUPED_SHAPES = [(3, 4), (7,), (12,), (5,), (4, 3), (2, 6), (7,), (6, 2)]
 PACKED = ["AdaMax", "ADADelta", "NADAM", "RADAM"]  # their fast paths run slot-only steps on packed buffers
 PACKED_CLIPS = ["ClipNorm>WeightDecay>ADAM", "ClipNorm(3)>ClipValue>Momentum", "ClipValue>ClipNorm(3)>ADAM", "ClipGlobalNorm>RMSProp"]
@@ -138,7 +143,7 @@ PACKED_CLIPS = ["ClipNorm>WeightDecay>ADAM", "ClipNorm(3)>ClipValue>Momentum", "
 @torch_only
 @pytest.mark.parametrize("name", PACKED + PACKED_CLIPS)
 def test_fast_path_matches_formula_on_sizes_shared_by_several_variables(name, monkeypatch):
-    from keras_optx import transforms
+    from keras_optx._backends.torch import transforms
 
     packed_for = transforms._packed_for
     packed = []
@@ -174,7 +179,7 @@ def _compare_fast_and_generic(name, shapes, steps):
 
 @torch_only
 def test_subclass_that_redefines_the_formula_runs_its_own_formula():
-    # A hook computes its own class's formula; a subclass's new `delta` must not be bypassed.
+    # A kernel is registered for its exact class: a subclass with a new `delta` runs that formula.
     class HalfADAM(ox.ADAM):
         def delta(self, ops, g, x, s, t, lr):
             step, slots = super().delta(ops, g, x, s, t, lr)
@@ -226,13 +231,13 @@ def test_stateless_apply_on_torch_matches_apply(name):
 @torch_only
 def test_direct_tensor_reads_fall_back_to_value(monkeypatch):
     # Where Keras's torch Variable internals cannot be imported, `.value` is read instead.
-    from keras_optx import _base
+    from keras_optx._backends.torch import buffers
 
     rng = np.random.default_rng(8)
     grads = [keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES]
     direct, xs_direct = ox.ADAM(0.01), _variables(np.random.default_rng(9))
     direct.apply(grads, xs_direct)
-    monkeypatch.setattr(_base, "_TORCH_VALUE", None)
+    monkeypatch.setattr(buffers, "_TORCH_VALUE", None)
     fallback, xs_fallback = ox.ADAM(0.01), _variables(np.random.default_rng(9))
     fallback.apply(grads, xs_fallback)
     for a, b in zip(xs_direct, xs_fallback):
@@ -424,7 +429,7 @@ def test_packed_slot_steps_follow_the_variable_list(name):
 def test_slots_are_packed_and_loading_writes_into_the_packs():
     """On torch each slot's variables are views of one buffer (what makes the slot-only steps one op);
     loading saved optimizer variables writes into those views, so the next fast step uses them."""
-    from keras_optx import _base
+    from keras_optx._backends.torch import buffers
 
     rng = np.random.default_rng(12)
     grads = [[keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES] for _ in range(4)]
@@ -437,7 +442,7 @@ def test_slots_are_packed_and_loading_writes_into_the_packs():
     restored, xs_restored = ox.AdaMax(0.01), _variables(np.random.default_rng(13))
     restored.build(xs_restored)
     for name, slot in restored._slot_variables.items():
-        (whole,) = _base._whole([v.value for v in slot])
+        (whole,) = buffers.whole([v.value for v in slot])
         assert len(whole) == 1 and whole[0].numel() == sum(int(np.prod(s)) for s in SHAPES), f"slot {name} is not packed"
     restored.load_own_variables(store)
     for x, y in zip(xs_restored, xs_trained):

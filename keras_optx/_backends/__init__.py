@@ -1,0 +1,32 @@
+"""Backend code: what each Keras backend needs beyond a rule's formula.
+
+The rule modules hold formulas only and `_base.Rule` the Keras glue; everything that differs per
+backend is here, behind one small interface. `current` is the module for the running Keras backend
+(`torch/`, `tensorflow.py`, or `default.py` for JAX and the rest), and each offers:
+
+- `prepare_slots(variables)`: after `build` made one slot's variables (torch: packs them into one buffer).
+- `update_step(rule, grads, variables)`: Keras's `_backend_update_step`; ends in `rule._update`
+  (tensorflow: gradients summed over replicas and made dense first; torch: under `no_grad`, outside torch.compile).
+- `apply_kernel(rule, grads, variables, slots)`: True when a kernel registered for the rule's exact class
+  applied the whole update (torch); False: the formula runs.
+- `values(variables)`: the variables' current tensors.
+- `step_numbers(rule)`: `(t, step)`, t = 1, 2, … and the 0-based step, counting applied updates.
+- `scalar(value)`: a learning rate or scale as the backend's kernels take it (torch: a Python float).
+- `write(rule, slot_writes, variables, delta)`: store the new slots and apply x ← x − Δ.
+- `replicas(rule)`: replicas a wrapped Keras optimizer sums over (tensorflow's strategy; else 1).
+- `EAGER`: whether the step always runs eagerly (torch), so per-step flags may be read as Python values.
+- `load_kernels()`: register the backend's kernels (called once the rule classes exist).
+"""
+
+import keras
+
+NAME = keras.backend.backend()
+
+if NAME == "torch":
+    from . import torch as current
+elif NAME == "tensorflow":
+    from . import tensorflow as current
+else:
+    from . import default as current
+
+__all__ = ["NAME", "current"]

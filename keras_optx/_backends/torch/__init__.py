@@ -1,0 +1,46 @@
+"""The torch backend: the step, its buffers, and kernels registered per rule class.
+
+On torch a rule's formula (`delta` over `Many`) runs as multi-tensor `torch._foreach_*` ops. A rule
+may also have a *kernel*: the same update written as torch's fused kernels or in-place foreach
+ops, registered for its exact class (`kernels.py`, `transforms.py`). The step (`step.py`) runs the
+kernel when the rule is the optimizer itself or a chain's last member, and `fusable` holds: every
+variable float32/float64, contiguous and on one device, each gradient dense and contiguous of its
+variable's dtype, not under torch.compile. Otherwise, and for any class without a kernel, the formula
+runs. A subclass is a different class: it runs its own formula unless it registers a kernel itself.
+
+The kernel contract (tests/test_fast_paths.py holds each kernel to its rule's formula):
+
+    @register_kernel(MyRule)                      # weight_decay=True: see below
+    def my_rule(rule, xs, gs, slots, t, lr):      # -> bool
+        ...
+
+- `rule`: the optimizer (its hyperparameters); `xs`: the variables' tensors, to update in place;
+  `gs`: the gradients, read only (they are the caller's tensors); `slots`: `{slot name: tensors}`
+  in `xs`'s order, to update in place; `t`: the update count 1, 2, … (int); `lr`: the rate (float).
+- Returns True once it applied the update. It may decline, returning False *before writing
+  anything*, for settings it does not cover (e.g. Momentum with ρ = 0); the formula then runs.
+- Temporaries go in kept buffers (`buffers.scratch`, `buffers.into`, `buffers.in_blocks`), not fresh
+  tensors; slot-only steps may run on a slot's packed buffer (`buffers.whole`).
+- `register_kernel(..., weight_decay=True)`: the kernel also takes `weight_decay=λ` and adds the
+  coupled decay g + λ·x itself. A chain whose last member has such a kernel, right after a
+  `WeightDecay(λ)`, hands λ to the kernel instead of running the decay as a pass of its own.
+
+A transform may register an `into(rule, out, g, xs, t, step) -> Δ` (`register_into`): its Δ, written
+into the kept buffer `out` (or `g` itself, untouched, where Δ = g), never into `g`. A chain
+(`Optimiser`) whose members before the last all have one runs them into one buffer and hands the
+result to the last member's kernel; that is the chain's own kernel (`transforms.py`).
+"""
+
+from ..default import replicas
+from .registry import into_of, kernel_of, register_into, register_kernel, takes_weight_decay
+from .step import EAGER, apply_kernel, prepare_slots, scalar, step_numbers, update_step, values, write
+
+__all__ = [
+    "EAGER", "apply_kernel", "into_of", "kernel_of", "load_kernels", "prepare_slots", "register_into", "register_kernel",
+    "replicas", "scalar", "step_numbers", "takes_weight_decay", "update_step", "values", "write",
+]
+
+
+def load_kernels():
+    """Register the built-in kernels (they name the rule classes, so they load after them)."""
+    from . import kernels, transforms  # noqa: F401

@@ -1,0 +1,239 @@
+"""Torch tensors behind Keras variables, and the buffers kernels write into.
+
+- `values`: the variables' tensors, read past `.value`'s per-variable checks where that is safe.
+- Packed buffers (`pack_slots`, `whole`): each slot's variables are views of one contiguous buffer.
+- Kept scratch (`scratch`, `into`): temporaries live between steps instead of being re-allocated.
+- Cache blocks (`in_blocks`): on CPU, a rule's in-place steps run block by block over large tensors.
+
+Each is a measured speed-up on this project's CPU benchmarks (benchmarks/RESULTS.md); none changes
+a result: the kernels using them are tested against the formulas (tests/test_fast_paths.py).
+"""
+
+import collections
+import itertools
+import operator
+
+import torch
+
+from ..._identity import _same
+
+try:  # Keras internals that `values` needs to skip `.value`'s per-variable checks safely
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+    from keras.src.backend.common.variables import get_autocast_scope
+    from keras.src.backend.torch.core import Variable as _TorchVariable
+    from keras.src.backend.torch.core import get_device as _torch_device
+except ImportError:  # another Keras layout: `values` reads `.value`
+    _TorchVariable = None
+
+_TORCH_VALUE = _TorchVariable.value if _TorchVariable is not None else None  # what `values` inlines
+
+
+def values(variables):
+    """The variables' values, as `[v.value for v in variables]`, fast.
+
+    `.value` costs ~2 µs (stateless-scope, autocast-scope and meta-device checks, per
+    variable); outside those scopes it is `v._value`, so read that directly when every
+    variable's class uses Keras's torch `value` property."""
+    if _TORCH_VALUE is None or in_stateless_scope() or get_autocast_scope() is not None or str(_torch_device()) == "meta":
+        return [v.value for v in variables]
+    if any(getattr(kind, "value", None) is not _TORCH_VALUE for kind in set(map(type, variables))):
+        return [v.value for v in variables]  # a Variable class with its own `value`
+    xs = [v._value for v in variables]
+    if any(map(operator.is_, xs, itertools.repeat(None))):  # uninitialized: `.value` makes a placeholder
+        return [v.value for v in variables]
+    return xs
+
+
+def step_tensors(t, xs):
+    """The per-variable step counts torch's fused kernels read (one shared float tensor)."""
+    return [torch.tensor(float(t), dtype=torch.float32, device=xs[0].device)] * len(xs)
+
+
+def scratch(owner, xs, count=1):
+    """`count` buffer lists shaped like `xs`, kept by `owner` between steps.
+
+    Kernels write their temporaries here: on CPU a fresh large buffer costs page
+    faults on every step, often more than the arithmetic. Each list is views of one packed
+    buffer where it can be (see `whole`). Zeros when first made (one-time cost): no kernel
+    ever reads non-finite garbage from them."""
+    buffers = getattr(owner, "_torch_scratch", [])
+    made_for = getattr(owner, "_torch_scratch_for", ())
+    if len(buffers) < count or not (_same(made_for, xs) or _like(buffers[0], xs)):
+        buffers = owner._torch_scratch = [_packed(xs) or [torch.zeros_like(x) for x in xs] for _ in range(count)]
+    # The tensors last checked: next step's are nearly always the same ones (identity is ~20x cheaper to check).
+    object.__setattr__(owner, "_torch_scratch_for", list(xs))
+    return buffers[:count]
+
+
+def _like(buffers, xs):
+    return len(buffers) == len(xs) and all(
+        b.shape == x.shape and b.dtype == x.dtype and b.device == x.device for b, x in zip(buffers, xs)
+    )
+
+
+# Packed buffers. A foreach op costs ~1.3 µs of dispatch per tensor on CPU: over 200 variables of
+# 10k elements that is more than its arithmetic. So each slot's variables (and each kept scratch
+# list) are views of one contiguous buffer, and a step that touches only slots and scratch runs as
+# one op on the buffers (`whole`); steps that read gradients or write the variables stay per
+# tensor. The views are what the Keras variables hold, so saving, loading and `assign` work on them
+# as before. In the buffer, tensors of one size lie side by side (sizes in first-seen order, then
+# variable order; every pack of one list of shapes alike), so a per-tensor reduction over them is
+# one op on a (count, size) view (`Pack.runs`: ClipNorm's norms).
+_PACK = "_keras_optx_pack"  # set on each view: a `Pack`
+
+
+class Pack:
+    """A packed buffer and how its tensors lie in it."""
+
+    def __init__(self, whole, views, order, runs):
+        self.whole = whole  # the buffer
+        self.views = views  # one per tensor, in the list's order
+        self.order = order  # the list's positions in buffer order
+        self.runs = runs  # [(a (count, size) view of the buffer, the count)] in buffer order
+
+
+def _packed(like, values=None, parameters=False):
+    """Zero tensors shaped like `like` (or copies of `values`), views of one contiguous buffer;
+    None where `like` is empty or mixes dtypes or devices."""
+    first = like[0] if like else None
+    if first is None or any(t.dtype != first.dtype or t.device != first.device for t in like):
+        return None
+    sizes = [t.numel() for t in like]
+    counts = collections.Counter(sizes)  # keeps first-seen order
+    rank = {size: k for k, size in enumerate(counts)}
+    order = sorted(range(len(like)), key=lambda i: rank[sizes[i]])
+    whole = torch.zeros(sum(sizes), dtype=first.dtype, device=first.device)
+    views = [None] * len(like)
+    for piece, i in zip(torch.split(whole, [sizes[i] for i in order]), order):
+        views[i] = piece.view(like[i].shape)
+    runs = [(block.view(count, size), count) for block, (size, count) in
+            zip(torch.split(whole, [size * count for size, count in counts.items()]), counts.items())]
+    if values is not None:
+        torch._foreach_copy_(views, values)
+    if parameters:  # what Keras's torch Variable holds; a Parameter made from a view shares its memory
+        views = [torch.nn.Parameter(v, requires_grad=False) for v in views]
+    pack = Pack(whole, views, order, runs)
+    for view in views:
+        setattr(view, _PACK, pack)
+    return views
+
+
+def pack_slots(variables):
+    """Make one slot's Keras variables hold views of one packed buffer, where their class
+    is Keras's own torch Variable and all are initialised, of one dtype and device."""
+    if _TORCH_VALUE is None or not variables or any(type(v).value is not _TORCH_VALUE for v in variables):
+        return
+    tensors = [v._value for v in variables]
+    if any(tensor is None for tensor in tensors):  # initialisation deferred (built in a stateless scope)
+        return
+    with torch.no_grad():
+        views = _packed(tensors, tensors, parameters=True)
+    if views is not None:
+        for variable, view in zip(variables, views):
+            variable._value = view
+
+
+def whole(*lists):
+    """`([buffer], …)` when each list is exactly the views of one packed buffer, in order, so a
+    foreach op over them is one op; else `lists` as they are (a subset of the variables, a
+    stateless call's values, mixed dtypes). Lists combined in one op must be `whole`d together."""
+    wholes, order = [], None
+    for tensors in lists:
+        pack = pack_of(tensors)
+        # Lists shaped alike are packed alike; a guard all the same, as one op pairs their elements.
+        if pack is None or (order is not None and pack.order != order):
+            return lists
+        order = pack.order
+        wholes.append([pack.whole])
+    return tuple(wholes)
+
+
+def pack_of(tensors):
+    """The `Pack` whose views `tensors` are, exactly and in order; else None."""
+    pack = getattr(tensors[0], _PACK, None) if tensors else None
+    return pack if pack is not None and _same(pack.views, tensors) else None
+
+
+def gather(pack, tensors):
+    """Copy `tensors` (shaped like the pack's views) into the pack's buffer: one op."""
+    torch.cat([tensors[i].reshape(-1) for i in pack.order], out=pack.whole)
+
+
+def into(outs, name, tensors, *args, **kwargs):
+    """outs ← torch.<name>(tensors, *args, **kwargs) elementwise, in kept buffers; returns `outs`.
+
+    An argument that is a list (or tuple) is taken per tensor (`into(out, "add", g, xs, alpha=λ)`);
+    `outs` may hold the very tensors of `tensors` (in place). No fresh tensors: on CPU, freed and
+    re-allocated buffers page-fault on every step, which cost more than the arithmetic (measured:
+    ~3x a fused Adam for one fresh `_foreach_add` over 200×10k). Packed lists (`whole`): one `out=` call on the
+    buffers. Tensors of ≥ 32768 elements on average: one `out=` call each; smaller ones: a
+    foreach copy and the foreach in-place op (a pass over little memory costs less than a
+    Python call per tensor), on the packed buffer where `outs` is one."""
+    per_tensor = any(isinstance(a, (list, tuple)) for a in args)
+    whole_outs, whole_tensors = whole(outs, tensors) if not per_tensor else (outs, tensors)
+    if whole_outs is not outs or large(tensors):
+        fn = getattr(torch, name)
+        for i, (out, tensor) in enumerate(zip(whole_outs, whole_tensors)):
+            fn(tensor, *(a[i] if isinstance(a, (list, tuple)) else a for a in args), out=out, **kwargs)
+        return outs
+    if not _same(outs, tensors):  # a list of the same tensors is in place too
+        torch._foreach_copy_(outs, tensors)
+    getattr(torch, f"_foreach_{name}_")(outs if per_tensor else whole(outs)[0], *args, **kwargs)
+    return outs
+
+
+LARGE = 1 << 15  # elements per tensor from which `into` calls per tensor (on 200×10k both branches time alike)
+
+
+def large(tensors):
+    """Whether `tensors` hold ≥ `LARGE` elements on average: worth a call (or a cache block) each."""
+    return sum(t.numel() for t in tensors) >= LARGE * len(tensors)
+
+
+def in_blocks(owner, lists, scratch_lists=0):
+    """Yield `lists` (each a list of tensors shaped like the first), plus `scratch_lists` kept buffer
+    lists, in blocks that fit the cache: on CPU, where the tensors are large (≥ 32768 elements on
+    average), contiguous and of one dtype, a block is a run of consecutive tensors of ≤ `BLOCK` elements in
+    all, or one piece of a larger tensor, taken from every list, with block-sized kept scratch;
+    else the whole lists once, with `scratch`.
+
+    A rule's sequence of elementwise in-place ops then reads each element from memory once per
+    block instead of once per op. Measured over 4×2.5M parameters (benchmarks/RESULTS.md): AdaMax
+    22.9 → 14.5 ms, ADADelta 32.8 → 22.6 ms, NADAM 26.0 → 22.7 ms (medians)."""
+    xs = lists[0]
+    dtype = xs[0].dtype
+    if (
+        xs[0].device.type != "cpu"
+        or not large(xs)
+        or any(x.dtype != dtype for x in xs)
+        or not all(t.is_contiguous() for tensors in lists for t in tensors)  # pieces are flat views
+    ):
+        yield (*lists, *(scratch(owner, xs, scratch_lists) if scratch_lists else ()))
+        return
+    kept = getattr(owner, "_torch_block_scratch", None)
+    if kept is None or len(kept) < scratch_lists or any(k.dtype != dtype or k.numel() != BLOCK for k in kept):
+        kept = owner._torch_block_scratch = [torch.zeros(BLOCK, dtype=dtype) for _ in range(scratch_lists)]
+    kept = kept[:scratch_lists]
+
+    def run_block(run):  # whole tensors; their scratch: consecutive views of the kept buffers
+        offsets = list(itertools.accumulate((xs[i].numel() for i in run), initial=0))
+        shaped = [[k[a:b].view(xs[i].shape) for i, a, b in zip(run, offsets, offsets[1:])] for k in kept]
+        return (*([tensors[i] for i in run] for tensors in lists), *shaped)
+
+    run, filled = [], 0
+    for i, x in enumerate(xs):
+        size = x.numel()
+        if run and (filled + size > BLOCK or size > BLOCK):
+            yield run_block(run)
+            run, filled = [], 0
+        if size > BLOCK:
+            for pieces in zip(*(torch.split(tensors[i].view(-1), BLOCK) for tensors in lists)):
+                yield (*([p] for p in pieces), *([k[: pieces[0].numel()]] for k in kept))
+        else:
+            run.append(i)
+            filled += size
+    if run:
+        yield run_block(run)
+
+
+BLOCK = 1 << 18  # elements per block: a few lists of 1 MiB stay in this machine's 32 MiB L3 (measured best of 2^16–2^21)

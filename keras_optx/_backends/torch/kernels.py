@@ -1,0 +1,213 @@
+"""Kernels of the built-in rules: each its rule's update as torch's fused kernels or in-place ops.
+
+Each is registered for one exact class and follows the contract in the package docstring; each is
+tested to equal its rule's formula (tests/test_fast_paths.py). Where torch has a fused kernel for
+the same update, the rule's parameters are mapped onto it (the mapping is written next to it).
+"""
+
+import torch
+
+from ... import torch as compat
+from ..._tensors import ops
+from ...adam import ADAM, ADAMW, NADAM, RADAM, AdaMax, AMSGrad
+from ...adaptive import ADADelta, ADAGrad, RMSProp
+from ...chain import _own
+from ...descent import Descent, Momentum, Nesterov
+from .buffers import in_blocks, into, scratch, step_tensors, whole
+from .registry import register_kernel
+
+
+# descent.py ------------------------------------------------------------------------------------
+@register_kernel(Descent, weight_decay=True)
+def descent(rule, xs, gs, slots, t, lr, weight_decay=0.0):
+    torch._fused_sgd_(xs, gs, [], weight_decay=weight_decay, momentum=0.0, lr=lr, dampening=0.0, nesterov=False, maximize=False, is_first_step=False)
+    return True
+
+
+@register_kernel(Momentum, weight_decay=True)
+def momentum(rule, xs, gs, slots, t, lr, weight_decay=0.0):
+    # torch's buf ← ρ·buf + (1 − dampening)·g with dampening = 1 + η is Flux's v ← ρv − ηg
+    # (the slot keeps Flux's meaning); x ← x − lr·buf with lr = −1 is x ← x + v.
+    if rule.rho == 0:  # torch then skips the buffer
+        return False
+    torch._fused_sgd_(
+        xs, gs, slots["velocity"], weight_decay=weight_decay, momentum=rule.rho, lr=-1.0, dampening=1.0 + lr,
+        nesterov=False, maximize=False, is_first_step=False,
+    )
+    return True
+
+
+@register_kernel(Nesterov)
+def nesterov(rule, xs, gs, slots, t, lr):
+    # d = ρ²v − (1+ρ)ηg = ρv' − ηg with v' = ρv − ηg: Momentum's kernel mapping with x ← x + ρv',
+    # then x ← x − ηg. (torch's own Nesterov step, g + ρ·buf, needs g rescaled, and its
+    # grad_scale overwrites the caller's gradients.)
+    if rule.rho == 0:
+        return False
+    torch._fused_sgd_(
+        xs, gs, slots["velocity"], weight_decay=0.0, momentum=rule.rho, lr=-rule.rho, dampening=1.0 + lr,
+        nesterov=False, maximize=False, is_first_step=False,
+    )
+    torch._foreach_add_(xs, gs, alpha=-lr)
+    return True
+
+
+# adaptive.py -----------------------------------------------------------------------------------
+@register_kernel(RMSProp, weight_decay=True)
+def rmsprop(rule, xs, gs, slots, t, lr, weight_decay=0.0):
+    # RMSProp is torch's fused Adam with β₁ = 0 (m = g) and no bias correction (step = ∞
+    # makes 1 − βᵗ = 1). The kernel needs an m buffer: a kept one, not state (each step sets it to g).
+    (buffer,) = scratch(rule, xs)
+    torch._fused_adam_(
+        xs, gs, buffer, slots["acc"], [], step_tensors(float("inf"), xs), lr=lr, beta1=0.0,
+        beta2=rule.rho, weight_decay=weight_decay, eps=rule.epsilon, amsgrad=False, maximize=False,
+    )
+    return True
+
+
+@register_kernel(ADAGrad, weight_decay=True)
+def adagrad(rule, xs, gs, slots, t, lr, weight_decay=0.0):
+    # torch's Adagrad with lr_decay = 0 is this rule (its step count is then unused).
+    torch._fused_adagrad_(
+        xs, gs, slots["acc"], step_tensors(t, xs), lr=lr, lr_decay=0.0, weight_decay=weight_decay,
+        eps=rule.epsilon, maximize=False,
+    )
+    return True
+
+
+@register_kernel(ADADelta)
+def adadelta(rule, xs, gs, slots, t, lr):
+    # The formula in place on the slots and two kept buffers (no fresh tensors), block by block
+    # (`in_blocks`), the steps without g or x once on the packed buffers; √(d+ϵ)/√(a+ϵ) is
+    # taken as √((d+ϵ)/(a+ϵ)): one square root instead of two.
+    rho, eps = rule.rho, rule.epsilon
+    for x, g, a, d, step, other in in_blocks(rule, (xs, gs, slots["acc"], slots["acc_delta"]), scratch_lists=2):
+        whole_a, whole_d, whole_step, whole_other = whole(a, d, step, other)
+        torch._foreach_mul_(whole_a, rho)
+        torch._foreach_addcmul_(a, g, g, value=1 - rho)
+        into(whole_step, "add", whole_d, eps)
+        torch._foreach_div_(whole_step, into(whole_other, "add", whole_a, eps))
+        torch._foreach_sqrt_(whole_step)
+        torch._foreach_mul_(step, g)  # step = g·√((d+ϵ)/(a+ϵ))
+        torch._foreach_mul_(whole_d, rho)
+        torch._foreach_addcmul_(whole_d, whole_step, whole_step, value=1 - rho)
+        torch._foreach_add_(x, step, alpha=-lr)
+    return True
+
+
+# adam.py ---------------------------------------------------------------------------------------
+def _moments(rule, gs, m, v):
+    """ADAM's moments (`_AdamFamily.moments`) in place on the slots."""
+    b1, b2 = rule.beta
+    torch._foreach_lerp_(m, gs, 1 - b1)
+    torch._foreach_mul_(whole(v)[0], b2)
+    torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
+
+
+@register_kernel(ADAM, weight_decay=True)
+def adam(rule, xs, gs, slots, t, lr, weight_decay=0.0):
+    b1, b2 = rule.beta
+    torch._fused_adam_(
+        xs, gs, slots["m"], slots["v"], [], step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2,
+        weight_decay=weight_decay, eps=rule.epsilon, amsgrad=False, maximize=False,
+    )
+    return True
+
+
+@register_kernel(RADAM)
+def radam(rule, xs, gs, slots, t, lr):
+    # Rectified (ρₜ > 4), RADAM is ADAM at rate r·η: torch's fused Adam. Before that (the first
+    # few steps) the moments update in place and Δ = η·m̂.
+    rho, r = rule.rectification(ops, t)
+    if rho > 4:
+        return adam(rule, xs, gs, slots, t, r * lr)
+    _moments(rule, gs, slots["m"], slots["v"])
+    torch._foreach_add_(xs, slots["m"], alpha=-lr / ops.one_minus_pow(rule.beta[0], t))
+    return True
+
+
+@register_kernel(AdaMax)
+def adamax(rule, xs, gs, slots, t, lr):
+    # The formula as in-place foreach ops on the slots and one kept buffer, block by block
+    # (`in_blocks`): no fresh tensors; the steps on u and the buffer alone run once on their
+    # packed buffers.
+    b1, b2 = rule.beta
+    rate = -lr / ops.one_minus_pow(b1, t)
+    for x, g, m, u, buffer in in_blocks(rule, (xs, gs, slots["m"], slots["u"]), scratch_lists=1):
+        torch._foreach_lerp_(m, g, 1 - b1)  # β₁·m + (1−β₁)·g
+        into(buffer, "abs", g)
+        whole_u, whole_buffer = whole(u, buffer)
+        torch._foreach_mul_(whole_u, b2)
+        torch._foreach_maximum_(whole_u, whole_buffer)
+        into(whole_buffer, "add", whole_u, rule.epsilon)  # buffer ← u + ϵ
+        torch._foreach_addcdiv_(x, m, buffer, value=rate)
+    return True
+
+
+@register_kernel(AMSGrad, weight_decay=True)
+def amsgrad(rule, xs, gs, slots, t, lr, weight_decay=0.0):
+    # torch's AMSGrad at step = ∞: its bias corrections 1 − βᵗ become 1, as in Flux.
+    b1, b2 = rule.beta
+    torch._fused_adam_(
+        xs, gs, slots["m"], slots["v"], slots["v_hat"], step_tensors(float("inf"), xs), lr=lr,
+        beta1=b1, beta2=b2, weight_decay=weight_decay, eps=rule.epsilon, amsgrad=True, maximize=False,
+    )
+    return True
+
+
+@register_kernel(NADAM)
+def nadam(rule, xs, gs, slots, t, lr):
+    # In place on the slots and one kept buffer, block by block (`in_blocks`): √v·k + ϵ =
+    # k·(√v + ϵ/k), k = √(β₂/(1−β₂ᵗ)), so x ← x − (c₁·m + c₂·g)/(k·(√v + ϵ/k)) is two addcdiv passes.
+    b1, b2 = rule.beta
+    if b2 == 0:  # k = 0: Δ = numerator/ϵ; the formula handles it
+        return False
+    k = ops.sqrt(b2 / ops.one_minus_pow(b2, t))
+    c1, c2 = -lr * b1 / ops.one_minus_pow(b1, t + 1) / k, -lr * (1 - b1) / ops.one_minus_pow(b1, t) / k
+    for x, g, m, v, buffer in in_blocks(rule, (xs, gs, slots["m"], slots["v"]), scratch_lists=1):
+        _moments(rule, g, m, v)
+        whole_v, whole_buffer = whole(v, buffer)
+        into(whole_buffer, "sqrt", whole_v)
+        torch._foreach_add_(whole_buffer, rule.epsilon / k)  # buffer ← √v + ϵ/k
+        torch._foreach_addcdiv_(x, m, buffer, value=c1)
+        torch._foreach_addcdiv_(x, g, buffer, value=c2)
+    return True
+
+
+@register_kernel(ADAMW)
+def adamw(rule, xs, gs, slots, t, lr):
+    # ADAMW = Optimiser(ADAM, WeightDecay(decay)): torch's AdamW first scales x by 1 − η·λ, so
+    # λ = decay/η gives Flux's x − decay·x (ADAM's Δ does not depend on x: the order does not matter).
+    if rule.decay and not lr > 0:
+        return False
+    b1, b2 = rule.beta
+    m_v = _own(slots, 0)  # the chain's first member's (ADAM's) slots
+    torch._fused_adamw_(
+        xs, gs, m_v["m"], m_v["v"], [], step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2,
+        weight_decay=rule.decay / lr if rule.decay else 0.0, eps=rule.epsilon, amsgrad=False, maximize=False,
+    )
+    return True
+
+
+# torch.py (torch.optim's own kernels on torch's own state) --------------------------------------
+@register_kernel(compat.SGD)
+def sgd(rule, xs, gs, slots, t, lr):
+    # `is_first_step` is torch's b ← g on step 1.
+    torch._fused_sgd_(
+        xs, gs, slots.get("momentum_buffer", []), weight_decay=rule.torch_weight_decay, momentum=rule.momentum,
+        lr=lr, dampening=rule.dampening, nesterov=rule.nesterov, maximize=rule.maximize,
+        is_first_step=t == 1 and not rule.dampen_first_step,
+    )
+    return True
+
+
+@register_kernel(compat.Adam, compat.AdamW)
+def torch_adam(rule, xs, gs, slots, t, lr):
+    b1, b2 = rule.betas
+    kernel = torch._fused_adamw_ if rule._decoupled else torch._fused_adam_
+    kernel(
+        xs, gs, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq", []), step_tensors(t, xs),
+        lr=lr, beta1=b1, beta2=b2, weight_decay=rule.torch_weight_decay, eps=rule.eps, amsgrad=rule.amsgrad,
+        maximize=rule.maximize,
+    )
+    return True

@@ -1,0 +1,50 @@
+"""Kernels registered per exact rule class; see the package docstring for their contract."""
+
+_KERNELS = {}  # exact class → kernel(rule, xs, gs, slots, t, lr[, weight_decay]) -> bool
+_TAKES_WEIGHT_DECAY = set()  # classes whose kernel adds a coupled decay g + λ·x itself
+_INTOS = {}  # exact class → into(rule, out, g, xs, t, step) -> Δ (a transform's)
+_OWN = "_torch_kernel"  # an instance attribute of this name replaces the class's kernel (None: none)
+
+
+def register_kernel(*classes, weight_decay=False):
+    """Decorator: `kernel` applies the whole update of a rule of exactly one of `classes`.
+
+    `weight_decay=True`: the kernel also takes `weight_decay=λ` and adds g + λ·x itself."""
+
+    def register(kernel):
+        for cls in classes:
+            _KERNELS[cls] = kernel
+            if weight_decay:
+                _TAKES_WEIGHT_DECAY.add(cls)
+        return kernel
+
+    return register
+
+
+def register_into(*classes):
+    """Decorator: `into` computes the Δ of a transform of exactly one of `classes` into a kept buffer."""
+
+    def register(into):
+        for cls in classes:
+            _INTOS[cls] = into
+        return into
+
+    return register
+
+
+def kernel_of(rule):
+    """The kernel for `rule`: its own (`rule._torch_kernel`, set by tests) or its exact class's; else None.
+
+    Keyed by exact class: a subclass, which may change the formula, runs its formula."""
+    own = rule.__dict__.get(_OWN, _KERNELS)
+    return _KERNELS.get(type(rule)) if own is _KERNELS else own
+
+
+def takes_weight_decay(rule):
+    """Whether `rule`'s kernel takes `weight_decay=λ` (by its exact class)."""
+    return type(rule) in _TAKES_WEIGHT_DECAY
+
+
+def into_of(rule):
+    """The `into` of `rule`'s exact class, or None."""
+    return _INTOS.get(type(rule))
