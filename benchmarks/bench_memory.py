@@ -94,7 +94,7 @@ def rule_table(quick):
         "torch.AdamW": (lambda **k: ox.torch.AdamW(**k), None, None, None),
     }
     if quick:
-        rules = {k: v for k, v in rules.items() if k in ("Momentum", "ADAM", "ADADelta", "chain(ClipNorm,WeightDecay,ADAM)", "torch.Adam")}
+        rules = {k: v for k, v in rules.items() if k in ("Momentum", "ADAM", "ADADelta", "chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)", "torch.Adam")}
     return rules
 
 

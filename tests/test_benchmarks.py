@@ -89,7 +89,8 @@ def test_memory_benchmark_reports_state_bytes_per_parameter():
         assert adam[4] == "–"
     if BACKEND == "torch":
         assert table[("ADAM", "torch.optim.Adam")][2] == "8.00"
-        assert float(table[("chain(ClipNorm,WeightDecay,ADAM)", "keras_optx")][5]) <= 1.0  # one kept buffer at most
+        for chain in ("chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)"):
+            assert float(table[(chain, "keras_optx")][5]) <= 1.0, table[(chain, "keras_optx")]  # one kept buffer at most
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="gpu_run.py starts its own torch and jax processes: one run covers it, on the torch leg")
