@@ -144,6 +144,7 @@ def run(args):
         "AdaBelief": (lambda: ox.AdaBelief(), None, None, "adabelief"),
         "Lion": (lambda: ox.Lion(), lambda: K.Lion(), None, "lion"),
         "Rprop": (lambda: ox.Rprop(), None, ("Rprop", dict(lr=0.001)), "rprop"),
+        "Lookahead(ADAM)": (lambda: ox.Lookahead(ox.ADAM()), None, None, None),
         # keras_optx.torch: torch's rules with torch's names (ported PyTorch code).
         "torch.SGD(momentum)": (lambda: ox.torch.SGD(0.01, momentum=0.9), lambda: K.SGD(0.01, momentum=0.9), ("SGD", dict(lr=0.01, momentum=0.9)), "momentum"),
         "torch.Adam": (lambda: ox.torch.Adam(), lambda: K.Adam(), ("Adam", dict(lr=0.001)), "adam"),

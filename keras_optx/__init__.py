@@ -11,6 +11,7 @@ from .adaptive import ADADelta, ADAGrad, RMSProp
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
+from .lookahead import Lookahead
 from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
@@ -38,6 +39,7 @@ __all__ = [
     "Frozen",
     "InvDecay",
     "Lion",
+    "Lookahead",
     "Momentum",
     "NADAM",
     "Nesterov",

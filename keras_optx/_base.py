@@ -30,6 +30,21 @@ EPSILON = 1e-8
 FORMAT_VERSION = 1
 
 
+# Keras optimizer keywords that change the update, with their defaults. A chain member's update is
+# its formula only (the chain applies these), so a member refuses them (`Rule._claim`).
+_KERAS_UPDATE_KEYWORDS = {
+    "weight_decay": None,
+    "clipnorm": None,
+    "global_clipnorm": None,
+    "clipvalue": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+}
+
+
 class State(dict):
     """A rule's slots for all variables, read as attributes: `s.m`, `s.v`."""
 
@@ -169,6 +184,7 @@ class Rule(keras.optimizers.Optimizer):
     def build(self, variables):
         if self.built:
             return
+        self._refuse_if_member("build")
         super().build(variables)
         self._slot_variables = {}
         low = self._slot_dtypes()
@@ -200,8 +216,73 @@ class Rule(keras.optimizers.Optimizer):
     def apply(self, grads, trainable_variables=None):
         # Keras zips grads with variables: an extra gradient or a wrong shape would be
         # dropped silently or fail half-way through the writes. Refuse before any write.
+        self._refuse_if_member("apply")
         grads, trainable_variables = _checked_gradients(self, grads, trainable_variables)
         return super().apply(grads, trainable_variables)
+
+    def _refuse_if_member(self, what):
+        owner = self._owner() if self._owner is not None else None
+        if owner is not None:
+            raise ValueError(
+                f"{self.name} is a member of {owner.name}, which keeps its state; it cannot also {what} on its "
+                "own. Use the chain, or a fresh instance for training on its own."
+            )
+
+    @property
+    def learning_rate(self):
+        return self._get_current_learning_rate()
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        # The constructor's check, so a negative rate set later (by hand or a callback) is refused too.
+        keras.optimizers.Optimizer.learning_rate.fset(self, _checked_rate(value))
+
+    def set_weights(self, weights):
+        """Set every variable in `self.variables` (wrapped optimizers' included), in that order.
+
+        Unlike Keras's, a list of another length is refused (Keras would set a prefix)."""
+        _set_all(self, weights)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Exclude variables from weight decay: Keras's `weight_decay=` keyword, `WeightDecay`
+        members (also when called on the chain holding them), `ADAMW`'s decay and `keras_optx.torch`'s
+        `weight_decay`.
+
+        `var_list`: variables; `var_names`: regular expressions searched in `variable.name`
+        (Keras's rule), e.g. `["bias", "norm"]`. Unlike Keras's, it may also be called after
+        `build`: it acts from the next step (a compiled `model.fit` step traced before the call keeps
+        the earlier choice; call it before `fit`).
+
+        Example:
+            >>> opt = keras_optx.Optimiser(keras_optx.WeightDecay(1e-4), keras_optx.ADAM())
+            >>> opt.exclude_from_weight_decay(var_names=["bias"])
+        """
+        if var_names is not None and (isinstance(var_names, str) or not all(isinstance(n, str) for n in var_names)):
+            raise TypeError(f"`var_names` must be a list of strings (regular expressions); received {var_names!r}.")
+        built, self.built = self.built, False  # Keras's refuses once built; the choice is read each step here
+        try:
+            super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+        finally:
+            self.built = built
+
+    def _decay_mask(self):
+        """For the variables of the step in progress: whether each decays (not excluded by this rule
+        or any chain holding it); None when every one does."""
+        rules = [self]
+        while rules[-1]._owner is not None and rules[-1]._owner() is not None:
+            rules.append(rules[-1]._owner())
+        excluding = [r for r in rules if getattr(r, "_exclude_from_weight_decay", None)
+                     or getattr(r, "_exclude_from_weight_decay_pattern", None) is not None]
+        if not excluding:
+            return None
+        variables = _STEP_VARIABLES.get() or []
+        # Keras makes a new cache dict on each exclude call: their identities name the current choice.
+        keys = [r.__dict__.get("_exclude_from_weight_decay_cache") for r in excluding]
+        cache = self.__dict__.get("_mask_cache")
+        if cache is None or not _same(cache.variables, variables) or not _same(cache.keys, keys):
+            mask = [all(r._use_weight_decay(v) for r in excluding) for v in variables]
+            cache = _set_cache(self, "_mask_cache", variables=list(variables), keys=keys, mask=mask)
+        return None if all(cache.mask) else cache.mask
 
     def _backend_update_step(self, grads, variables, learning_rate):
         backend.update_step(self, grads, variables)  # ends in `self._update`
@@ -307,6 +388,14 @@ class Rule(keras.optimizers.Optimizer):
 
     def _claim(self, owner):
         """Mark this rule as a member of `owner`: one rule, one chain, one set of slots."""
+        given = [k for k, default in _KERAS_UPDATE_KEYWORDS.items() if getattr(self, k, default) != default]
+        if given:
+            settings = ", ".join(f"{k}={getattr(self, k)!r}" for k in given)
+            raise ValueError(
+                f"{self.name} is given {settings} as a member of {owner.name}; a chain applies Keras's keywords "
+                f"once, for the whole update, so its members take none. Put them on the chain: "
+                f"{type(owner).__name__}(..., {settings})."
+            )
         current = self._owner() if self._owner is not None else None
         if current is not None and current is not owner:
             raise ValueError(
@@ -392,11 +481,15 @@ class Transform(Rule):
             return super()._update_step(grads, variables)
         t, step = self._step_numbers()
         delta, _ = self._transform(Many(grads), Many(v.value for v in variables), {}, t, step)
+        self._apply_wrapped(delta.items, variables)
+
+    def _apply_wrapped(self, grads, variables):
+        """Hand `grads` to the wrapped optimizer, which updates `variables`."""
         # On TensorFlow the base handed us the dense gradient summed over replicas (a norm of
         # per-replica or IndexedSlices gradients is wrong); the wrapped optimizer sums over
         # replicas again, so each replica passes its 1/n share.
         replicas = backend.replicas(self)
-        self.optimizer.apply([d / replicas for d in delta.items] if replicas > 1 else delta.items, variables)
+        self.optimizer.apply([g / replicas for g in grads] if replicas > 1 else list(grads), variables)
 
     def get_config(self):
         config = super().get_config()
@@ -455,7 +548,9 @@ def _adopt_rate(optimizer, rate):
 
 
 def _checked_gradients(optimizer, grads, trainable_variables):
-    """`grads` and the variables as lists, refused (before any write) on a length or shape mismatch."""
+    """`grads` and the variables as lists, refused (before any write) on a length or shape mismatch.
+
+    A gradient given as a nested Python list or a number becomes a tensor of its variable's dtype."""
     grads = list(grads)
     if trainable_variables is not None:
         trainable_variables = list(trainable_variables)
@@ -465,6 +560,12 @@ def _checked_gradients(optimizer, grads, trainable_variables):
                 f"{len(grads)} gradients for {len(trainable_variables)} variables."
             )
     targets = trainable_variables if trainable_variables is not None else getattr(optimizer, "_trainable_variables", [])
+    if not all(g is None or hasattr(g, "shape") for g in grads):
+        grads = [
+            g if g is None or hasattr(g, "shape")
+            else keras.ops.convert_to_tensor(g, dtype=targets[i].dtype if i < len(targets) else None)
+            for i, g in enumerate(grads)
+        ]
     # The variables' shapes, cached for the last list seen (reading 200 `.shape` properties
     # costs more than comparing them); `shape != expected` first, as a torch.Size equals a tuple.
     cache = optimizer.__dict__.get("_shape_cache")
@@ -478,6 +579,50 @@ def _checked_gradients(optimizer, grads, trainable_variables):
                 f"{tuple(v.shape)}; `grads` must follow the order of `trainable_variables`."
             )
     return grads, trainable_variables
+
+
+def _checked_rate(value):
+    """A rate set after construction: the constructor's check for numbers (tensors holding one
+    included, where they can be read); schedules and callables as they are."""
+    if isinstance(value, keras.Variable):
+        value = value.value
+    if keras.ops.is_tensor(value) and not isinstance(value, (int, float)) and len(value.shape) == 0:
+        try:
+            number = float(keras.ops.convert_to_numpy(value))
+        except Exception:  # a traced value (inside a compiled step): not readable here
+            return value
+        check.nonnegative("learning_rate", number)
+        return value
+    return check.learning_rate(value)
+
+
+def _set_all(optimizer, weights):
+    """`optimizer.set_weights(weights)` over `optimizer.variables`, refused on a length or shape
+    mismatch before any variable is written."""
+    if not optimizer.built:
+        raise ValueError("Build the optimizer (`optimizer.build(variables)`) before calling `set_weights()`.")
+    variables, weights = optimizer.variables, list(weights)
+    if len(weights) != len(variables):
+        raise ValueError(
+            f"`set_weights` of {optimizer.name} takes {len(variables)} arrays (one per entry of "
+            f"`optimizer.variables`, wrapped optimizers' included); received {len(weights)}."
+        )
+    for variable, weight in zip(variables, weights):
+        if tuple(variable.shape) != tuple(weight.shape):
+            raise ValueError(
+                f"Optimizer variable {_variable_path(variable)} has shape {tuple(variable.shape)}; received an "
+                f"array of shape {tuple(weight.shape)}."
+            )
+    for variable, weight in zip(variables, weights):
+        variable.assign(weight)
+
+
+def _plus_decay(a, x, factor, mask):
+    """a + factor·x (each a `Many`) for the variables that decay (`mask`, from `Rule._decay_mask`;
+    None: all); a as it is for the others."""
+    if mask is None:
+        return a + factor * x
+    return Many(ai + factor * xi if decays else ai for ai, xi, decays in zip(a.items, x.items, mask))
 
 
 def _track_once(optimizer, variable):

@@ -6,7 +6,7 @@ Names are lower-case, as `python -m keras_optx.compare --rules` takes them. A ru
 
 - `FLUX_RULES`: name → class name in `keras_optx`, built with its own defaults (Flux v0.12's rules).
 - `EXTRA_RULES`: the same for rules beyond Flux v0.12 (not in `compare`'s default run).
-- `TRANSFORMS`: chain members that transform the gradient (and `InvDecay`, a schedule member):
+- `TRANSFORMS`: chain members that transform the gradient (and `ExpDecay`, `InvDecay`, schedule members):
   name → (class name, the first argument used when none is given).
 - `TORCH_RULES`: name → class name in `keras_optx.torch` (torch's rules with torch's names).
 
@@ -40,6 +40,7 @@ TRANSFORMS = {
     "clipglobalnorm": ("ClipGlobalNorm", 1.0),
     "clipvalue": ("ClipValue", 1.0),
     "weightdecay": ("WeightDecay", 1e-4),
+    "expdecay": ("ExpDecay", 1.0),  # as a member it scales Δ: η = 1 as in Flux's Optimiser(ExpDecay(1), Descent())
     "invdecay": ("InvDecay", 1e-3),
 }
 TORCH_RULES = {"torch.sgd": "SGD", "torch.adam": "Adam", "torch.adamw": "AdamW"}

@@ -209,12 +209,15 @@ class NADAM(_AdamFamily):
         m, v = self.moments(g, s)
         c1 = lr * b1 / ops.one_minus_pow(b1, t + 1)
         c2 = lr * (1 - b1) / ops.one_minus_pow(b1, t)
-        if b2 == 0:  # the √(β₂v/(1−β₂ᵗ)) term vanishes
+        if b2 < _F32_TINY:  # the √(β₂v/(1−β₂ᵗ)) term vanishes (β₂ is 0 in float32; 1/k would overflow)
             return (c1 * m + c2 * g) / self.epsilon, {"m": m, "v": v}
         # (c₁m + c₂g) / (k√v + ϵ) with k = √(β₂/(1−β₂ᵗ)), divided through by k: the corrections
         # stay scalars and each element needs one multiply fewer.
         k = ops.sqrt(b2 / ops.one_minus_pow(b2, t))
         return ((c1 / k) * m + (c2 / k) * g) / (ops.sqrt(v) + self.epsilon / k), {"m": m, "v": v}
+
+
+_F32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
 
 
 @_register

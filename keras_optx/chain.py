@@ -53,6 +53,12 @@ class Optimiser(Rule):
     def __init__(self, *rules, **kwargs):
         super().__init__(1.0, **kwargs)
         self.rules = tuple(rules)
+        for i, rule in enumerate(rules):
+            if isinstance(rule, Rule) and any(rule is other for other in rules[:i]):
+                raise ValueError(
+                    f"Optimiser member {i} ({rule!r}) is the same object as an earlier member; a member keeps its "
+                    "own state, so give each position its own instance."
+                )
         self._members = tuple(_member(r, i) for i, r in enumerate(rules))
         for member in self._members:
             member._claim(self)

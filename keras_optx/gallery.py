@@ -2,8 +2,9 @@
 
     python -m keras_optx.gallery --out DIR [--steps 300] [--functions rosenbrock,saddle,noisy_quadratic]
 
-Runs on the backend Keras is set to (`KERAS_BACKEND`). Every rule of `keras_optx`, its
-`keras_optx.torch` optimizers and a few chains start from the same point on each function.
+Runs on the backend Keras is set to (`KERAS_BACKEND`). Every rule of the package's catalog
+(`keras_optx._catalog`: Flux's rules, the others, `keras_optx.torch`'s) and a few chains start from
+the same point on each function.
 For every rule and function the learning rate is chosen from `RATES`: the one with the
 lowest mean value of the function along the path (a path that leaves the plot far behind or
 turns non-finite is out). The rate each panel uses is written in its title and in
@@ -16,7 +17,6 @@ same picture up to float32 rounding.
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import pathlib
@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 import keras_optx as ox
+from keras_optx import _catalog
 from keras_optx import torch as ox_torch
 
 # Rates tried for every rule on every function (half decades).
@@ -123,29 +124,10 @@ class Entry:
     make: object
 
 
-def _takes_rate(cls):
-    try:
-        return "learning_rate" in inspect.signature(cls).parameters or "lr" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _rule_classes():
-    """Every public optimizer class that runs with its defaults alone (wrappers need an argument)."""
-    found = []
-    for module, prefix in ((ox, ""), (ox_torch, "torch.")):
-        for name in module.__all__:
-            obj = getattr(module, name)
-            if not (isinstance(obj, type) and issubclass(obj, keras.optimizers.Optimizer)):
-                continue
-            if issubclass(obj, ox.Transform) or obj in (ox.Rule, ox.Optimiser) or not _takes_rate(obj):
-                continue
-            try:
-                obj(learning_rate=0.1)
-            except (TypeError, ValueError):
-                continue  # a wrapper or a rule that needs more than a rate: see CHAINS
-            found.append((prefix + name, obj))
-    return found
+    """Every built-in rule, from the package's catalog (Flux's rules, the others, then keras_optx.torch's)."""
+    found = [(name, getattr(ox, name)) for name in (*_catalog.FLUX_RULES.values(), *_catalog.EXTRA_RULES.values())]
+    return found + [(f"torch.{name}", getattr(ox_torch, name)) for name in _catalog.TORCH_RULES.values()]
 
 
 def _chains():

@@ -3,22 +3,12 @@
 import keras
 from keras import ops
 
-from ._base import FORMAT_VERSION, _adopt_rate, _checked_gradients, _versioned
+from ._base import FORMAT_VERSION, _KERAS_UPDATE_KEYWORDS, _adopt_rate, _checked_gradients, _set_all, _versioned
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
 # Keras optimizer keywords the guard leaves to the wrapped optimizer.
-_INNER_ONLY = {
-    "weight_decay": None,
-    "clipnorm": None,
-    "global_clipnorm": None,
-    "clipvalue": None,
-    "use_ema": False,
-    "ema_momentum": 0.99,
-    "ema_overwrite_frequency": None,
-    "loss_scale_factor": None,
-    "gradient_accumulation_steps": None,
-}
+_INNER_ONLY = _KERAS_UPDATE_KEYWORDS
 
 
 @_register
@@ -102,6 +92,14 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     @property
     def iterations(self):
         return self.optimizer.iterations
+
+    def set_weights(self, weights):
+        """Set every variable of `self.variables`: the guard's own, then the wrapped optimizer's."""
+        _set_all(self, weights)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Passed to the wrapped optimizer, which applies the decay."""
+        self.optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
 
     @property
     def learning_rate(self):

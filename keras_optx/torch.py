@@ -31,7 +31,7 @@ import numbers
 import keras
 
 from . import _checks as check
-from ._base import Rule
+from ._base import Rule, _plus_decay
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
@@ -167,7 +167,7 @@ class SGD(_TorchRule):
         if self.maximize:
             g = -g
         if self.torch_weight_decay:
-            g = g + self.torch_weight_decay * x
+            g = _plus_decay(g, x, self.torch_weight_decay, self._decay_mask())
         if not self.momentum:
             return lr * g, {}
         keep = 1.0 - self.dampening
@@ -199,8 +199,9 @@ class _Adam(_TorchRule):
         wd = self.torch_weight_decay
         if self.maximize:
             g = -g
+        mask = self._decay_mask() if wd else None
         if wd and not self._decoupled:
-            g = g + wd * x
+            g = _plus_decay(g, x, wd, mask)
         m = b1 * s.exp_avg + (1 - b1) * g
         v = b2 * s.exp_avg_sq + (1 - b2) * g * g
         new = {"exp_avg": m, "exp_avg_sq": v}
@@ -211,7 +212,7 @@ class _Adam(_TorchRule):
         c = ops.sqrt(ops.one_minus_pow(b2, t))
         step = (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.eps * c)
         if wd and self._decoupled:
-            step = step + (lr * wd) * x
+            step = _plus_decay(step, x, lr * wd, mask)
         return step, new
 
 

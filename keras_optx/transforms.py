@@ -11,7 +11,7 @@ On torch, in a chain before a rule with a kernel, each runs as its registered `i
 import keras
 
 from . import _checks as check
-from ._base import Transform
+from ._base import Transform, _plus_decay
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -42,7 +42,7 @@ class WeightDecay(Transform):
         super().__init__(optimizer, wd=wd, **kwargs)
 
     def delta(self, ops, g, x, s, t, lr):
-        return g + self.wd * x, {}
+        return _plus_decay(g, x, self.wd, self._decay_mask()), {}
 
 
 @_register

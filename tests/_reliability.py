@@ -64,6 +64,11 @@ def cases():
         "ClipGlobalNorm(keras Adam)": Case(
             lambda lr, **kw: ox.ClipGlobalNorm(1.0, keras.optimizers.Adam(lr), **kw), 0.01, True
         ),
+        # k = 2: synchronised before saving and after loading (K_STEPS = N_STEPS = 3).
+        "Lookahead(ADAM)": Case(lambda lr, **kw: ox.Lookahead(ox.ADAM(lr), 2, 0.5, **kw), 0.01, True),
+        "Lookahead(keras SGD)": Case(
+            lambda lr, **kw: ox.Lookahead(keras.optimizers.SGD(lr, momentum=0.9), 2, 0.8, **kw), 0.05, True
+        ),
         "Descent(ExpDecay)": Case(lambda lr, **kw: ox.Descent(ox.ExpDecay(lr, 0.5, 2, 1e-3), **kw), 0.1, False),
     }
     try:
@@ -82,7 +87,7 @@ def cases():
     return table
 
 
-JIT_CASES = ["ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"]  # also resumed with compiled training
+JIT_CASES = ["ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum", "Lookahead(ADAM)"]  # also resumed with compiled training
 DISTRIBUTED_CASES = ["ADAM", "ClipNorm>WeightDecay>ADAM", "ClipGlobalNorm(keras Adam)"]  # a rule, a chain, a wrapper
 
 

@@ -99,6 +99,11 @@ CHAINS = [
     Case("ClipValue>(WeightDecay>Nesterov)",
          lambda: ox.Optimiser(ox.ClipValue(2.0), ox.Optimiser(ox.WeightDecay(1e-2), ox.Nesterov(0.01))),
          lambda: ref.Chain(ref.ClipValue(2.0), ref.Chain(ref.WeightDecay(1e-2), ref.Nesterov(0.01)))),
+    Case("Lookahead(ADAM)", lambda: ox.Lookahead(ox.ADAM(0.01)), lambda: ref.Lookahead(ref.ADAM(0.01))),
+    Case("Lookahead(keras SGD,3,0.8)", lambda: ox.Lookahead(keras.optimizers.SGD(0.1), 3, 0.8),
+         lambda: ref.Lookahead(ref.Descent(0.1), 3, 0.8)),
+    Case("Lookahead(ClipNorm>RADAM,1,0.3)", lambda: ox.Lookahead(ox.Optimiser(ox.ClipNorm(1.0), ox.RADAM(0.01)), 1, 0.3),
+         lambda: ref.Lookahead(ref.Chain(ref.ClipNorm(1.0), ref.RADAM(0.01)), 1, 0.3), fit=False),
     Case("ClipGlobalNorm>RMSProp", lambda: ox.Optimiser(ox.ClipGlobalNorm(1.0), ox.RMSProp(0.01)),
          lambda: ref.Chain(ref.ClipGlobalNorm(1.0), ref.RMSProp(0.01)), fit=False),
 ]

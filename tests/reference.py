@@ -314,6 +314,24 @@ def ADAMW(eta=0.001, beta=(0.9, 0.999), decay=0.0, eps=EPS):
     return Chain(ADAM(eta, beta, eps), WeightDecay(decay))
 
 
+class Lookahead:
+    """Zhang et al. 2019, Algorithm 1, as TF-Addons: `inner` moves the fast weights; after every
+    k-th update φ ← φ + α(x − φ) and x ← φ; φ starts at the variables before the first update."""
+
+    def __init__(self, inner, k=6, alpha=0.5):
+        self.inner, self.k, self.alpha, self.slow = inner, k, alpha, None
+
+    def __call__(self, gs, xs, n):
+        xs = [np.asarray(x, np.float64) for x in xs]
+        if self.slow is None:
+            self.slow = [x.copy() for x in xs]
+        fast = [x - d for x, d in zip(xs, self.inner(gs, xs, n))]
+        if n % self.k == 0:
+            self.slow = [s + self.alpha * (f - s) for s, f in zip(self.slow, fast)]
+            fast = [s.copy() for s in self.slow]
+        return [x - f for x, f in zip(xs, fast)]
+
+
 class Partition:
     """Each variable to the first rule whose pattern `re.search`es its path; each rule sees its subset.
 

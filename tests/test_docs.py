@@ -59,9 +59,13 @@ def site(tmp_path_factory):
     return out
 
 
+def _words(text):
+    """Letters and digits only, so Markdown (code spans, links, emphasis) reads the same as its HTML."""
+    return " ".join(re.findall(r"\w+", text))
+
+
 def _first_sentence(obj):
-    words = re.sub(r"[`*]", "", inspect.getdoc(obj) or "").split("\n\n")[0].split()  # as rendered
-    return " ".join(words[:8])
+    return _words(" ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split()[:8]))
 
 
 @pytest.mark.parametrize("module_name,folder", [("keras_optx", "api"), ("keras_optx.torch", "api/torch")])
@@ -72,7 +76,7 @@ def test_every_public_name_has_its_api_page_with_its_docstring(site, module_name
     for name in module.__all__:
         page = _Page(site / folder / f"{name}.html")
         assert f"{module_name}.{name}" in page.ids, name  # mkdocstrings' anchor for the object
-        assert _first_sentence(getattr(module, name)) in page.text, name
+        assert _first_sentence(getattr(module, name)) in _words(page.text), name
         assert os.path.relpath(f"{folder}/{name}.html", "api") in index.links, name
 
 

@@ -382,12 +382,15 @@ JIT_CASES = {
     "RMSProp": lambda: ox.RMSProp(0.01),
     "Nesterov": lambda: ox.Nesterov(0.01),
     "chain": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM(0.01)),
+    "Lookahead": lambda: ox.Lookahead(ox.ADAM(0.01), 3),  # 12 updates: 4 synchronisations
 }
+ON_TORCH_TOO = ("chain", "Lookahead")
 
 
 @pytest.mark.parametrize("name", [
-    n if n == "chain" else pytest.param(n, marks=pytest.mark.skipif(
-        BACKEND == "torch", reason="torch.compile costs ~9 s per model on CPU: the chain case covers a fused rule and transforms"))
+    n if n in ON_TORCH_TOO else pytest.param(n, marks=pytest.mark.skipif(
+        BACKEND == "torch", reason="torch.compile costs ~9 s per model on CPU: the chain case covers a fused rule and "
+        "transforms, the Lookahead case a wrapper"))
     for n in sorted(JIT_CASES)])
 def test_jit_compile_fit_matches_eager(name):
     """jax: XLA; tensorflow: tf.function(jit_compile); torch: torch.compile of the train step (the

@@ -16,6 +16,7 @@ pytest.importorskip("matplotlib", reason="the gallery draws with matplotlib (pip
 
 
 def test_every_rule_of_both_all_lists_is_a_panel():
+    # The panels come from keras_optx._catalog; this checks that it lists every rule a user can import.
     labels = [e.label.split("(")[0] for e in gallery.entries()]
     for module, prefix in ((ox, ""), (ox_torch, "torch.")):
         for name in module.__all__:

@@ -13,6 +13,7 @@ backend is here, behind one small interface. `current` is the module for the run
 - `step_numbers(rule)`: `(t, step)`, t = 1, 2, … and the 0-based step, counting applied updates.
 - `scalar(value)`: a learning rate or scale as the backend's kernels take it (torch: a Python float).
 - `write(rule, slot_writes, variables, delta)`: store the new slots and apply x ← x − Δ.
+- `assign(rule, pairs)`: set each `(variable, value)` (cast to the variable's dtype), as `write` sets slots.
 - `replicas(rule)`: replicas a wrapped Keras optimizer sums over (tensorflow's strategy; else 1).
 - `EAGER`: whether the step always runs eagerly (torch), so per-step flags may be read as Python values.
 - `load_kernels()`: register the backend's kernels (called once the rule classes exist).

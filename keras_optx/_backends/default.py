@@ -50,6 +50,12 @@ def write(rule, slot_writes, variables, delta):
         variable.assign(value)
 
 
+def assign(rule, pairs):
+    """Set each variable of `(variable, value)` pairs to its value, cast to the variable's dtype."""
+    for variable, value in pairs:
+        variable.assign(keras.ops.cast(value, variable.dtype))
+
+
 def replicas(rule):
     return 1
 

@@ -12,7 +12,7 @@ from . import default
 from .default import EAGER, apply_kernel, load_kernels, prepare_slots, scalar, step_numbers, values
 
 __all__ = [
-    "EAGER", "apply_kernel", "load_kernels", "prepare_slots", "replicas", "scalar", "step_numbers", "update_step", "values", "write",
+    "EAGER", "apply_kernel", "assign", "load_kernels", "prepare_slots", "replicas", "scalar", "step_numbers", "update_step", "values", "write",
 ]
 
 
@@ -25,7 +25,15 @@ def update_step(rule, grads, variables):
 
 def write(rule, slot_writes, variables, delta):
     """Assign in cross-replica context so `tf.distribute` strategies update every replica."""
-    updates = default.assignments(slot_writes, variables, delta)
+    _assign_all(rule, default.assignments(slot_writes, variables, delta))
+
+
+def assign(rule, pairs):
+    """Set each variable of `(variable, value)` pairs to its value (cast), in cross-replica context."""
+    _assign_all(rule, [(v, keras.ops.cast(value, v.dtype)) for v, value in pairs])
+
+
+def _assign_all(rule, updates):
     targets = [v.value if isinstance(v, keras.Variable) else v for v, _ in updates]
     new_values = [value for _, value in updates]
 

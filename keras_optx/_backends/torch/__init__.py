@@ -33,10 +33,10 @@ result to the last member's kernel; that is the chain's own kernel (`transforms.
 
 from ..default import replicas
 from .registry import into_of, kernel_of, register_into, register_kernel, takes_weight_decay
-from .step import EAGER, apply_kernel, prepare_slots, scalar, step_numbers, update_step, values, write
+from .step import EAGER, apply_kernel, assign, prepare_slots, scalar, step_numbers, update_step, values, write
 
 __all__ = [
-    "EAGER", "apply_kernel", "into_of", "kernel_of", "load_kernels", "prepare_slots", "register_into", "register_kernel",
+    "EAGER", "apply_kernel", "assign", "into_of", "kernel_of", "load_kernels", "prepare_slots", "register_into", "register_kernel",
     "replicas", "scalar", "step_numbers", "takes_weight_decay", "update_step", "values", "write",
 ]
 

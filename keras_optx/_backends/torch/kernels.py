@@ -17,6 +17,9 @@ from .buffers import in_blocks, into, scratch, step_tensors, whole
 from .registry import register_kernel
 
 
+_F32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
+
+
 # descent.py ------------------------------------------------------------------------------------
 @register_kernel(Descent, weight_decay=True)
 def descent(rule, xs, gs, slots, t, lr, weight_decay=0.0):
@@ -163,7 +166,7 @@ def nadam(rule, xs, gs, slots, t, lr):
     # In place on the slots and one kept buffer, block by block (`in_blocks`): √v·k + ϵ =
     # k·(√v + ϵ/k), k = √(β₂/(1−β₂ᵗ)), so x ← x − (c₁·m + c₂·g)/(k·(√v + ϵ/k)) is two addcdiv passes.
     b1, b2 = rule.beta
-    if b2 == 0:  # k = 0: Δ = numerator/ϵ; the formula handles it
+    if b2 < _F32_TINY:  # k = 0 in float32 (1/k would overflow): Δ = numerator/ϵ; the formula handles it
         return False
     k = ops.sqrt(b2 / ops.one_minus_pow(b2, t))
     c1, c2 = -lr * b1 / ops.one_minus_pow(b1, t + 1) / k, -lr * (1 - b1) / ops.one_minus_pow(b1, t) / k
@@ -181,8 +184,8 @@ def nadam(rule, xs, gs, slots, t, lr):
 def adamw(rule, xs, gs, slots, t, lr):
     # ADAMW = Optimiser(ADAM, WeightDecay(decay)): torch's AdamW first scales x by 1 − η·λ, so
     # λ = decay/η gives Flux's x − decay·x (ADAM's Δ does not depend on x: the order does not matter).
-    if rule.decay and not lr > 0:
-        return False
+    if rule.decay and (not lr > 0 or rule.rules[1]._decay_mask() is not None):
+        return False  # the formula: no rate to divide by, or variables excluded from the decay
     b1, b2 = rule.beta
     m_v = _own(slots, 0)  # the chain's first member's (ADAM's) slots
     torch._fused_adamw_(
@@ -196,11 +199,12 @@ def adamw(rule, xs, gs, slots, t, lr):
 @register_kernel(compat.SGD)
 def sgd(rule, xs, gs, slots, t, lr):
     # `is_first_step` is torch's b ← g on step 1.
-    torch._fused_sgd_(
-        xs, gs, slots.get("momentum_buffer", []), weight_decay=rule.torch_weight_decay, momentum=rule.momentum,
-        lr=lr, dampening=rule.dampening, nesterov=rule.nesterov, maximize=rule.maximize,
-        is_first_step=t == 1 and not rule.dampen_first_step,
-    )
+    for (xs, gs, buffers), weight_decay in _decay_groups(rule, xs, gs, slots.get("momentum_buffer", [])):
+        torch._fused_sgd_(
+            xs, gs, buffers, weight_decay=weight_decay, momentum=rule.momentum,
+            lr=lr, dampening=rule.dampening, nesterov=rule.nesterov, maximize=rule.maximize,
+            is_first_step=t == 1 and not rule.dampen_first_step,
+        )
     return True
 
 
@@ -208,9 +212,25 @@ def sgd(rule, xs, gs, slots, t, lr):
 def torch_adam(rule, xs, gs, slots, t, lr):
     b1, b2 = rule.betas
     kernel = torch._fused_adamw_ if rule._decoupled else torch._fused_adam_
-    kernel(
-        xs, gs, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq", []), step_tensors(t, xs),
-        lr=lr, beta1=b1, beta2=b2, weight_decay=rule.torch_weight_decay, eps=rule.eps, amsgrad=rule.amsgrad,
-        maximize=rule.maximize,
-    )
+    lists = (xs, gs, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq", []))
+    for (xs, gs, m, v, v_max), weight_decay in _decay_groups(rule, *lists):
+        kernel(
+            xs, gs, m, v, v_max, step_tensors(t, xs), lr=lr, beta1=b1, beta2=b2, weight_decay=weight_decay,
+            eps=rule.eps, amsgrad=rule.amsgrad, maximize=rule.maximize,
+        )
     return True
+
+
+def _decay_groups(rule, *lists):
+    """[(lists, weight decay)] for one of torch's kernels: one group, or, where variables are excluded
+    from weight decay (`exclude_from_weight_decay`), the decayed ones with `torch_weight_decay` and
+    the others with 0. An empty list (no such slot) stays empty in each group."""
+    mask = rule._decay_mask() if rule.torch_weight_decay else None
+    if mask is None:
+        return [(lists, rule.torch_weight_decay)]
+    groups = []
+    for decays, weight_decay in ((True, rule.torch_weight_decay), (False, 0.0)):
+        part = [[item for item, m in zip(items, mask) if m is decays] if items else items for items in lists]
+        if part[0]:
+            groups.append((part, weight_decay))
+    return groups

@@ -85,6 +85,12 @@ def scalar(value):
     return value if isinstance(value, (int, float)) else float(value)
 
 
+def assign(rule, pairs):
+    """Set each variable of `(variable, value)` pairs to its value (`copy_` casts to its dtype)."""
+    if pairs:
+        torch._foreach_copy_(values([v for v, _ in pairs]), [value for _, value in pairs])
+
+
 def write(rule, slot_writes, variables, delta):
     """Store the new slots and apply x ← x − Δ (`delta` a `Many`) as foreach ops."""
     if slot_writes:

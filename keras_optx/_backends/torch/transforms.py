@@ -21,7 +21,18 @@ from .registry import into_of, kernel_of, register_into, register_kernel, takes_
 
 @register_into(WeightDecay)
 def weight_decay(rule, out, g, xs, t, step):
-    return into(out, "add", g, xs, alpha=rule.wd)
+    mask = rule._decay_mask()
+    if mask is None:
+        return into(out, "add", g, xs, alpha=rule.wd)
+    # Variables excluded from weight decay (`exclude_from_weight_decay`): their Δ is g itself.
+    delta = list(g)
+    decayed = [i for i, decays in enumerate(mask) if decays]
+    if decayed:
+        outs = [out[i] for i in decayed]
+        into(outs, "add", [g[i] for i in decayed], [xs[i] for i in decayed], alpha=rule.wd)
+        for i, value in zip(decayed, outs):
+            delta[i] = value
+    return delta
 
 
 @register_into(ClipValue)
@@ -47,7 +58,8 @@ def clip_norm(rule, out, g, xs, t, step):
     factors = list(scales.unbind())
     # On CPU the scales are on the host already: a gradient within the threshold is its own Δ
     # (g·1 = g), so only the clipped ones are copied and scaled. On a device, reading them would wait.
-    clipped = [i for i, s in enumerate(scales.tolist()) if s < 1.0] if scales.device.type == "cpu" else g
+    # `not s >= 1`: a NaN norm (a NaN in g) scales by NaN, as the formula does.
+    clipped = [i for i, s in enumerate(scales.tolist()) if not s >= 1.0] if scales.device.type == "cpu" else g
     if len(clipped) == len(g):
         return into(out, "mul", g, factors)
     delta = list(g)
@@ -67,7 +79,7 @@ def clip_global_norm(rule, out, g, xs, t, step):
         return out
     norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(g)]))
     scale = rule.thresh / torch.clamp_min(norm, rule.thresh)
-    if scale.device.type == "cpu" and scale.item() == 1.0:  # within the threshold: Δ = g, no copy
+    if scale.device.type == "cpu" and scale.item() == 1.0:  # within the threshold: Δ = g, no copy (NaN ≠ 1)
         return g
     return into(out, "mul", g, scale)
 
@@ -101,7 +113,7 @@ def chain(rule, xs, gs, slots, t, lr):
     intos = [into_of(member) for member in head]
     decay = 0.0
     if all(intos):
-        if takes_weight_decay(last) and type(head[-1]) is WeightDecay:
+        if takes_weight_decay(last) and type(head[-1]) is WeightDecay and head[-1]._decay_mask() is None:
             # The kernel adds the coupled decay g + λ·x itself: one pass fewer.
             decay, intos = head[-1].wd, intos[:-1]
         # Transforms only: each writes into one kept buffer (no fresh large tensors; gs untouched).
