@@ -455,7 +455,7 @@ class Transform(Rule):
             raise TypeError(
                 f"`optimizer` must be a Keras optimizer (keras.optimizers.Optimizer) or None; received {optimizer!r}."
             )
-        if optimizer is not None and self.shard_state:
+        if optimizer is not None and self.shard_state and not self.slots:
             raise ValueError(
                 f"{type(self).__name__} wrapping {type(optimizer).__name__} keeps no state of its own; "
                 f"`shard_state=True` cannot reach {type(optimizer).__name__}'s slots. Use a keras_optx chain, "
