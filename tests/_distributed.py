@@ -167,6 +167,8 @@ def shard():
             opt = make()
             config = opt.get_config()
             config["shard_state"] = True
+            if isinstance(config.get("optimizer"), dict):  # a wrapper (Lookahead): its optimizer's state too
+                config["optimizer"]["config"]["shard_state"] = True
             return type(opt).from_config(config)
 
         net, opt = run_eager(sharded, units, distribution)

@@ -76,7 +76,7 @@ def test_fit_benchmark_prints_every_optimizer():
 
 
 def test_memory_benchmark_reports_state_bytes_per_parameter():
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in _run("bench_memory.py", "--rounds", "2")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in _rows(_run("bench_memory.py", "--rounds", "2"))]
     table = {(row[0], row[1]): row for row in rows}
     adam = table[("ADAM", "keras_optx")]
     assert adam[2] == "8.00" and adam[3] == "4.00", adam  # two float32 moments; bfloat16 halves them
