@@ -82,41 +82,42 @@ def run(args):
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # warm-up: trace, compile, build
         models[name] = model
     times = {name: [] for name in models}
-    cpu = dict.fromkeys(models, 0.0)
+    cpu = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
             start, start_cpu = time.perf_counter(), time.process_time()
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-            cpu[name] += time.process_time() - start_cpu
+            cpu[name].append((time.process_time() - start_cpu) / steps)
             times[name].append((time.perf_counter() - start) / steps)
-    step = {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
+    # Shares are taken of CPU medians: on one core, the time the step had the core (steady on a shared machine).
+    step = {name: (statistics.median(ts), min(ts), statistics.median(cpu[name])) for name, ts in times.items()}
     applied = _apply_times(models, rounds=9 if args.quick else 31) if backend == "torch" else {}
     cpu_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"\n### model.fit, {backend}: MLP 784-512-512-10, batch {batch}, {steps} steps/epoch, "
           f"median and min of {rounds} epochs; {cpu_name}, {os.cpu_count()} cores, {args.threads} thread(s) on cores "
           f"{sorted(os.sched_getaffinity(0))}; load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + "\n")
-    print("| optimizer | ms/step (median / min) | steps/s (median) | share over no-op (median / min) | share over SGD (median / min) | apply ms, share of step | CPU/wall |")
+    print("| optimizer | ms/step (wall median / min, CPU median) | steps/s (wall median) | share over no-op (CPU) "
+          "| share over SGD (CPU) | apply CPU ms, share of CPU step | CPU/wall |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    noop, sgd = step["no-op"], step["keras SGD"]
+    noop, sgd = step["no-op"][2], step["keras SGD"][2]
     if applied:  # no fit row of its own: its apply time against keras_optx ADAM's fit step
         step[_FUSED] = step["keras_optx ADAM"]
-    for name, (med, low) in step.items():
+    for name, (med, low, mid_cpu) in step.items():
         if name == _FUSED:
-            print(f"| {name} | — | — | — | — | {applied[name] * 1e3:.2f}, {applied[name] / med:.0%} | — |")
+            print(f"| {name} | — | — | — | — | {applied[name] * 1e3:.2f}, {applied[name] / mid_cpu:.0%} | — |")
             continue
-        share = f"{(med - noop[0]) / med:.0%} / {(low - noop[1]) / low:.0%}"
-        over_sgd = f"{(med - sgd[0]) / med:.0%} / {(low - sgd[1]) / low:.0%}"
-        direct = f"{applied[name] * 1e3:.2f}, {applied[name] / med:.0%}" if name in applied else "—"
-        ratio = cpu[name] / (sum(times[name]) * steps)
-        print(f"| {name} | {med * 1e3:.2f} / {low * 1e3:.2f} | {1 / med:.1f} | {share} | {over_sgd} | {direct} | {ratio:.2f} |")
+        direct = f"{applied[name] * 1e3:.2f}, {applied[name] / mid_cpu:.0%}" if name in applied else "—"
+        ratio = sum(cpu[name]) / sum(times[name])
+        print(f"| {name} | {med * 1e3:.2f} / {low * 1e3:.2f}, {mid_cpu * 1e3:.2f} | {1 / med:.1f} | {(mid_cpu - noop) / mid_cpu:.0%} "
+              f"| {(mid_cpu - sgd) / mid_cpu:.0%} | {direct} | {ratio:.2f} |")
     if applied:
-        print("\n\"apply ms\": `optimizer.apply` alone on the model's variables with fixed gradients (median of "
-              "interleaved calls), and its share of the median fit step. The differences of whole epochs swing by "
-              "several % on a shared machine; this one does not.")
+        print("\n\"apply CPU ms\": `optimizer.apply` alone on the model's variables with fixed gradients (median CPU time "
+              "of interleaved calls), and its share of the CPU median of the fit step. The differences of whole epochs "
+              "swing by several % on a shared machine; this one does not.")
 
 
 def _apply_times(models, rounds):
-    """Median time of one eager `optimizer.apply` per model, on its own variables (torch: as fit calls it)."""
+    """Median CPU time of one eager `optimizer.apply` per model, on its own variables (torch: as fit calls it)."""
     import keras
     import numpy as np
 
@@ -136,12 +137,12 @@ def _apply_times(models, rounds):
     times = {name: [] for name in [*models, _FUSED]}
     for _ in range(rounds):
         for name, (optimizer, grads, variables) in calls.items():
-            start = time.perf_counter()
+            start = time.process_time()
             optimizer.apply(grads, variables)
-            times[name].append(time.perf_counter() - start)
-        start = time.perf_counter()
+            times[name].append(time.process_time() - start)
+        start = time.process_time()
         fused.step()
-        times[_FUSED].append(time.perf_counter() - start)
+        times[_FUSED].append(time.process_time() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -6,8 +6,10 @@ Runs on the JAX, PyTorch and TensorFlow backends. See the README for the rule ta
 from . import _checks as checks
 from ._base import Rule, Transform
 from ._grad import gradient, value_and_gradient
+from ._hyper import adjust
 from .adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
 from .adaptive import ADADelta, ADAGrad, RMSProp
+from .callbacks import HyperparameterScheduler
 from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
@@ -37,6 +39,7 @@ __all__ = [
     "Descent",
     "ExpDecay",
     "Frozen",
+    "HyperparameterScheduler",
     "InvDecay",
     "Lion",
     "Lookahead",
@@ -53,6 +56,7 @@ __all__ = [
     "SkipNonFinite",
     "Transform",
     "WeightDecay",
+    "adjust",
     "checks",
     "gradient",
     "value_and_gradient",

@@ -17,6 +17,7 @@ import keras
 from . import _checks as check
 from . import _scale
 from ._backends import current as backend
+from ._hyper import HyperMixin, _in_step, deserialize_value, serialize_value
 from ._identity import _same, _set_cache
 from ._tensors import Many, ops
 
@@ -27,7 +28,9 @@ EPSILON = 1e-8
 # "format_version". Raise it when a change adds, removes or reorders an optimizer's variables or
 # renames a config key, and teach `Rule._migrate_config`/`_migrate_variables` to read the old one:
 # tests/fixtures/checkpoints (files saved by earlier versions) must keep loading.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 2 added one variable per rule with numeric hyperparameters (its "hyperparameters" vector,
+# made at build); `Rule._migrate_variables` fills it from the config for files of format ≤ 1.
 
 
 # Keras optimizer keywords that change the update, with their defaults. A chain member's update is
@@ -51,7 +54,7 @@ class State(dict):
     __getattr__ = dict.__getitem__
 
 
-class Rule(keras.optimizers.Optimizer):
+class Rule(HyperMixin, keras.optimizers.Optimizer):
     """Base class of every keras_optx rule: a Keras optimizer whose update is `delta`.
 
     Subclasses define:
@@ -118,7 +121,7 @@ class Rule(keras.optimizers.Optimizer):
         state_dtype = _scale.check_state_dtype(state_dtype)
         super().__init__(learning_rate=learning_rate, **kwargs)
         for name, value in hyper.items():
-            setattr(self, name, self.hyperparameters[name](name, value))
+            setattr(self, name, value)  # validated by its `_Hyper` descriptor (keras_optx/_hyper.py)
         self._owner = None
         self.shard_state = shard_state
         self.state_dtype = state_dtype
@@ -210,8 +213,8 @@ class Rule(keras.optimizers.Optimizer):
 
     def _build_state(self, variables):
         """Create variables other than slots at build (a Partition's freeze mask); returns them
-        for the optimizer that owns this rule to track and save. None by default."""
-        return []
+        for the optimizer that owns this rule to track and save: its hyperparameter vector."""
+        return self._build_hyper()
 
     def apply(self, grads, trainable_variables=None):
         # Keras zips grads with variables: an extra gradient or a wrong shape would be
@@ -297,7 +300,7 @@ class Rule(keras.optimizers.Optimizer):
         _set_cache(self, "_known_cache", source=self._trainable_variables_indices, variables=list(variables))
 
     def _update(self, grads, variables):
-        with _step_variables(variables):
+        with _step_variables(variables), _in_step(self):
             self._update_step(grads, variables)
 
     def _update_step(self, grads, variables):
@@ -340,7 +343,7 @@ class Rule(keras.optimizers.Optimizer):
         if not self.has_learning_rate:
             config.pop("learning_rate")
         for name in self.hyperparameters:
-            config[name] = getattr(self, name)
+            config[name] = serialize_value(self._static(name))
         config["shard_state"] = self.shard_state
         config["state_dtype"] = self.state_dtype
         config["format_version"] = FORMAT_VERSION
@@ -350,6 +353,9 @@ class Rule(keras.optimizers.Optimizer):
     def from_config(cls, config, custom_objects=None):
         # Keras's from_config deserializes the schedule in place; keep the caller's dict intact.
         config, version = _versioned(cls, config)
+        for name in cls.hyperparameters:
+            if name in config:
+                config[name] = deserialize_value(config[name], custom_objects)
         optimizer = super().from_config(config, custom_objects=custom_objects)
         optimizer._saved_format_version = version
         return optimizer
@@ -364,7 +370,20 @@ class Rule(keras.optimizers.Optimizer):
 
     def _migrate_variables(self, arrays, version):
         """Return the saved variable values (`arrays`, a list in saved order, format `version` <
-        FORMAT_VERSION) in the order and number of today's `self.variables`."""
+        FORMAT_VERSION) in the order and number of today's `self.variables`.
+
+        Format ≤ 1 had no hyperparameter vectors: each takes the values of the loaded config."""
+        if version < 2:
+            arrays, out = iter(arrays), []
+            for variable in self.variables:
+                if getattr(variable, "_keras_optx_hyperparameters", False):
+                    out.append(keras.ops.convert_to_numpy(variable.value))
+                else:
+                    out.append(next(arrays, None))
+            rest = list(arrays)
+            if rest or any(a is None for a in out):
+                return [a for a in out if a is not None] + rest  # a count mismatch: refused below
+            return out
         return arrays
 
     def load_own_variables(self, store):
@@ -415,6 +434,13 @@ class Rule(keras.optimizers.Optimizer):
     def _rate_variables(self):
         """The learning-rate variables a chain must save for this member."""
         return [self._learning_rate] if self.has_learning_rate and isinstance(self._learning_rate, keras.Variable) else []
+
+    def adjust(self, **values):
+        """Set hyperparameters here and in every rule inside (chain members, Partition rules):
+        `opt.adjust(rho=0.5)`. See `keras_optx.adjust`."""
+        from ._hyper import adjust
+
+        return adjust(self, **values)
 
     def __repr__(self):
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.hyperparameters)

@@ -87,3 +87,10 @@ def learning_rate(value):
     if isinstance(value, _Schedule) or callable(value):
         return value
     return nonnegative("learning_rate", value)
+
+
+# Which checks take schedules and callables (hyperparameters as state, keras_optx/_hyper.py):
+# a scalar check takes them whole, a pair check per element through its element check.
+for _check in (nonnegative, positive, unit, closed_unit):
+    _check.numeric = True
+betas.element = unit

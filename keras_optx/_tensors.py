@@ -195,6 +195,9 @@ class _Ops:
     @staticmethod
     def one_minus_pow(base, t):
         """1 − baseᵗ for a scalar step t, accurate in float32 when baseᵗ is near 1 (via expm1)."""
+        if keras.ops.is_tensor(base):  # a hyperparameter read from its variable (jax/tensorflow)
+            base = keras.ops.cast(base, "float32")
+            return -keras.ops.expm1(keras.ops.cast(t, "float32") * keras.ops.log(base))
         log_base = math.log(base) if base > 0 else -math.inf
         if isinstance(t, numbers.Number):
             return -math.expm1(t * log_base)

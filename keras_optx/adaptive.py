@@ -43,7 +43,7 @@ class _StartsAtEpsilon:
 
     @property
     def slots(self):
-        return dict.fromkeys(self.state_names, self.epsilon)
+        return dict.fromkeys(self.state_names, self._static("epsilon"))
 
 
 @_register

@@ -83,7 +83,7 @@ class Optimiser(Rule):
         }
 
     def _build_state(self, variables):
-        return [v for m in self._members for v in m._build_state(variables)]
+        return self._build_hyper() + [v for m in self._members for v in m._build_state(variables)]
 
     def _transform(self, g, x, state, t, step):
         return self._fold(self._members, g, x, state, t, step)

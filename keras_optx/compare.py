@@ -464,10 +464,13 @@ def _settable_rate(optimizer):
 
 
 def _label(rule):
-    """A display name for an optimizer object: `ClipNorm+ADAM`, `torch.Adam`, `keras.Adam`."""
+    """A display name for an optimizer object: `ClipNorm+ADAM`, `torch.Adam`, `keras.Adam`, `Lookahead(RADAM)`."""
     if isinstance(rule, ox.Optimiser):
         return "+".join(_label(member) for member in rule)
     name = type(rule).__name__
+    inner = getattr(rule, "optimizer", None)
+    if isinstance(rule, keras.optimizers.Optimizer) and isinstance(inner, keras.optimizers.Optimizer):
+        return f"{name}({_label(inner)})"  # a wrapper: Lookahead(RADAM), ClipNorm(keras.Adam)
     module = type(rule).__module__
     if module.startswith("keras_optx.torch") or module.startswith("keras_optx._backends.torch"):
         return f"torch.{name}"

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from ._base import FORMAT_VERSION, _KERAS_UPDATE_KEYWORDS, _adopt_rate, _checked_gradients, _set_all, _versioned
+from ._base import FORMAT_VERSION, _KERAS_UPDATE_KEYWORDS, Rule, _adopt_rate, _checked_gradients, _set_all, _versioned
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -154,6 +154,23 @@ class SkipNonFinite(keras.optimizers.Optimizer):
     def _migrate_config(cls, config, version):
         """As `Rule._migrate_config`: `config` of format `version` in today's form."""
         return config
+
+    def _migrate_variables(self, arrays, version):
+        """As `Rule._migrate_variables` (format ≤ 1: the wrapped rule's hyperparameter vector)."""
+        return Rule._migrate_variables(self, arrays, version)
+
+    def load_own_variables(self, store):
+        version = getattr(self, "_saved_format_version", FORMAT_VERSION)
+        if version == FORMAT_VERSION or not self.variables:
+            return super().load_own_variables(store)
+        arrays = self._migrate_variables([store[str(i)] for i in range(len(store.keys()))], version)
+        if len(arrays) != len(self.variables):
+            raise ValueError(
+                f"Cannot load the saved state of optimizer {self.name!r}: it has {len(arrays)} variables (format "
+                f"{version}), this SkipNonFinite has {len(self.variables)}. Load it with the configuration it was saved with."
+            )
+        for variable, value in zip(self.variables, arrays):
+            variable.assign(value)
 
     def __repr__(self):
         return f"SkipNonFinite({self.optimizer!r})"

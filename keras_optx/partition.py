@@ -141,7 +141,7 @@ class Partition(Rule):
         return owners
 
     def _build_state(self, variables):
-        made = []
+        made = self._build_hyper()
         for rule, positions in zip(self.rules, self._groups(variables)):
             made += rule._build_state([variables[i] for i in positions])
         if self._mask is None:

@@ -158,17 +158,33 @@ class SGD(_TorchRule):
                 f"received momentum={self.momentum}, dampening={self.dampening}."
             )
 
+    def _hyper_check(self, name, value):
+        # After build: the momentum buffer exists or not (momentum > 0 or 0 at build), as in torch.
+        momentum = value if name == "momentum" else self._static("momentum")
+        dampening = value if name == "dampening" else self._static("dampening")
+        if name == "momentum" and (value == 0) != (self._static("momentum") == 0):
+            raise ValueError(
+                f"`momentum` was {self._static('momentum')} when the optimizer was built, so a momentum buffer "
+                f"{'was not' if self._static('momentum') == 0 else 'was'} made; it cannot become {value} now. "
+                "Choose momentum > 0 (or 0) before training starts."
+            )
+        if self.nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(
+                "`nesterov=True` requires `momentum` > 0 and `dampening` = 0 (as torch.optim.SGD); "
+                f"received momentum={momentum}, dampening={dampening}."
+            )
+
     @property
     def slots(self):
         # torch keeps no buffer without momentum; neither do we.
-        return {"momentum_buffer": 0.0} if self.momentum else {}
+        return {"momentum_buffer": 0.0} if self._static("momentum") else {}
 
     def delta(self, ops, g, x, s, t, lr):
         if self.maximize:
             g = -g
         if self.torch_weight_decay:
             g = _plus_decay(g, x, self.torch_weight_decay, self._decay_mask())
-        if not self.momentum:
+        if "momentum_buffer" not in s:  # momentum 0 when built: no buffer
             return lr * g, {}
         keep = 1.0 - self.dampening
         if not self.dampen_first_step:

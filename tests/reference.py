@@ -8,6 +8,9 @@ Rates may be numbers or functions of n (a schedule as a learning rate).
 import numpy as np
 
 EPS = 1e-8
+# The oracle's precision. Tests of float32 overflow (tests/test_properties.py) set it to
+# np.float32 for a run, to see which values float32 itself turns non-finite.
+DTYPE = np.float64
 
 
 def _rate(eta, n):
@@ -25,8 +28,8 @@ class Reference:
     def __call__(self, gs, xs, n):
         out = []
         for i, (g, x) in enumerate(zip(gs, xs)):
-            s = self.state.setdefault(i, {k: np.full_like(x, v, dtype=np.float64) for k, v in self.initial().items()})
-            out.append(self.step(s, np.asarray(g, np.float64), np.asarray(x, np.float64), n))
+            s = self.state.setdefault(i, {k: np.full_like(x, v, dtype=DTYPE) for k, v in self.initial().items()})
+            out.append(self.step(s, np.asarray(g, DTYPE), np.asarray(x, DTYPE), n))
         return out
 
     def initial(self):
@@ -274,9 +277,9 @@ class ClipGlobalNorm:
         self.thresh = thresh
 
     def __call__(self, gs, xs, n):
-        norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in gs))
+        norm = np.sqrt(sum(np.sum(np.asarray(g, DTYPE) ** 2) for g in gs))
         scale = self.thresh / norm if norm > self.thresh else 1.0
-        return [np.asarray(g, np.float64) * scale for g in gs]
+        return [np.asarray(g, DTYPE) * scale for g in gs]
 
 
 def exp_decay(eta=0.001, decay=0.1, decay_step=1000, clip=1e-4, start=0):
@@ -295,7 +298,7 @@ class Scale:
         self.rate = rate
 
     def __call__(self, gs, xs, n):
-        return [self.rate(n) * np.asarray(g, np.float64) for g in gs]
+        return [self.rate(n) * np.asarray(g, DTYPE) for g in gs]
 
 
 class Chain:

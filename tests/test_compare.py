@@ -219,22 +219,29 @@ def test_tune_searches_on_a_held_out_split_never_the_test_set(monkeypatch):
     assert f"{row.learning_rate:.3g}" in result.table()
 
 
-def test_search_trials_equal_fresh_runs_at_their_rate():
+@pytest.mark.parametrize("kind", ["chain", "lookahead"])
+def test_search_trials_equal_fresh_runs_at_their_rate(kind):
     # The search reuses one model and optimizer (restored, new rate): each trial must equal
     # a fresh model trained at that rate on the same split.
     import keras_optx as ox
 
+    def make(rate):
+        if kind == "chain":
+            return ox.Optimiser(ox.ClipNorm(1.0), ox.Momentum(rate))
+        return ox.Lookahead(ox.Momentum(rate), sync_period=2)
+
     x, y = _data(80)
     result = compare.compare(
-        _user_model, (x, y), [ox.Optimiser(ox.ClipNorm(1.0), ox.Momentum(0.01))], loss=LOSS, epochs=1,
+        _user_model, (x, y), [make(0.01)], loss=LOSS, epochs=1,
         batch_size=16, tune=True, tune_epochs=1, tune_factors=[1.0, 10.0], progress=False,
     )
     (row,) = result.rows
+    assert row.rule == ("Lookahead(Momentum)" if kind == "lookahead" else "ClipNorm+Momentum")
     (x_fit, y_fit), (x_val, y_val) = compare._split((x, y), 0.2)
     for rate, val, _ in row.trials[:2]:
         keras.utils.set_random_seed(0)
         model = _user_model()
-        model.compile(optimizer=ox.Optimiser(ox.ClipNorm(1.0), ox.Momentum(rate)), loss=LOSS)
+        model.compile(optimizer=make(rate), loss=LOSS)
         order = compare._order(len(x_fit), 0, 0)  # the runs' batch order: seed 0, epoch 0
         model.fit(x_fit[order], y_fit[order], batch_size=16, epochs=1, shuffle=False, verbose=0)
         fresh = model.evaluate(x_val, y_val, batch_size=16, verbose=0, return_dict=True)["loss"]

@@ -33,6 +33,8 @@ FAST = {
     "AdaMax": lambda: ox.AdaMax(0.003, (0.85, 0.99)),
     "ADADelta": lambda: ox.ADADelta(0.85, 1e-6, learning_rate=0.5),
     "NADAM": lambda: ox.NADAM(0.003, (0.85, 0.99)),
+    "OADAM": lambda: ox.OADAM(0.003, (0.85, 0.99)),
+    "AdaBelief": lambda: ox.AdaBelief(0.003, (0.85, 0.99)),
     # β₂ = 0.9: ρₜ > 4 from t = 5, so the run covers both of RADAM's branches.
     "RADAM": lambda: ox.RADAM(0.003, (0.85, 0.9)),
     # Chains: the transforms fold as foreach ops, the last member's kernel applies the update.
@@ -64,7 +66,7 @@ FAST = {
     "ClipValue>ClipNorm(3)>ADAM": lambda: ox.Optimiser(ox.ClipValue(1.5), ox.ClipNorm(3.0), ox.ADAM(0.003, (0.85, 0.99))),
 }
 # The learning rate changes every step where the slot carries η (Flux's velocity).
-VARYING_RATE = {"torch.SGD(momentum,dampening,wd)", "torch.SGD(dtorch)", "torch.Adam(wd,amsgrad)", "torch.AdamW", "Momentum", "Nesterov", "Descent", "ADAM", "ADAMW", "AdaMax", "ADADelta", "NADAM", "RADAM", "ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"}
+VARYING_RATE = {"torch.SGD(momentum,dampening,wd)", "torch.SGD(dtorch)", "torch.Adam(wd,amsgrad)", "torch.AdamW", "Momentum", "Nesterov", "Descent", "ADAM", "ADAMW", "AdaMax", "ADADelta", "NADAM", "RADAM", "OADAM", "AdaBelief", "ClipNorm>WeightDecay>ADAM", "ExpDecay>Momentum"}
 
 torch_only = pytest.mark.skipif(
     BACKEND != "torch", reason="torch fused kernels exist only on torch; jax/tf run `delta` under XLA/tf.function"
@@ -114,7 +116,7 @@ LARGE_SHAPES = [(300, 200), (70001,)]
 
 
 @torch_only
-@pytest.mark.parametrize("name", ["AdaMax", "ADADelta", "NADAM", "RADAM", "ClipNorm>WeightDecay>ADAM",
+@pytest.mark.parametrize("name", ["AdaMax", "ADADelta", "NADAM", "RADAM", "OADAM", "AdaBelief", "ClipNorm>WeightDecay>ADAM",
                                   "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp", "ExpDecay>Momentum"])
 def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
@@ -136,7 +138,7 @@ def test_fast_path_matches_formula_in_cache_blocks(name):
 # they lie together, and ClipNorm and ClipGlobalNorm take one op per size over a copy of the
 # gradients there (`_backends.torch.transforms._packed_for`); the packed slot steps pair buffers laid out alike.
 GROUPED_SHAPES = [(3, 4), (7,), (12,), (5,), (4, 3), (2, 6), (7,), (6, 2)]
-PACKED = ["AdaMax", "ADADelta", "NADAM", "RADAM"]  # their fast paths run slot-only steps on packed buffers
+PACKED = ["AdaMax", "ADADelta", "NADAM", "RADAM", "OADAM", "AdaBelief"]  # their fast paths run slot-only steps on packed buffers
 PACKED_CLIPS = ["ClipNorm>WeightDecay>ADAM", "ClipNorm(3)>ClipValue>Momentum", "ClipValue>ClipNorm(3)>ADAM", "ClipGlobalNorm>RMSProp"]
 
 

@@ -134,6 +134,8 @@ WRAPPERS = {
     "ClipNorm(keras Adam)": lambda: ox.ClipNorm(1.0, keras.optimizers.Adam(0.1)),
     "SkipNonFinite(ClipNorm(keras Adam))": lambda: ox.SkipNonFinite(ox.ClipNorm(1.0, keras.optimizers.Adam(0.1))),
     "chain": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.ADAM(0.1)),
+    "Lookahead(ADAM)": lambda: ox.Lookahead(ox.ADAM(0.1), 2),
+    "SkipNonFinite(Lookahead(chain))": lambda: ox.SkipNonFinite(ox.Lookahead(ox.Optimiser(ox.ClipNorm(1.0), ox.Momentum(0.1)), 2)),
 }
 
 

@@ -163,3 +163,38 @@ def test_freeze_in_fit_and_resume_from_keras_file(tmp_path):
     loaded.optimizer.thaw("body")
     loaded.optimizer.apply(step, loaded.trainable_variables)
     assert not np.array_equal(values(loaded.layers[0].weights)[0], body[0])
+
+
+def test_reduce_lr_on_plateau_steers_the_catch_all_rate():
+    head, rest = ox.ADAM(0.01), ox.Descent(0.1)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    model.compile(optimizer=ox.Partition({"dense_1": head, ".*": rest}), loss="mse")
+    x, y = regression_data()
+    # min_delta larger than any improvement: every epoch after the first counts as a plateau.
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[plateau])
+    assert float(keras.ops.convert_to_numpy(rest.learning_rate)) == pytest.approx(0.025)
+    assert float(keras.ops.convert_to_numpy(head.learning_rate)) == pytest.approx(0.01)
+
+
+@pytest.mark.skipif(not hasattr(keras.optimizers, "MultiOptimizer"), reason="this Keras has no MultiOptimizer (3.15+)")
+def test_rules_inside_keras_multi_optimizer_equal_a_partition():
+    """keras_optx rules as MultiOptimizer's sub-optimizers: the same values as a Partition of them."""
+    from keras.src.optimizers.multi_optimizer import OptimizerMap
+
+    variables, twins = named_variables(), named_variables()
+    multi = keras.optimizers.MultiOptimizer(OptimizerMap(ox.ADAM(0.01), {"bias": ox.Momentum(0.05, 0.5)}))
+    partition = ox.Partition({"bias": ox.Momentum(0.05, 0.5), ".*": ox.ADAM(0.01)})
+    for _, grads in zip(range(5), gradient_stream()):
+        grads = [keras.ops.convert_to_tensor(g) for g in grads]
+        multi.apply(grads, variables)
+        partition.apply(grads, twins)
+    for i, (a, b) in enumerate(zip(values(variables), values(twins))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=PATHS[i])
+    x, y = regression_data()
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.MultiOptimizer(OptimizerMap(ox.ADAM(0.01), {"bias": ox.Descent(0.01)})),
+                  loss="mse")
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=2, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < before

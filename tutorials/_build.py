@@ -700,8 +700,9 @@ loss).
 
 ## Your own rules
 
-Chains, `keras_optx.torch` optimizers, Keras's own optimizers and factories work alike. A
-chain's rate is its last rate-bearing member's; a factory is called with no argument for its
+Chains, wrappers such as `Lookahead`, `Partition`, `keras_optx.torch` optimizers, Keras's own
+optimizers and factories work alike. A chain's rate is its last rate-bearing member's, a
+wrapper's the wrapped optimizer's; a factory is called with no argument for its
 default, and with the rate to try when it takes one.
 """
     ),
@@ -713,11 +714,19 @@ mine = {
     "clip + ADAM": ox.Optimiser(ox.ClipNorm(1.0), ox.ADAM(0.01)),
     "torch SGD": keras_optx.torch.SGD(0.1, momentum=0.9),
     "decayed Momentum": lambda lr=0.05: ox.Optimiser(ox.InvDecay(0.01), ox.Momentum(lr)),
+    "Ranger": ox.Lookahead(ox.RADAM(0.01)),  # Lookahead around RADAM: its rate is RADAM's
 }
 result = compare(build_model, (x_train, y_train), mine, **settings)
 print(result.table())
 for row in result.to_dicts():
-    assert row["score"] > 0.8, row
+    assert row["curves"][0][-1] < row["curves"][0][0], row  # every one trains
+    assert row["rule"] == "Ranger" or row["score"] > 0.8, row
+"""
+    ),
+    md(
+        """
+Ranger trails here: in six short epochs RADAM's warm-up and Lookahead's half-way steps
+both slow the start. `tune=True` gives it (and every rule) a fair rate before judging.
 """
     ),
 ]

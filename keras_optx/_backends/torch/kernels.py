@@ -9,7 +9,7 @@ import torch
 
 from ... import torch as compat
 from ..._tensors import ops
-from ...adam import ADAM, ADAMW, NADAM, RADAM, AdaMax, AMSGrad
+from ...adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
 from ...adaptive import ADADelta, ADAGrad, RMSProp
 from ...chain import Optimiser, _own
 from ...descent import Descent, Momentum, Nesterov
@@ -177,6 +177,42 @@ def nadam(rule, xs, gs, slots, t, lr):
         torch._foreach_add_(whole_buffer, rule.epsilon / k)  # buffer ← √v + ϵ/k
         torch._foreach_addcdiv_(x, m, buffer, value=c1)
         torch._foreach_addcdiv_(x, g, buffer, value=c2)
+    return True
+
+
+@register_kernel(OADAM)
+def oadam(rule, xs, gs, slots, t, lr):
+    # In place on the slots and one kept buffer, block by block (`in_blocks`): x ← x + Δₜ₋₁, then
+    # Δₜ = rate·m/(√v + ϵ·c) into the `prev` slot (rate = η·c/(1−β₁ᵗ), c = √(1−β₂ᵗ), as the
+    # formula), then x ← x − 2Δₜ.
+    b1, b2 = rule.beta
+    c = ops.sqrt(ops.one_minus_pow(b2, t))
+    rate = lr * c / ops.one_minus_pow(b1, t)
+    for x, g, m, v, prev, buffer in in_blocks(rule, (xs, gs, slots["m"], slots["v"], slots["prev"]), scratch_lists=1):
+        _moments(rule, g, m, v)
+        torch._foreach_add_(x, prev)
+        whole_v, whole_buffer = whole(v, buffer)
+        into(whole_buffer, "sqrt", whole_v)
+        torch._foreach_add_(whole_buffer, rule.epsilon * c)  # buffer ← √v + ϵ·c
+        into(prev, "div", m, buffer)
+        torch._foreach_mul_(whole(prev)[0], rate)  # prev ← Δₜ
+        torch._foreach_add_(x, prev, alpha=-2.0)
+    return True
+
+
+@register_kernel(AdaBelief)
+def adabelief(rule, xs, gs, slots, t, lr):
+    # In place on the slots and one kept buffer, block by block (`in_blocks`).
+    b1, b2 = rule.beta
+    for x, g, m, s, buffer in in_blocks(rule, (xs, gs, slots["m"], slots["s"]), scratch_lists=1):
+        torch._foreach_lerp_(m, g, 1 - b1)  # m ← β₁·m + (1−β₁)·g
+        into(buffer, "sub", g, m)  # buffer ← g − m (the new m)
+        torch._foreach_mul_(whole(s)[0], b2)
+        torch._foreach_addcmul_(s, buffer, buffer, value=1 - b2)  # s ← β₂·s + (1−β₂)·(g − m)²
+        whole_s, whole_buffer = whole(s, buffer)
+        into(whole_buffer, "sqrt", whole_s)
+        torch._foreach_add_(whole_buffer, rule.epsilon)  # buffer ← √s + ϵ
+        torch._foreach_addcdiv_(x, m, buffer, value=-lr)
     return True
 
 

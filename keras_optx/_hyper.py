@@ -1,0 +1,295 @@
+"""Hyperparameters as state: every numeric hyperparameter of a rule (ρ, β, ϵ, decay, thresholds…)
+takes a number, a `LearningRateSchedule` or a callable, and a number assigned during training acts
+at the next step, inside compiled steps too.
+
+How: each hyperparameter of `Rule.hyperparameters` is a data descriptor (`_Hyper`). Outside a step
+it reads and writes what the user set (a number, a tuple, a schedule). Inside a step (the formulas
+read `self.rho`):
+
+- jax/tensorflow: a number is read from a non-trainable optimizer variable (one float32 vector per
+  rule, created at build and saved with the model), so a compiled step sees a new value without
+  retracing; assigning `opt.rho = 0.5` writes the variable.
+- torch (an eager step, `backend.EAGER`): a number stays a Python float (fused kernels take floats; no device read per step); the
+  variable is written on assignment only, so saved files are alike on every backend.
+- a schedule is called with the step the rate's schedule sees (0-based, counting updates); a
+  callable is called with no argument (as Keras calls a callable rate).
+
+A hyperparameter keeps its kind once the optimizer is built: a number may be replaced by another
+number, but a schedule, a callable or a number in place of one is part of the compiled step and is
+refused after build (set it before training starts).
+"""
+
+import contextlib
+import contextvars
+import numbers
+
+import keras
+
+from ._backends import current as backend
+
+_Schedule = keras.optimizers.schedules.LearningRateSchedule
+_STEP_OWNER = contextvars.ContextVar("keras_optx_step_owner", default=None)
+
+
+@contextlib.contextmanager
+def _in_step(owner):
+    """Formulas run: hyperparameters read as the step reads them (variables, scheduled values)."""
+    token = _STEP_OWNER.set(owner)
+    try:
+        yield
+    finally:
+        _STEP_OWNER.reset(token)
+
+
+def _is_scheduled(value):
+    return isinstance(value, _Schedule) or (callable(value) and not isinstance(value, (numbers.Number, tuple)))
+
+
+def _is_number(value):
+    return isinstance(value, float)  # checks turn numbers into floats; flags (bool) and counts (int) stay static
+
+
+def _entries(value):
+    """The numeric layout of a value: a list of its scalar entries (numbers or schedules), or None
+    for a static value (flag, count)."""
+    if _is_number(value) or _is_scheduled(value):
+        return [value]
+    if isinstance(value, tuple) and value and all(_is_number(v) or _is_scheduled(v) for v in value):
+        return list(value)
+    return None
+
+
+def _validated(rule, name, value):
+    """`value` checked by the hyperparameter's check; schedules and callables (whole or per element
+    of a pair whose check names its element check) pass as they are."""
+    check = rule.hyperparameters[name]
+    if _is_scheduled(value):
+        if getattr(check, "numeric", False):
+            return value
+        raise TypeError(f"`{name}` takes no schedule or callable; received {value!r}.")
+    if isinstance(value, (tuple, list)) and any(_is_scheduled(v) for v in value):
+        element = getattr(check, "element", None)
+        if element is None:
+            raise TypeError(f"`{name}` takes no schedule or callable among its elements; received {value!r}.")
+        check(name, tuple(0.0 if _is_scheduled(v) else v for v in value))  # its length
+        return tuple(v if _is_scheduled(v) else element(f"{name}[{i}]", v) for i, v in enumerate(value))
+    return check(name, value)
+
+
+class _Hyper:
+    """The descriptor of one hyperparameter (see the module docstring)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, rule, owner=None):
+        if rule is None:
+            return self
+        try:
+            value = rule.__dict__["_hyper_values"][self.name]
+        except KeyError:  # not set yet (tf's attribute tracking looks before __init__ sets it)
+            raise AttributeError(self.name) from None
+        if self.name in rule.__dict__["_hyper_plain"]:
+            return value
+        root = _STEP_OWNER.get()
+        if root is None:
+            return value
+        return rule._hyper_in_step(self.name, value, root)
+
+    def __set__(self, rule, value):
+        value = _validated(rule, self.name, value)
+        values = rule.__dict__.setdefault("_hyper_values", {})
+        plain = rule.__dict__.setdefault("_hyper_plain", set())
+        entries = _entries(value)
+        # Read as set inside a step too: static values (flags, counts), and constants on torch.
+        if entries is None or backend.EAGER and not any(map(_is_scheduled, entries)):
+            plain.add(self.name)
+        else:
+            plain.discard(self.name)
+        layout = rule.__dict__.get("_hyper_layout")
+        if layout is not None and self.name in layout:
+            _check_kind(self.name, values[self.name], value)
+            rule._hyper_check(self.name, value)
+            values[self.name] = value
+            rule._write_hyper_variable()
+        else:
+            if layout is not None:
+                rule._hyper_check(self.name, value)
+            values[self.name] = value
+
+
+def _check_kind(name, old, new):
+    old_entries, new_entries = _entries(old), _entries(new)
+    same = (
+        old_entries is not None
+        and new_entries is not None
+        and len(old_entries) == len(new_entries)
+        and all(not _is_scheduled(a) and not _is_scheduled(b) or a is b for a, b in zip(old_entries, new_entries))
+    )
+    if not same:
+        raise ValueError(
+            f"`{name}` was {old!r} when the optimizer was built and cannot become {new!r}: a schedule or callable is "
+            "part of the compiled step. Assign numbers to hyperparameters that were numbers at build; set schedules "
+            "before training starts."
+        )
+
+
+class HyperMixin:
+    """The Rule side of hyperparameters as state (mixed into `Rule`)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls.__dict__.get("hyperparameters", {}):
+            if not isinstance(cls.__dict__.get(name), (_Hyper, property)):
+                setattr(cls, name, _Hyper(name))
+
+    def _hyper_check(self, name, value):
+        """Refuse a value that the built optimizer cannot take (a rule overrides; SGD's momentum)."""
+
+    def _static(self, name):
+        """The value the user set, also inside a step (for structure: which slots exist)."""
+        return self.__dict__["_hyper_values"][name]
+
+    def _build_hyper(self):
+        """Create the hyperparameter variable (at build); returns it in a list, or []."""
+        if "_hyper_layout" in self.__dict__:
+            return [self._hyper_variable] if self._hyper_variable is not None else []
+        values = self.__dict__.get("_hyper_values", {})
+        layout, offset = {}, 0
+        for name in self.hyperparameters:
+            entries = _entries(values.get(name))
+            if entries is not None:
+                layout[name] = (offset, len(entries), isinstance(values[name], tuple))
+                offset += len(entries)
+        object.__setattr__(self, "_hyper_layout", layout)
+        variable = None
+        if offset:
+            vector = self._hyper_vector()
+            variable = self.add_variable(
+                shape=(offset,),
+                dtype="float32",
+                # Made with its values (not assigned after): build may run inside a tf.function trace.
+                initializer=lambda shape, dtype: keras.ops.convert_to_tensor(vector, dtype),
+                name="hyperparameters",
+                aggregation="none",
+            )
+            variable._keras_optx_hyperparameters = True  # what `_migrate_variables` recognises
+        object.__setattr__(self, "_hyper_variable", variable)
+        return [variable] if variable is not None else []
+
+    def _hyper_vector(self):
+        values = self.__dict__["_hyper_values"]
+        vector = []
+        for name in self.__dict__["_hyper_layout"]:
+            vector += [0.0 if _is_scheduled(e) else float(e) for e in _entries(values[name])]
+        return vector
+
+    def _write_hyper_variable(self):
+        variable = self.__dict__.get("_hyper_variable")
+        if variable is not None:
+            variable.assign(keras.ops.convert_to_tensor(self._hyper_vector(), "float32"))
+
+    def _hyper_in_step(self, name, value, root):
+        """`name`'s value as a step reads it (see the module docstring)."""
+        layout = self.__dict__.get("_hyper_layout", {})
+        if name not in layout:
+            return _evaluate(value, root)
+        offset, length, is_tuple = layout[name]
+        entries = _entries(value)
+        vector = None
+        out = []
+        for i, entry in enumerate(entries):
+            if _is_scheduled(entry):
+                out.append(_evaluate(entry, root))
+            elif backend.EAGER:
+                out.append(entry)
+            else:
+                if vector is None:
+                    vector = self._hyper_variable.value
+                out.append(vector[offset + i])
+        return tuple(out) if is_tuple else out[0]
+
+
+def _evaluate(value, root):
+    if isinstance(value, tuple):
+        return tuple(_evaluate(v, root) for v in value)
+    if isinstance(value, _Schedule):
+        return backend.scalar(value(root._step_numbers()[1]))
+    if callable(value):
+        return backend.scalar(value())
+    return value
+
+
+def serialize_value(value):
+    """A hyperparameter's config entry: numbers as they are, schedules serialized."""
+    if isinstance(value, tuple):
+        return tuple(serialize_value(v) for v in value)
+    if isinstance(value, _Schedule):
+        return keras.optimizers.schedules.serialize(value)
+    return value
+
+
+def deserialize_value(value, custom_objects=None):
+    if isinstance(value, (tuple, list)):
+        return type(value)(deserialize_value(v, custom_objects) for v in value)
+    if isinstance(value, dict) and "class_name" in value:
+        return keras.optimizers.schedules.deserialize(value, custom_objects=custom_objects)
+    return value
+
+
+# adjust ------------------------------------------------------------------------------
+def adjust(optimizer, **values):
+    """Set hyperparameters of `optimizer` and of every rule inside it (Flux's `adjust!`).
+
+    Each keyword sets that hyperparameter on every rule of the tree that has it: the optimizer
+    itself, chain members, Partition rules, wrapped optimizers (`SkipNonFinite`, transforms
+    wrapping a Keras optimizer). `learning_rate=` sets the rate of every rule that has one.
+    A keyword no rule has is refused, as is a value out of range (before anything is set).
+    Returns `optimizer`. Takes effect at the next step, also inside a compiled step.
+
+    Example:
+        >>> opt = keras_optx.Optimiser(keras_optx.WeightDecay(1e-4), keras_optx.Momentum(0.01, 0.9))
+        >>> keras_optx.adjust(opt, rho=0.5, wd=0.0)   # or opt.adjust(rho=0.5, wd=0.0)
+        >>> opt[1].rho
+        0.5
+
+    Optimisers.jl `adjust!` (Innes 2018, arXiv:1811.01457); optax `inject_hyperparams`.
+    """
+    rules = list(_walk(optimizer))
+    targets = {}
+    for name, value in values.items():
+        if name == "learning_rate":
+            found = [r for r in rules if _has_rate(r)]
+        else:
+            found = [r for r in rules if name in getattr(r, "hyperparameters", {}) or _settable_property(r, name)]
+        if not found:
+            known = sorted({n for r in rules for n in getattr(r, "hyperparameters", {})} | {"learning_rate"})
+            raise ValueError(f"adjust: no rule in {optimizer!r} has a hyperparameter `{name}`; known: {known}.")
+        for rule in found:
+            if name != "learning_rate" and name in getattr(rule, "hyperparameters", {}):
+                _validated(rule, name, value)  # all checked before any is set
+        targets[name] = found
+    for name, found in targets.items():
+        for rule in found:
+            setattr(rule, name, values[name])
+    return optimizer
+
+
+def _walk(optimizer, seen=None):
+    seen = set() if seen is None else seen
+    if id(optimizer) in seen or optimizer is None:
+        return
+    seen.add(id(optimizer))
+    yield optimizer
+    for child in list(getattr(optimizer, "rules", ()) or ()) + [getattr(optimizer, "optimizer", None)]:
+        if isinstance(child, keras.optimizers.Optimizer):
+            yield from _walk(child, seen)
+
+
+def _has_rate(rule):
+    return getattr(rule, "has_learning_rate", True) and isinstance(getattr(rule, "_learning_rate", None), keras.Variable)
+
+
+def _settable_property(rule, name):
+    prop = getattr(type(rule), name, None)
+    return isinstance(prop, property) and prop.fset is not None
