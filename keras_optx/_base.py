@@ -15,6 +15,7 @@ import weakref
 import keras
 
 from . import _checks as check
+from . import _scale
 from ._backends import current as backend
 from ._hyper import HyperMixin, _in_step, deserialize_value, serialize_value
 from ._identity import _same, _set_cache
@@ -92,21 +93,81 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
     (Flux.jl, Innes 2018, arXiv:1811.01457).
 
     Every Keras optimizer keyword (`weight_decay`, `clipnorm`, `use_ema`,
-    `gradient_accumulation_steps`, `loss_scale_factor`, `name`, …) is accepted.
+    `gradient_accumulation_steps`, `loss_scale_factor`, `name`, …) is accepted, and two of
+    keras_optx's own, about where the state lives (each slot is always created with its
+    variable's layout, so under `keras.distribution` it is sharded like its variable):
+
+    - `shard_state=False`: with True, under a data-parallel `keras.distribution` on JAX each
+      slot is also split over the data axis, on its first dimension that divides (ZeRO stage 1,
+      Rajbhandari et al. 2020, arXiv:1910.02054): ~1/N of the state per device, the same
+      update. Where it cannot apply (torch, TensorFlow, no distribution) it warns once.
+    - `state_dtype=None`: `"bfloat16"` or `"float16"` stores the slots listed in the rule's
+      `low_precision_slots` (with the dtypes each takes) in that dtype; the update is computed
+      in float32. A rule that cannot keep its state so (`low_precision_refusal`) refuses it.
+
+    >>> opt = keras_optx.ADAM(1e-3, state_dtype="bfloat16", shard_state=True)
     """
 
     hyperparameters = {}
     slots = {}
     has_learning_rate = True
+    # `{slot: dtypes}`: the slots that may be stored in bfloat16/float16 (`state_dtype`), and in
+    # which. A rule whose state is unsound in low precision lists none and says why in
+    # `low_precision_refusal`; `state_dtype` is then refused.
+    low_precision_slots = {}
+    low_precision_refusal = None
 
-    def __init__(self, learning_rate=1.0, **kwargs):
+    def __init__(self, learning_rate=1.0, *, shard_state=False, state_dtype=None, **kwargs):
         hyper = {k: kwargs.pop(k) for k in list(kwargs) if k in self.hyperparameters}
         if self.has_learning_rate:
             learning_rate = check.learning_rate(learning_rate)
+        shard_state = _scale.check_shard_state(shard_state)
+        state_dtype = _scale.check_state_dtype(state_dtype)
         super().__init__(learning_rate=learning_rate, **kwargs)
         for name, value in hyper.items():
             setattr(self, name, value)  # validated by its `_Hyper` descriptor (keras_optx/_hyper.py)
         self._owner = None
+        self.shard_state = shard_state
+        self.state_dtype = state_dtype
+        if self._parts() is None:  # a chain or Partition checks once its members are known
+            self._check_state_dtype()
+
+    def _parts(self):
+        """The rules whose slots this one owns, keyed `<position>_<slot>` (a chain's members, a
+        Partition's rules); None for a rule that owns only its own `slots`."""
+        return None
+
+    def _check_state_dtype(self):
+        """Refuse a `state_dtype` that no slot of this rule may take (by the rule's name and why)."""
+        dtype = self.state_dtype
+        if dtype is None:
+            return
+        for part in self._parts() or ():
+            if part.state_dtype not in (None, dtype):
+                raise ValueError(f"{part!r} has state_dtype={part.state_dtype!r}, its owner state_dtype={dtype!r}; set one.")
+            refusal = part._state_dtype_refusal(dtype) if any(True for _ in part._slot_dtypes(dtype)) else None
+            if refusal:
+                raise ValueError(f"{refusal} Give `state_dtype` to the members that take it instead.")
+        refusal = self._state_dtype_refusal(dtype)
+        if refusal:
+            raise ValueError(refusal)
+
+    def _state_dtype_refusal(self, dtype):
+        if any(self._slot_dtypes(dtype).values()):
+            return None
+        why = self.low_precision_refusal or (
+            "it keeps no state" if not self._slot_dtypes(dtype) else
+            "its slots hold squared gradients, which underflow in float16 for |g| < 2.4e-4; use 'bfloat16'"
+        )
+        return f"{type(self).__name__} does not take state_dtype={dtype!r}: {why}."
+
+    def _slot_dtypes(self, inherited=None):
+        """`{slot: its low-precision dtype, or None (the variable's)}` under `state_dtype` (or its owner's)."""
+        dtype = self.state_dtype or inherited
+        parts = self._parts()
+        if parts is not None:
+            return {f"{i}_{k}": d for i, part in enumerate(parts) for k, d in part._slot_dtypes(dtype).items()}
+        return {name: dtype if dtype in self.low_precision_slots.get(name, ()) else None for name in self.slots}
 
     # The update, as a formula ----------------------------------------------------
     def delta(self, ops, g, x, s, t, lr):
@@ -133,14 +194,14 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         self._refuse_if_member("build")
         super().build(variables)
         self._slot_variables = {}
+        low = self._slot_dtypes()
+        self._low_precision_state = any(low.values())
         for name, (initial, has) in self._slot_owners(variables).items():
+            # Each slot laid out like its variable (sharded like it under keras.distribution);
             # None where a variable keeps no such slot (a Partition's rule holds state for its variables only).
             self._slot_variables[name] = [
-                self.add_variable(
-                    shape=v.shape,
-                    dtype=_state_dtype(v.dtype),
-                    initializer=keras.initializers.Constant(initial),
-                    name=f"{_variable_path(v)}_{name}",
+                _scale.slot_variable(
+                    self, v, f"{_variable_path(v)}_{name}", initial, low.get(name) or _state_dtype(v.dtype), self.shard_state
                 )
                 if own
                 else None
@@ -248,12 +309,15 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
 
     def _update_step(self, grads, variables):
         slots = self._slot_lists(variables)
-        if backend.apply_kernel(self, grads, variables, slots):  # a kernel of exactly this class (torch)
-            return
+        # Kernels read and write float32/64 slots: low-precision state runs the formula.
+        if not self._low_precision_state and backend.apply_kernel(self, grads, variables, slots):
+            return  # a kernel of exactly this class (torch)
         dtypes = [_state_dtype(v.dtype) for v in variables]
         g = Many(_cast(gi, dt) for gi, dt in zip(grads, dtypes))
         x = Many(_cast(value, dt) for value, dt in zip(backend.values(variables), dtypes))
         state = {name: Many(backend.values(vs)) for name, vs in slots.items()}
+        if self._low_precision_state:  # the math in float32; `backend.write` stores the slots in their dtype
+            state = {name: Many(_state_value(s) for s in many.items) for name, many in state.items()}
         t, step = self._step_numbers()
         delta, new_state = self._transform(g, x, state, t, step)
         writes = [(s, new) for name, vs in slots.items() for s, new in zip(vs, new_state[name].items)]
@@ -284,6 +348,8 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
             config.pop("learning_rate")
         for name in self.hyperparameters:
             config[name] = serialize_value(self._static(name))
+        config["shard_state"] = self.shard_state
+        config["state_dtype"] = self.state_dtype
         config["format_version"] = FORMAT_VERSION
         return config
 
@@ -361,6 +427,11 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
             )
         if self.built:
             raise ValueError(f"{self.name} was already used to train on its own; pass a fresh instance to the chain.")
+        if self.shard_state and not owner.shard_state:
+            raise ValueError(
+                f"{self!r} has shard_state=True, but a chain keeps its members' state: set "
+                f"shard_state=True on the {type(owner).__name__} instead."
+            )
         # A weak reference: Keras's loader walks attributes and recurses forever on a cycle.
         self._owner = weakref.ref(owner)
 
@@ -417,6 +488,12 @@ class Transform(Rule):
         if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
             raise TypeError(
                 f"`optimizer` must be a Keras optimizer (keras.optimizers.Optimizer) or None; received {optimizer!r}."
+            )
+        if optimizer is not None and self.shard_state and not self.slots:
+            raise ValueError(
+                f"{type(self).__name__} wrapping {type(optimizer).__name__} keeps no state of its own; "
+                f"`shard_state=True` cannot reach {type(optimizer).__name__}'s slots. Use a keras_optx chain, "
+                f"e.g. Optimiser({type(self).__name__}(...), ADAM(), shard_state=True)."
             )
         self.optimizer = optimizer
         if optimizer is not None:
@@ -596,6 +673,11 @@ def _state_dtype(dtype):
     """Slots and the update math run in float32 for float16/bfloat16 variables."""
     dtype = keras.backend.standardize_dtype(dtype)
     return "float32" if dtype in _LOW_PRECISION else dtype
+
+
+def _state_value(value):
+    """A slot's value for the update math: float32 where it is stored in float16/bfloat16."""
+    return keras.ops.cast(value, "float32") if keras.backend.standardize_dtype(value.dtype) in _LOW_PRECISION else value
 
 
 def _cast(tensor, dtype):

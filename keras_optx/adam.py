@@ -16,6 +16,8 @@ class _AdamFamily(Rule):
 
     hyperparameters = {"beta": check.betas, "epsilon": check.nonnegative}
     slots = {"m": 0.0, "v": 0.0}
+    # float16 for the first moment only: v = g² underflows in float16 for |g| < 2.4e-4.
+    low_precision_slots = {"m": ("bfloat16", "float16"), "v": ("bfloat16",)}
 
     def __init__(self, learning_rate=0.001, beta=(0.9, 0.999), epsilon=EPSILON, **kwargs):
         super().__init__(learning_rate, beta=beta, epsilon=epsilon, **kwargs)
@@ -124,6 +126,7 @@ class AdaMax(_AdamFamily):
     """
 
     slots = {"m": 0.0, "u": 0.0}
+    low_precision_slots = {"m": ("bfloat16", "float16"), "u": ("bfloat16", "float16")}  # u = max|g|: not squared
 
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.beta
@@ -158,6 +161,7 @@ class OADAM(_AdamFamily):
     """
 
     slots = {"m": 0.0, "v": 0.0, "prev": 0.0}
+    low_precision_slots = {**_AdamFamily.low_precision_slots, "prev": ("bfloat16",)}
 
     def __init__(self, learning_rate=0.001, beta=(0.5, 0.9), epsilon=EPSILON, **kwargs):
         super().__init__(learning_rate, beta=beta, epsilon=epsilon, **kwargs)
@@ -193,6 +197,7 @@ class AMSGrad(_StartsAtEpsilon, _AdamFamily):
     """
 
     state_names = ("m", "v", "v_hat")
+    low_precision_slots = {**_AdamFamily.low_precision_slots, "v_hat": ("bfloat16",)}
 
     def delta(self, ops, g, x, s, t, lr):
         m, v = self.moments(g, s)
@@ -341,6 +346,7 @@ class AdaBelief(_AdamFamily):
     """
 
     slots = {"m": 0.0, "s": 0.0}
+    low_precision_slots = {"m": ("bfloat16", "float16"), "s": ("bfloat16",)}  # s: squares, as v
 
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.beta

@@ -32,6 +32,7 @@ class RMSProp(Rule):
 
     hyperparameters = {"rho": check.unit, "epsilon": check.nonnegative}
     slots = {"acc": 0.0}
+    low_precision_slots = {"acc": ("bfloat16",)}
 
     def __init__(self, learning_rate=0.001, rho=0.9, epsilon=EPSILON, **kwargs):
         super().__init__(learning_rate, rho=rho, epsilon=epsilon, **kwargs)
@@ -73,6 +74,10 @@ class ADAGrad(_StartsAtEpsilon, Rule):
 
     hyperparameters = {"epsilon": check.nonnegative}
     state_names = ("acc",)
+    low_precision_refusal = (
+        "its accumulator a ← a + g² only grows, and with 8 significant bits (bfloat16) an increment "
+        "below a/256 is lost: it would stop accumulating"
+    )
 
     def __init__(self, learning_rate=0.1, epsilon=EPSILON, **kwargs):
         super().__init__(learning_rate, epsilon=epsilon, **kwargs)
@@ -107,6 +112,7 @@ class ADADelta(Rule):
 
     hyperparameters = {"rho": check.unit, "epsilon": check.nonnegative}
     slots = {"acc": 0.0, "acc_delta": 0.0}
+    low_precision_slots = {"acc": ("bfloat16",), "acc_delta": ("bfloat16",)}
 
     def __init__(self, rho=0.9, epsilon=EPSILON, *, learning_rate=1.0, **kwargs):
         super().__init__(learning_rate, rho=rho, epsilon=epsilon, **kwargs)

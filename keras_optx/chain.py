@@ -73,6 +73,10 @@ class Optimiser(Rule):
         for member in self._members:
             for v in member._rate_variables():
                 _track_once(self, v)
+        self._check_state_dtype()
+
+    def _parts(self):
+        return getattr(self, "_members", ())
 
     @property
     def slots(self):

@@ -58,6 +58,7 @@ class Momentum(Rule):
 
     hyperparameters = {"rho": check.unit}
     slots = {"velocity": 0.0}
+    low_precision_slots = {"velocity": ("bfloat16", "float16")}
 
     def __init__(self, learning_rate=0.01, rho=0.9, **kwargs):
         super().__init__(learning_rate, rho=rho, **kwargs)
@@ -90,6 +91,7 @@ class Nesterov(Rule):
 
     hyperparameters = {"rho": check.unit}
     slots = {"velocity": 0.0}
+    low_precision_slots = {"velocity": ("bfloat16", "float16")}
 
     def __init__(self, learning_rate=0.001, rho=0.9, **kwargs):
         super().__init__(learning_rate, rho=rho, **kwargs)

@@ -49,6 +49,7 @@ class Lookahead(Transform):
 
     hyperparameters = {"sync_period": check.positive_int, "slow_step_size": _slow_step_size}
     slots = {"slow": 0.0}
+    low_precision_refusal = "its slow weights are a copy of the parameters, which would lose their precision"
 
     def __init__(self, optimizer, sync_period=6, slow_step_size=0.5, **kwargs):
         if optimizer is None:

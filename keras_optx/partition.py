@@ -107,6 +107,10 @@ class Partition(Rule):
                 _track_once(self, v)
         self._mask = None
         self._pending = []  # freeze/thaw calls made before build, applied to the mask at build
+        self._check_state_dtype()
+
+    def _parts(self):
+        return getattr(self, "rules", ())
 
     # Routing ----------------------------------------------------------------------
     def _route(self, variables):

@@ -40,6 +40,7 @@ class Lion(Rule):
 
     hyperparameters = {"beta": check.betas}
     slots = {"m": 0.0}
+    low_precision_slots = {"m": ("bfloat16", "float16")}
 
     def __init__(self, learning_rate=0.001, beta=(0.9, 0.99), **kwargs):
         super().__init__(learning_rate, beta=beta, **kwargs)
@@ -116,6 +117,8 @@ class Rprop(Rule):
 
     hyperparameters = {"ell": _factors, "gamma": _bounds}
     slots = {"prev": 0.0, "step": 0.0}
+    # bfloat16 keeps float32's range: the step sizes down to Γ₋ = 1e-6 and prev's sign (float16 does not)
+    low_precision_slots = {"prev": ("bfloat16",), "step": ("bfloat16",)}
 
     def __init__(self, learning_rate=0.001, ell=(0.5, 1.2), gamma=(1e-6, 50.0), **kwargs):
         if isinstance(learning_rate, _Schedule) or callable(learning_rate):

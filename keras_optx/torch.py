@@ -46,6 +46,11 @@ def _register(name):
 class _TorchRule(Rule):
     """torch's `lr`/`weight_decay`/`maximize` handling shared by SGD, Adam and AdamW."""
 
+    low_precision_refusal = (
+        "keras_optx.torch optimizers keep torch.optim's state, in the variables' dtype; for "
+        "low-precision moments use keras_optx.ADAM or ADAMW"
+    )
+
     def __init__(self, lr, weight_decay, learning_rate, **kwargs):
         if learning_rate is not None:
             if lr is not _LR:

@@ -75,6 +75,24 @@ def test_fit_benchmark_prints_every_optimizer():
         assert any(name.startswith("torch.optim.Adam(fused=True)") for name in names)
 
 
+def test_memory_benchmark_reports_state_bytes_per_parameter():
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in _rows(_run("bench_memory.py", "--rounds", "2"))]
+    table = {(row[0], row[1]): row for row in rows}
+    adam = table[("ADAM", "keras_optx")]
+    assert adam[2] == "8.00" and adam[3] == "4.00", adam  # two float32 moments; bfloat16 halves them
+    assert table[("ADAM", "keras Adam")][2] == "8.00"
+    assert table[("Momentum", "keras_optx")][2] == "4.00"
+    if BACKEND == "jax":
+        assert float(adam[4]) <= 8.00 / 5, adam  # shard_state over 8 host devices
+        assert table[("ADAM", "optax.adam")][2] == "8.00"
+    else:
+        assert adam[4] == "–"
+    if BACKEND == "torch":
+        assert table[("ADAM", "torch.optim.Adam")][2] == "8.00"
+        for chain in ("chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)"):
+            assert float(table[(chain, "keras_optx")][5]) <= 1.0, table[(chain, "keras_optx")]  # one kept buffer at most
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="gpu_run.py starts its own torch and jax processes: one run covers it, on the torch leg")
 def test_gpu_run_dry_run_writes_every_part(tmp_path):
     """The one-command GPU run still runs (on the CPU, tiny sizes, tests only collected) and writes its table."""

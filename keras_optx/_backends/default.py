@@ -38,8 +38,9 @@ def scalar(value):
 
 
 def assignments(slot_writes, variables, delta):
-    """`[(variable, new value)]`: the slots' new values, then x − Δ in each variable's dtype."""
-    updates = list(slot_writes)
+    """`[(variable, new value)]`: the slots' new values (in each slot's dtype: `state_dtype` may keep
+    it in bfloat16/float16), then x − Δ in each variable's dtype."""
+    updates = [(s, new if new.dtype == s.dtype else keras.ops.cast(new, s.dtype)) for s, new in slot_writes]
     updates += [(v, keras.ops.cast(v.value - keras.ops.cast(d, v.dtype), v.dtype)) for v, d in zip(variables, delta.items)]
     return updates
 

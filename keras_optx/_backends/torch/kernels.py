@@ -11,7 +11,7 @@ from ... import torch as compat
 from ..._tensors import ops
 from ...adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
 from ...adaptive import ADADelta, ADAGrad, RMSProp
-from ...chain import _own
+from ...chain import Optimiser, _own
 from ...descent import Descent, Momentum, Nesterov
 from .buffers import in_blocks, into, scratch, step_tensors, whole
 from .registry import register_kernel
@@ -60,7 +60,10 @@ def nesterov(rule, xs, gs, slots, t, lr):
 def rmsprop(rule, xs, gs, slots, t, lr, weight_decay=0.0):
     # RMSProp is torch's fused Adam with β₁ = 0 (m = g) and no bias correction (step = ∞
     # makes 1 − βᵗ = 1). The kernel needs an m buffer: a kept one, not state (each step sets it to g).
-    (buffer,) = scratch(rule, xs)
+    # In a chain, the chain's kept buffer: the chain's transforms wrote g there (m = g, elementwise,
+    # so the kernel may read and write it in place) or left it unused; one kept buffer per chain.
+    owner = rule._owner() if rule._owner is not None else None
+    (buffer,) = scratch(owner if isinstance(owner, Optimiser) else rule, xs)
     torch._fused_adam_(
         xs, gs, buffer, slots["acc"], [], step_tensors(float("inf"), xs), lr=lr, beta1=0.0,
         beta2=rule.rho, weight_decay=weight_decay, eps=rule.epsilon, amsgrad=False, maximize=False,

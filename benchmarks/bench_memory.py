@@ -1,0 +1,395 @@
+"""Optimizer state memory: bytes kept per parameter, per backend, next to Keras, optax and torch.optim.
+
+    .venv/bin/python benchmarks/bench_memory.py                    # all three backends (subprocesses)
+    .venv/bin/python benchmarks/bench_memory.py --backend jax      # one backend
+    .venv/bin/python benchmarks/bench_memory.py --quick            # small model, few rounds (the test suite)
+
+For every keras_optx rule (and a chain, and keras_optx.torch's optimizers), on a model of
+`count` float32 variables, after a few steps:
+
+- **state B/param**: bytes of every optimizer variable (slots, `iterations`, rates) over the
+  number of parameters; float32 ADAM keeps 8 (two moments).
+- **bfloat16 state**: the same with `state_dtype="bfloat16"` where the rule takes it.
+- **per device, shard_state** (jax; 8 host devices, `keras.distribution.DataParallel`): the
+  bytes on the fullest device with `shard_state=True`, over the parameters (replicated: the total).
+- **kept beyond state** (torch): bytes of the tensors keras_optx keeps between steps besides
+  its variables (scratch buffers of its fast paths), in parameter-sized buffers.
+- **step ms**: median step time (one update of every variable from fixed gradients) as
+  bench_step.py times it (jax: jitted `stateless_apply`, tensorflow: `tf.function(jit_compile)`,
+  torch: eager `apply`). With shard_state on 8 host devices the step is one jitted update
+  over 8 CPU "devices" sharing this machine's cores: a placement check, not a speed claim.
+
+References: Keras's built-in of the same rule, optax (jax: bytes of its state pytree) and
+torch.optim (torch: bytes of `optimizer.state`), the same sizes.
+
+The accuracy cost of bfloat16 state (`--accuracy`): keras_optx.compare's MLP on scikit-learn's
+digits, trained with float32 and with bfloat16 state, final training loss and test accuracy.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SIZES = {"full": (8, 4_000_000), "quick": (4, 64_000)}  # (variables, parameters)
+DEVICES = 8
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["jax", "torch", "tensorflow", "all"], default="all")
+    parser.add_argument("--quick", action="store_true", help="a small model, few rounds, a subset of the rules")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--accuracy", action="store_true", help="also train compare's MLP with float32 vs bfloat16 state")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per library (default 1: stable on a shared machine)")
+    args = parser.parse_args()
+    if args.backend == "all":
+        for backend in ("jax", "torch", "tensorflow"):
+            rest = [a for a in sys.argv[1:] if a not in ("--backend", "all")]
+            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+            subprocess.run([sys.executable, __file__, "--backend", backend] + rest, env=env, check=True)
+        return
+    os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.backend == "jax":  # before jax is imported
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench_step import limit_threads  # the same thread budget as bench_step.py
+
+    limit_threads(args.threads)
+    run(args)
+
+
+def rule_table(quick):
+    import keras
+
+    import keras_optx as ox
+
+    K = keras.optimizers
+    # name -> (keras_optx factory taking **scale keywords, Keras built-in or None, torch.optim (name, kwargs) or None, optax or None)
+    rules = {
+        "Descent": (lambda **k: ox.Descent(0.01, **k), lambda: K.SGD(0.01), ("SGD", {"lr": 0.01}), "sgd"),
+        "Momentum": (lambda **k: ox.Momentum(0.01, 0.9, **k), lambda: K.SGD(0.01, momentum=0.9), ("SGD", {"lr": 0.01, "momentum": 0.9}), "momentum"),
+        "Nesterov": (lambda **k: ox.Nesterov(0.01, 0.9, **k), lambda: K.SGD(0.01, momentum=0.9, nesterov=True), ("SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True}), "nesterov"),
+        "RMSProp": (lambda **k: ox.RMSProp(**k), lambda: K.RMSprop(), ("RMSprop", {"lr": 0.001}), "rmsprop"),
+        "ADAM": (lambda **k: ox.ADAM(**k), lambda: K.Adam(), ("Adam", {"lr": 0.001}), "adam"),
+        "RADAM": (lambda **k: ox.RADAM(**k), None, ("RAdam", {"lr": 0.001}), "radam"),
+        "AdaMax": (lambda **k: ox.AdaMax(**k), lambda: K.Adamax(), ("Adamax", {"lr": 0.001}), "adamax"),
+        "ADAGrad": (lambda **k: ox.ADAGrad(**k), lambda: K.Adagrad(), ("Adagrad", {"lr": 0.1}), "adagrad"),
+        "ADADelta": (lambda **k: ox.ADADelta(**k), lambda: K.Adadelta(learning_rate=1.0, rho=0.9), ("Adadelta", {"lr": 1.0, "rho": 0.9}), "adadelta"),
+        "AMSGrad": (lambda **k: ox.AMSGrad(**k), lambda: K.Adam(amsgrad=True), ("Adam", {"lr": 0.001, "amsgrad": True}), "amsgrad"),
+        "NADAM": (lambda **k: ox.NADAM(**k), lambda: K.Nadam(), ("NAdam", {"lr": 0.001}), "nadam"),
+        "ADAMW": (lambda **k: ox.ADAMW(0.001, decay=1e-4, **k), lambda: K.AdamW(weight_decay=0.1), ("AdamW", {"lr": 0.001, "weight_decay": 0.1}), "adamw"),
+        "OADAM": (lambda **k: ox.OADAM(**k), None, None, "optimistic_adam"),
+        "AdaBelief": (lambda **k: ox.AdaBelief(**k), None, None, "adabelief"),
+        "Lion": (lambda **k: ox.Lion(**k), lambda: K.Lion(), None, "lion"),
+        "Rprop": (lambda **k: ox.Rprop(**k), None, ("Rprop", {"lr": 0.001}), "rprop"),
+        "chain(ClipNorm,WeightDecay,ADAM)": (
+            lambda **k: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM(), **k), None, None, None),
+        "chain(ClipNorm,RMSProp)": (lambda **k: ox.Optimiser(ox.ClipNorm(1.0), ox.RMSProp(), **k), None, None, None),
+        "torch.SGD(momentum)": (lambda **k: ox.torch.SGD(0.01, momentum=0.9, **k), None, None, None),
+        "torch.Adam": (lambda **k: ox.torch.Adam(**k), None, None, None),
+        "torch.AdamW": (lambda **k: ox.torch.AdamW(**k), None, None, None),
+    }
+    if quick:
+        rules = {k: v for k, v in rules.items() if k in ("Momentum", "ADAM", "ADADelta", "chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)", "torch.Adam")}
+    return rules
+
+
+def arrays(np, count, total, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0, 0.1, (total // count // 8, 8)).astype("float32") for _ in range(count)]  # 8 divides dim 0
+
+
+def timed(step, rounds):
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def run(args):
+    import numpy as np
+
+    import keras
+
+    backend = keras.backend.backend()
+    count, total = SIZES["quick" if args.quick else "full"]
+    rounds = args.rounds or (3 if args.quick else 7)
+    harness = {"jax": Jax, "torch": Torch, "tensorflow": Tf}[backend](np, count, total)
+    header(backend, keras, count, total, rounds)
+    print("| rule | implementation | state B/param | bfloat16 state B/param | per device B/param, shard_state "
+          f"({DEVICES} devices) | kept beyond state (param-sized buffers) | step ms | step ms bfloat16 | step ms shard_state |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (ours, builtin, torch_ref, optax_ref) in rule_table(args.quick).items():
+        row = harness.keras_row(ours, rounds)
+        print(f"| {name} | keras_optx | {fmt(row['state'])} | {fmt(row.get('bf16'))} | {fmt(row.get('sharded'))} | "
+              f"{fmt(row.get('kept'), '{:.2f}')} | {fmt(row['ms'], '{:.2f}')} | {fmt(row.get('bf16_ms'), '{:.2f}')} | "
+              f"{fmt(row.get('sharded_ms'), '{:.2f}')} |")
+        refs = []
+        if builtin is not None:
+            refs.append(("keras " + type(builtin()).__name__, lambda: harness.keras_row(lambda **k: builtin(), rounds, scale=False)))
+        if torch_ref is not None and backend == "torch":
+            refs.append((f"torch.optim.{torch_ref[0]}", lambda: harness.torch_row(*torch_ref, rounds)))
+        if optax_ref is not None and backend == "jax":
+            refs.append((f"optax.{optax_ref}", lambda: harness.optax_row(optax_ref, rounds)))
+        for label, measure in refs:
+            ref = measure()
+            print(f"| {name} | {label} | {fmt(ref['state'])} | – | – | {fmt(ref.get('kept'), '{:.2f}')} | {fmt(ref['ms'], '{:.2f}')} | – | – |")
+    if args.accuracy:
+        accuracy(args.quick)
+
+
+def _takes_bfloat16(make):
+    try:
+        make(state_dtype="bfloat16")
+    except ValueError:  # refused by the rule (ADAGrad, keras_optx.torch, rules without state)
+        return False
+    return True
+
+
+def fmt(value, pattern="{:.2f}"):
+    return "–" if value is None else pattern.format(value)
+
+
+def header(backend, keras, count, total, rounds):
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    versions = {"keras": keras.__version__}
+    for mod in ("torch", "jax", "tensorflow", "optax"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    print(f"\n## backend {backend}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print(f"{count} float32 variables, {total / 1e6:g}M parameters; median of {rounds} steps; "
+          f"{os.environ.get('OMP_NUM_THREADS')} thread(s) per library\n")
+
+
+def state_bytes(variables):
+    return sum(int(np_size(v)) for v in variables)
+
+
+def np_size(variable):
+    import numpy as np
+
+    import keras
+
+    return np.prod(variable.shape, dtype=np.int64) * np.dtype(keras.backend.standardize_dtype(variable.dtype)).itemsize
+
+
+class Jax:
+    def __init__(self, np, count, total):
+        import jax
+
+        self.np, self.jax, self.count, self.total = np, jax, count, total
+
+    def _case(self, make_opt, distribution=None):
+        import keras
+
+        jax = self.jax
+
+        def make():
+            variables = [keras.Variable(a) for a in arrays(self.np, self.count, self.total, 0)]
+            opt = make_opt()  # under the distribution: its `iterations` are placed by it too
+            opt.build(variables)
+            return opt, variables
+
+        if distribution is None:
+            opt, variables = make()
+        else:
+            with distribution.scope():
+                opt, variables = make()
+        grads = [jax.numpy.asarray(a) for a in arrays(self.np, self.count, self.total, 1)]
+        if distribution is not None:
+            grads = [jax.device_put(g, v.value.sharding) for g, v in zip(grads, variables)]
+        state = {"opt": [v.value for v in opt.variables], "train": [v.value for v in variables]}
+        shardings = ([v.value.sharding for v in opt.variables], [v.value.sharding for v in variables])
+        apply = jax.jit(lambda o, t, g: opt.stateless_apply(o, g, t)[::-1], donate_argnums=(0, 1), out_shardings=shardings)
+
+        def step():
+            state["opt"], state["train"] = apply(state["opt"], state["train"], grads)
+            jax.block_until_ready(state["train"])
+
+        return step, state
+
+    def keras_row(self, make, rounds, scale=True):
+        import keras
+
+        jax = self.jax
+        step, state = self._case(make)
+        row = {"ms": timed(step, rounds), "state": sum(a.nbytes for a in state["opt"]) / self.total}
+        if scale:
+            if _takes_bfloat16(make):
+                step, state = self._case(lambda: make(state_dtype="bfloat16"))
+                row["bf16_ms"], row["bf16"] = timed(step, rounds), sum(a.nbytes for a in state["opt"]) / self.total
+            distribution = keras.distribution.DataParallel(devices=jax.devices())
+            step, state = self._case(lambda: make(shard_state=True), distribution)
+            row["sharded_ms"] = timed(step, rounds)
+            per_device = {}
+            for a in state["opt"]:
+                for shard in a.addressable_shards:
+                    per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+            row["sharded"] = max(per_device.values()) / self.total
+        return row
+
+    def optax_row(self, name, rounds):
+        import optax
+
+        jax = self.jax
+        make = {
+            "sgd": lambda: optax.sgd(0.01),
+            "momentum": lambda: optax.sgd(0.01, momentum=0.9),
+            "nesterov": lambda: optax.sgd(0.01, momentum=0.9, nesterov=True),
+            "rmsprop": lambda: optax.rmsprop(0.001, decay=0.9, eps=1e-8),
+            "adam": lambda: optax.adam(0.001),
+            "radam": lambda: optax.radam(0.001),
+            "adamax": lambda: optax.adamax(0.001),
+            "adagrad": lambda: optax.adagrad(0.1),
+            "adadelta": lambda: optax.adadelta(1.0, rho=0.9),
+            "amsgrad": lambda: optax.amsgrad(0.001),
+            "nadam": lambda: optax.nadam(0.001),
+            "adamw": lambda: optax.adamw(0.001, weight_decay=0.1),
+            "optimistic_adam": lambda: optax.optimistic_adam_v2(0.001, b1=0.5, b2=0.9, nesterov=False),
+            "adabelief": lambda: optax.adabelief(0.001),
+            "lion": lambda: optax.lion(0.001),
+            "rprop": lambda: optax.rprop(0.001),
+        }[name]()
+        params = [jax.numpy.asarray(a) for a in arrays(self.np, self.count, self.total, 0)]
+        grads = [jax.numpy.asarray(a) for a in arrays(self.np, self.count, self.total, 1)]
+
+        def update(params, opt_state, grads):
+            updates, opt_state = make.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        apply = jax.jit(update, donate_argnums=(0, 1))
+        state = {"params": params, "opt": make.init(params)}
+
+        def step():
+            state["params"], state["opt"] = apply(state["params"], state["opt"], grads)
+            jax.block_until_ready(state["params"])
+
+        ms = timed(step, rounds)
+        return {"ms": ms, "state": sum(a.nbytes for a in jax.tree_util.tree_leaves(state["opt"])) / self.total}
+
+
+class Torch:
+    def __init__(self, np, count, total):
+        import torch
+
+        self.np, self.torch, self.count, self.total = np, torch, count, total
+
+    def keras_row(self, make, rounds, scale=True):
+        row = self._row(make(), rounds)
+        if scale and _takes_bfloat16(make):
+            bf16 = self._row(make(state_dtype="bfloat16"), rounds)
+            row["bf16"], row["bf16_ms"] = bf16["state"], bf16["ms"]
+        return row
+
+    def _row(self, opt, rounds):
+        import keras
+
+        variables = [keras.Variable(a) for a in arrays(self.np, self.count, self.total, 0)]
+        grads = [self.torch.from_numpy(a) for a in arrays(self.np, self.count, self.total, 1)]
+        opt.build(variables)
+        ms = timed(lambda: opt.apply(grads, variables), rounds)
+        state = state_bytes(opt.variables)
+        owned = {v.value.untyped_storage().data_ptr() for v in list(opt.variables) + variables}
+        return {"ms": ms, "state": state / self.total, "kept": self.kept(opt, owned) / (4 * self.total)}
+
+    def kept(self, opt, owned):
+        """Bytes of the distinct storages of tensors held by `opt` (and its members) that are not
+        variables: the kept scratch buffers of keras_optx's torch fast paths."""
+        torch, seen, total = self.torch, set(owned), 0
+
+        def visit(value, depth=0):
+            nonlocal total
+            if isinstance(value, torch.Tensor):
+                storage = value.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+            elif isinstance(value, (list, tuple)) and depth < 3:
+                for item in value:
+                    visit(item, depth + 1)
+
+        def walk(o):
+            for key, value in vars(o).items():
+                if key.startswith("_torch"):
+                    visit(value)
+            for member in list(getattr(o, "_members", ())) + [getattr(o, "optimizer", None)]:
+                if member is not None and hasattr(member, "__dict__"):
+                    walk(member)
+
+        walk(opt)
+        return total
+
+    def torch_row(self, name, kwargs, rounds):
+        torch = self.torch
+        params = [torch.nn.Parameter(torch.from_numpy(a)) for a in arrays(self.np, self.count, self.total, 0)]
+        for p, g in zip(params, arrays(self.np, self.count, self.total, 1)):
+            p.grad = torch.from_numpy(g)
+        opt = getattr(torch.optim, name)(params, **kwargs, foreach=True)
+        ms = timed(opt.step, rounds)
+        state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor))
+        return {"ms": ms, "state": state / self.total}
+
+
+class Tf:
+    def __init__(self, np, count, total):
+        import tensorflow as tf
+
+        self.np, self.tf, self.count, self.total = np, tf, count, total
+
+    def keras_row(self, make, rounds, scale=True):
+        row = self._row(make(), rounds)
+        if scale and _takes_bfloat16(make):
+            bf16 = self._row(make(state_dtype="bfloat16"), rounds)
+            row["bf16"], row["bf16_ms"] = bf16["state"], bf16["ms"]
+        return row
+
+    def _row(self, opt, rounds):
+        import keras
+
+        tf = self.tf
+        variables = [keras.Variable(a) for a in arrays(self.np, self.count, self.total, 0)]
+        grads = [tf.constant(a) for a in arrays(self.np, self.count, self.total, 1)]
+        opt.build(variables)
+        step = tf.function(lambda: opt.apply(grads, variables), jit_compile=True)
+        return {"ms": timed(step, rounds), "state": state_bytes(opt.variables) / self.total}
+
+
+def accuracy(quick):
+    """compare's MLP on digits with float32 and bfloat16 state: final training loss, test accuracy."""
+    import keras_optx as ox
+    from keras_optx import compare
+
+    epochs = 2 if quick else 20
+    print(f"\n### Accuracy cost of bfloat16 state: keras_optx.compare's MLP on digits, {epochs} epochs, seed 0\n")
+    print("| rule | state | final training loss | test accuracy |")
+    print("|---|---|---:|---:|")
+    rules = {"ADAM": lambda **k: ox.ADAM(**k), "ADAMW": lambda **k: ox.ADAMW(0.001, decay=1e-4, **k),
+             "Momentum": lambda **k: ox.Momentum(**k), "RMSProp": lambda **k: ox.RMSProp(**k)}
+    if quick:
+        rules = {"ADAM": rules["ADAM"]}
+    original = compare.build_optimizer
+    for name, make in rules.items():
+        for dtype in (None, "bfloat16"):
+            compare.build_optimizer = lambda spec, make=make, dtype=dtype: make(state_dtype=dtype)
+            try:
+                (result,) = compare.run([name.lower()], epochs=epochs)
+            finally:
+                compare.build_optimizer = original
+            print(f"| {name} | {dtype or 'float32'} | {result.losses[-1]:.4f} | {result.accuracy:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
