@@ -21,6 +21,7 @@ def test_every_notebook_is_collected_and_committed_without_outputs():
         "03_custom_rule.ipynb",
         "04_composing.ipynb",
         "05_choosing_a_rule.ipynb",
+        "06_fine_tuning.ipynb",
     ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
