@@ -854,11 +854,22 @@ def make_optimizer():
     return opt
 
 
-head_schedule, body_schedule = warmup_cosine(head_factor * peak), warmup_cosine(peak)
+
+
+def warmup_cosine_numpy(peak_rate, step):
+    \"\"\"The same schedule in NumPy: linear from peak/10 to the peak, then a half cosine to 0.\"\"\"
+    step = np.asarray(step, "float64")
+    ramp = peak_rate / 10 + (peak_rate - peak_rate / 10) * step / warmup
+    cosine = peak_rate * (1 + np.cos(np.pi * np.clip(step - warmup, 0, steps - warmup) / (steps - warmup))) / 2
+    return np.where(step < warmup, ramp, cosine)
+
+
 n = np.arange(steps)
-head_rates = np.array([float(ops.convert_to_numpy(head_schedule(i))) for i in n])
-body_rates = np.array([float(ops.convert_to_numpy(body_schedule(i))) for i in n])
-np.testing.assert_allclose(head_rates, head_factor * body_rates, rtol=1e-5)  # the head's rate is 10× the body's, at every step
+head_rates, body_rates = warmup_cosine_numpy(head_factor * peak, n), warmup_cosine_numpy(peak, n)
+for i in [0, warmup // 2, warmup, steps // 2, steps - 1]:  # Keras's schedule is that formula
+    np.testing.assert_allclose(float(ops.convert_to_numpy(warmup_cosine(peak)(i))), body_rates[i], rtol=1e-5)
+    np.testing.assert_allclose(float(ops.convert_to_numpy(warmup_cosine(head_factor * peak)(i))), head_rates[i], rtol=1e-5)
+np.testing.assert_allclose(head_rates, head_factor * body_rates)  # the head's rate is 10× the body's, at every step
 assert np.argmax(body_rates) == warmup and np.isclose(body_rates[0], peak / 10) and np.isclose(body_rates.max(), peak)
 """
     ),
@@ -877,9 +888,10 @@ probe.set_weights(start)
 probe_opt = make_optimizer()
 variables = probe.trainable_variables
 before = {v.path: ops.convert_to_numpy(v).copy() for v in variables}
-k = 2 * warmup
+zeros = [np.zeros(v.shape, "float32") for v in variables]
+k = warmup + 3  # through the warmup and past the peak
 for _ in range(k):
-    probe_opt.apply([ops.zeros_like(v) for v in variables], variables)
+    probe_opt.apply(zeros, variables)
 for v in variables:
     old, new = before[v.path], ops.convert_to_numpy(v)
     if v.name in no_decay:
