@@ -24,6 +24,11 @@ is therefore not available here: the value is kept in `torch_weight_decay`, Kera
 
 The rate is `lr` (torch) or `learning_rate` (Keras's name, used by `from_config`);
 `optimizer.learning_rate` reads and sets it, so Keras callbacks and schedules work.
+
+torch's param groups port too: `param_groups=[{"params": "bias", "weight_decay": 0.0}, …]`
+("params": a regex on `variable.path` or a list of variables); first match wins, the rest
+use the constructor's values; Keras callbacks steer the constructor's `lr` (the default
+group's, shared by groups without their own "lr").
 """
 
 import numbers
@@ -108,6 +113,20 @@ class _TorchRule(Rule):
         self._partition = Partition(pairs)
         self._partition._claim(self)
         self._torch_kernel = _grouped_kernel
+
+    def __setattr__(self, name, value):
+        # With groups, a hyperparameter set on the optimizer (`opt.eps = …`, `adjust`) is the default
+        # group's: it reaches every group that does not set its own, as the rate does.
+        partition = self.__dict__.get("_partition")
+        if partition is not None and name in self.hyperparameters:
+            from ._hyper import _validated
+
+            members = [m for m, g in zip(partition.rules, self.param_groups + [{}]) if name not in g]
+            for member in members:
+                _validated(member, name, value)  # all checked before any is set
+            for member in members:
+                setattr(member, name, value)
+        super().__setattr__(name, value)
 
     def _parts(self):
         partition = self.__dict__.get("_partition")
@@ -196,6 +215,18 @@ class SGD(_TorchRule):
             whose first step is (1−m)·lr·g; torch's `dampening=m` alone cannot
             give that, since torch skips dampening on step 1. A flag on this class
             (rather than a separate class) keeps one SGD with torch's names.
+        param_groups: torch's param groups, default None: a list of dicts
+            `{"params": <regex re.search'ed on variable.path, or a list of variables>,
+            <any of "lr", "weight_decay", "momentum", "dampening", "nesterov", "maximize",
+            "dampen_first_step">}`. Each group's values replace the constructor's for its
+            variables; the first group whose "params" matches a variable wins; variables no
+            group matches use the constructor's values (torch's default group). A key not listed
+            is refused, and a value is checked as the constructor checks it. The rate Keras
+            callbacks and `optimizer.learning_rate` steer is the constructor's `lr`, shared by
+            every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
+            hyperparameter set on the optimizer (`opt.momentum = …`, `adjust`) reaches the groups
+            that do not set their own. Saved in `get_config` (a list of variables as a regex of
+            their exact paths). On the torch backend each group runs its own fused kernel.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`
             (`clipnorm`, `use_ema`, `gradient_accumulation_steps`, …).
 
@@ -347,6 +378,17 @@ class Adam(_Adam):
         weight_decay: λ ≥ 0, default 0: L2 added to the gradient before the moments.
         amsgrad: keep the running maximum of v, with torch's bias correction, default False.
         maximize: ascend instead of descend, default False.
+        param_groups: torch's param groups, default None: a list of dicts
+            `{"params": <regex re.search'ed on variable.path, or a list of variables>,
+            <any of "lr", "weight_decay", "betas", "eps", "amsgrad", "maximize">}`. Each group's values replace the constructor's for its
+            variables; the first group whose "params" matches a variable wins; variables no
+            group matches use the constructor's values (torch's default group). A key not listed
+            is refused, and a value is checked as the constructor checks it. The rate Keras
+            callbacks and `optimizer.learning_rate` steer is the constructor's `lr`, shared by
+            every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
+            hyperparameter set on the optimizer (`opt.eps = …`, `adjust`) reaches the groups
+            that do not set their own. Saved in `get_config` (a list of variables as a regex of
+            their exact paths). On the torch backend each group runs its own fused kernel.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
 
     Example:
@@ -395,6 +437,17 @@ class AdamW(_Adam):
         weight_decay: λ ≥ 0, default 1e-2 (torch's default), multiplied by lr.
         amsgrad: as `Adam`, default False.
         maximize: ascend instead of descend, default False.
+        param_groups: torch's param groups, default None: a list of dicts
+            `{"params": <regex re.search'ed on variable.path, or a list of variables>,
+            <any of "lr", "weight_decay", "betas", "eps", "amsgrad", "maximize">}`. Each group's values replace the constructor's for its
+            variables; the first group whose "params" matches a variable wins; variables no
+            group matches use the constructor's values (torch's default group). A key not listed
+            is refused, and a value is checked as the constructor checks it. The rate Keras
+            callbacks and `optimizer.learning_rate` steer is the constructor's `lr`, shared by
+            every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
+            hyperparameter set on the optimizer (`opt.eps = …`, `adjust`) reaches the groups
+            that do not set their own. Saved in `get_config` (a list of variables as a regex of
+            their exact paths). On the torch backend each group runs its own fused kernel.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
 
     Example:
@@ -403,6 +456,14 @@ class AdamW(_Adam):
         >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
         >>> print(np.round(keras.ops.convert_to_numpy(x), 4))  # x·(1 − 0.1·0.05), then Adam's step of 0.1
         [0.7905 2.1796]
+
+        torch's param groups: no decay and a higher rate for biases (torch.optim.AdamW(groups, 0.1, …)):
+
+        >>> w, b = keras.Variable([1.0, 2.0], name="kernel"), keras.Variable([1.0], name="bias")
+        >>> opt = AdamW(0.1, weight_decay=0.5, param_groups=[{"params": "bias", "weight_decay": 0.0, "lr": 0.2}])
+        >>> opt.apply([np.array([1.0, -1.0], "float32"), np.ones(1, "float32")], [w, b])
+        >>> print(np.round(keras.ops.convert_to_numpy(w), 4), np.round(keras.ops.convert_to_numpy(b), 4))
+        [0.85 2.  ] [0.8]
 
     Equivalences (constant lr η): `AdamW(η, β, ε, λ)` = Flux `ADAMW(η, β, decay=η·λ, ε)` =
     `Optimiser(ADAM(η, β, ε), WeightDecay(η·λ))`: Flux's decay is not multiplied by η,

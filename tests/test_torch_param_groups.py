@@ -155,3 +155,15 @@ def test_fit_callbacks_steer_default_rate_and_save_load_resumes(tmp_path):
         np.testing.assert_array_equal(b, a)
     for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a))
+
+
+def test_hyperparameter_set_on_optimizer_reaches_groups_without_their_own():
+    opt = Adam(0.01, betas=(0.9, 0.999), param_groups=[{"params": "bias", "betas": (0.5, 0.9)}, {"params": "head", "eps": 1e-3}])
+    opt.betas = (0.8, 0.99)
+    opt.adjust(eps=1e-6)
+    bias, head, default = opt._partition.rules
+    assert (bias.betas, head.betas, default.betas) == ((0.5, 0.9), (0.8, 0.99), (0.8, 0.99))
+    assert (bias.eps, head.eps, default.eps) == (1e-6, 1e-3, 1e-6)
+    with pytest.raises(ValueError, match="betas"):
+        opt.betas = (1.5, 0.9)
+    assert default.betas == (0.8, 0.99)  # nothing written
