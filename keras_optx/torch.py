@@ -24,14 +24,20 @@ is therefore not available here: the value is kept in `torch_weight_decay`, Kera
 
 The rate is `lr` (torch) or `learning_rate` (Keras's name, used by `from_config`);
 `optimizer.learning_rate` reads and sets it, so Keras callbacks and schedules work.
+
+torch's param groups port too: `param_groups=[{"params": "bias", "weight_decay": 0.0}, …]`
+("params": a regex on `variable.path` or a list of variables); first match wins, the rest
+use the constructor's values; Keras callbacks steer the constructor's `lr` (the default
+group's, shared by groups without their own "lr").
 """
 
 import numbers
+import re
 
 import keras
 
 from . import _checks as check
-from ._base import Rule, _plus_decay
+from ._base import Rule, _adopt_rate, _plus_decay
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
@@ -51,7 +57,7 @@ class _TorchRule(Rule):
         "low-precision moments use keras_optx.ADAM or ADAMW"
     )
 
-    def __init__(self, lr, weight_decay, learning_rate, **kwargs):
+    def __init__(self, lr, weight_decay, learning_rate, param_groups=None, **kwargs):
         if learning_rate is not None:
             if lr is not _LR:
                 raise ValueError(
@@ -62,12 +68,91 @@ class _TorchRule(Rule):
         if isinstance(lr, numbers.Real):
             lr = check.nonnegative("lr", lr)
         weight_decay = check.nonnegative("weight_decay", weight_decay)
+        hyper = {k: kwargs[k] for k in self.hyperparameters if k in kwargs}
         super().__init__(lr, **kwargs)
         self.torch_weight_decay = weight_decay
+        self.param_groups = None
+        self._partition = None
+        if param_groups is not None:
+            self._group(param_groups, {"lr": lr, "weight_decay": weight_decay, **hyper})
+
+    # torch param groups ------------------------------------------------------------
+    def _group(self, param_groups, defaults):
+        """Route each group's variables to a copy of this optimizer with the group's values: an
+        internal `Partition` (its torch kernel runs each copy's fused kernel on its group)."""
+        from .partition import Partition
+
+        if isinstance(param_groups, dict) or not isinstance(param_groups, (list, tuple)):
+            raise TypeError(
+                f"`param_groups` must be a list of dicts, as torch's; received {type(param_groups).__name__}."
+            )
+        accepted = ["params", *defaults]
+        groups, pairs = [], []
+        for i, group in enumerate(param_groups):
+            if not isinstance(group, dict):
+                raise TypeError(f"`param_groups[{i}]` must be a dict; received {group!r}.")
+            unknown = [k for k in group if k not in accepted]
+            if unknown:
+                raise ValueError(
+                    f"`param_groups[{i}]` has unknown key(s) {unknown}; {type(self).__name__} accepts {accepted}."
+                )
+            if "params" not in group:
+                raise ValueError(f"`param_groups[{i}]` needs a \"params\" key (a regex on variable.path or a list of variables).")
+            pattern = _params_pattern(group["params"], i)
+            values = {k: v for k, v in group.items() if k != "params"}
+            member = type(self)(**{**defaults, **values})  # the constructor's checks refuse bad values
+            if "lr" not in values and isinstance(self._learning_rate, keras.Variable):
+                _adopt_rate(member, self._learning_rate)  # the default rate: callbacks steer it here too
+            groups.append({"params": pattern, **values})
+            pairs.append((pattern, member))
+        default = type(self)(**defaults)
+        if isinstance(self._learning_rate, keras.Variable):
+            _adopt_rate(default, self._learning_rate)
+        pairs.append((".*", default))
+        self.param_groups = groups
+        self._partition = Partition(pairs)
+        self._partition._claim(self)
+        self._torch_kernel = _grouped_kernel
+
+    def __setattr__(self, name, value):
+        # With groups, a hyperparameter set on the optimizer (`opt.eps = …`, `adjust`) is the default
+        # group's: it reaches every group that does not set its own, as the rate does.
+        partition = self.__dict__.get("_partition")
+        if partition is not None and name in self.hyperparameters:
+            from ._hyper import _validated
+
+            members = [m for m, g in zip(partition.rules, self.param_groups + [{}]) if name not in g]
+            for member in members:
+                _validated(member, name, value)  # all checked before any is set
+            for member in members:
+                setattr(member, name, value)
+        super().__setattr__(name, value)
+
+    def _parts(self):
+        partition = self.__dict__.get("_partition")
+        return None if partition is None else partition.rules
+
+    def _slot_owners(self, variables):
+        if self._partition is None:
+            return super()._slot_owners(variables)
+        return self._partition._slot_owners(variables)
+
+    def _build_state(self, variables):
+        made = super()._build_state(variables)
+        if self._partition is not None:
+            made += self._partition._build_state(variables)
+        return made
+
+    def _transform(self, g, x, state, t, step):
+        if self._partition is None:
+            return super()._transform(g, x, state, t, step)
+        return self._partition._transform(g, x, state, t, step)
 
     def get_config(self):
         config = super().get_config()
         config["weight_decay"] = self.torch_weight_decay
+        if self.param_groups is not None:
+            config["param_groups"] = [dict(group) for group in self.param_groups]
         return config
 
     def __repr__(self):
@@ -76,6 +161,35 @@ class _TorchRule(Rule):
         args = [f"lr={lr!r}"] + [f"{k}={getattr(self, k)!r}" for k in self.hyperparameters]
         args.insert(len(self._positional) + 1, f"weight_decay={self.torch_weight_decay!r}")
         return f"{type(self).__name__}({', '.join(args)})"
+
+
+def _params_pattern(params, i):
+    """A group's "params" as a regex: the string itself, or exact paths for a list of variables."""
+    if isinstance(params, str):
+        try:
+            re.compile(params)
+        except re.error as error:
+            raise ValueError(f"`param_groups[{i}]['params']` {params!r} is not a valid regular expression: {error}.") from None
+        return params
+    if isinstance(params, keras.Variable):
+        params = [params]
+    try:
+        params = list(params)
+    except TypeError:
+        params = None
+    if not params or not all(isinstance(v, keras.Variable) for v in params):
+        raise TypeError(
+            f"`param_groups[{i}]['params']` must be a regex on variable.path or a non-empty list of "
+            f"keras.Variable; received {params!r}."
+        )
+    return "^(?:" + "|".join(re.escape(getattr(v, "path", None) or v.name) for v in params) + ")$"
+
+
+def _grouped_kernel(rule, xs, gs, slots, t, lr):
+    # torch backend only: each group's fused kernel, by the internal Partition's kernel.
+    from ._backends.torch import kernel_of
+
+    return kernel_of(rule._partition)(rule._partition, xs, gs, slots, t, lr)
 
 
 @_register("SGD")
@@ -101,6 +215,18 @@ class SGD(_TorchRule):
             whose first step is (1−m)·lr·g; torch's `dampening=m` alone cannot
             give that, since torch skips dampening on step 1. A flag on this class
             (rather than a separate class) keeps one SGD with torch's names.
+        param_groups: torch's param groups, default None: a list of dicts
+            `{"params": <regex re.search'ed on variable.path, or a list of variables>,
+            <any of "lr", "weight_decay", "momentum", "dampening", "nesterov", "maximize",
+            "dampen_first_step">}`. Each group's values replace the constructor's for its
+            variables; the first group whose "params" matches a variable wins; variables no
+            group matches use the constructor's values (torch's default group). A key not listed
+            is refused, and a value is checked as the constructor checks it. The rate Keras
+            callbacks and `optimizer.learning_rate` steer is the constructor's `lr`, shared by
+            every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
+            hyperparameter set on the optimizer (`opt.momentum = …`, `adjust`) reaches the groups
+            that do not set their own. Saved in `get_config` (a list of variables as a regex of
+            their exact paths). On the torch backend each group runs its own fused kernel.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`
             (`clipnorm`, `use_ema`, `gradient_accumulation_steps`, …).
 
@@ -141,6 +267,7 @@ class SGD(_TorchRule):
         maximize=False,
         dampen_first_step=False,
         learning_rate=None,
+        param_groups=None,
         **kwargs,
     ):
         super().__init__(
@@ -152,6 +279,7 @@ class SGD(_TorchRule):
             nesterov=nesterov,
             maximize=maximize,
             dampen_first_step=dampen_first_step,
+            param_groups=param_groups,
             **kwargs,
         )
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
@@ -202,9 +330,9 @@ class _Adam(_TorchRule):
     _positional = ("betas", "eps")  # torch's order: lr, betas, eps, weight_decay, amsgrad
     _decoupled = False
 
-    def __init__(self, lr, betas, eps, weight_decay, amsgrad, maximize, learning_rate, **kwargs):
+    def __init__(self, lr, betas, eps, weight_decay, amsgrad, maximize, learning_rate, param_groups=None, **kwargs):
         super().__init__(
-            lr, weight_decay, learning_rate, betas=betas, eps=eps, amsgrad=amsgrad, maximize=maximize, **kwargs
+            lr, weight_decay, learning_rate, param_groups, betas=betas, eps=eps, amsgrad=amsgrad, maximize=maximize, **kwargs
         )
 
     @property
@@ -250,6 +378,17 @@ class Adam(_Adam):
         weight_decay: λ ≥ 0, default 0: L2 added to the gradient before the moments.
         amsgrad: keep the running maximum of v, with torch's bias correction, default False.
         maximize: ascend instead of descend, default False.
+        param_groups: torch's param groups, default None: a list of dicts
+            `{"params": <regex re.search'ed on variable.path, or a list of variables>,
+            <any of "lr", "weight_decay", "betas", "eps", "amsgrad", "maximize">}`. Each group's values replace the constructor's for its
+            variables; the first group whose "params" matches a variable wins; variables no
+            group matches use the constructor's values (torch's default group). A key not listed
+            is refused, and a value is checked as the constructor checks it. The rate Keras
+            callbacks and `optimizer.learning_rate` steer is the constructor's `lr`, shared by
+            every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
+            hyperparameter set on the optimizer (`opt.eps = …`, `adjust`) reaches the groups
+            that do not set their own. Saved in `get_config` (a list of variables as a regex of
+            their exact paths). On the torch backend each group runs its own fused kernel.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
 
     Example:
@@ -277,9 +416,10 @@ class Adam(_Adam):
         *,
         maximize=False,
         learning_rate=None,
+        param_groups=None,
         **kwargs,
     ):
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, learning_rate, **kwargs)
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, learning_rate, param_groups=param_groups, **kwargs)
 
 
 @_register("AdamW")
@@ -297,6 +437,17 @@ class AdamW(_Adam):
         weight_decay: λ ≥ 0, default 1e-2 (torch's default), multiplied by lr.
         amsgrad: as `Adam`, default False.
         maximize: ascend instead of descend, default False.
+        param_groups: torch's param groups, default None: a list of dicts
+            `{"params": <regex re.search'ed on variable.path, or a list of variables>,
+            <any of "lr", "weight_decay", "betas", "eps", "amsgrad", "maximize">}`. Each group's values replace the constructor's for its
+            variables; the first group whose "params" matches a variable wins; variables no
+            group matches use the constructor's values (torch's default group). A key not listed
+            is refused, and a value is checked as the constructor checks it. The rate Keras
+            callbacks and `optimizer.learning_rate` steer is the constructor's `lr`, shared by
+            every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
+            hyperparameter set on the optimizer (`opt.eps = …`, `adjust`) reaches the groups
+            that do not set their own. Saved in `get_config` (a list of variables as a regex of
+            their exact paths). On the torch backend each group runs its own fused kernel.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
 
     Example:
@@ -305,6 +456,14 @@ class AdamW(_Adam):
         >>> for _ in range(2): opt.apply([np.array([1.0, -1.0], "float32")], [x])
         >>> print(np.round(keras.ops.convert_to_numpy(x), 4))  # x·(1 − 0.1·0.05), then Adam's step of 0.1
         [0.7905 2.1796]
+
+        torch's param groups: no decay and a higher rate for biases (torch.optim.AdamW(groups, 0.1, …)):
+
+        >>> w, b = keras.Variable([1.0, 2.0], name="kernel"), keras.Variable([1.0], name="bias")
+        >>> opt = AdamW(0.1, weight_decay=0.5, param_groups=[{"params": "bias", "weight_decay": 0.0, "lr": 0.2}])
+        >>> opt.apply([np.array([1.0, -1.0], "float32"), np.ones(1, "float32")], [w, b])
+        >>> print(np.round(keras.ops.convert_to_numpy(w), 4), np.round(keras.ops.convert_to_numpy(b), 4))
+        [0.85 2.  ] [0.8]
 
     Equivalences (constant lr η): `AdamW(η, β, ε, λ)` = Flux `ADAMW(η, β, decay=η·λ, ε)` =
     `Optimiser(ADAM(η, β, ε), WeightDecay(η·λ))`: Flux's decay is not multiplied by η,
@@ -325,6 +484,7 @@ class AdamW(_Adam):
         *,
         maximize=False,
         learning_rate=None,
+        param_groups=None,
         **kwargs,
     ):
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, learning_rate, **kwargs)
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, learning_rate, param_groups=param_groups, **kwargs)

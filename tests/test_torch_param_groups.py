@@ -1,0 +1,169 @@
+"""keras_optx.torch param groups (`param_groups=[{"params": …, "lr": …}, …]`) against torch.optim's groups.
+
+Each case runs a few steps of random gradients on named variables and compares every step with
+torch.optim (float64) given the same groups; the variable no group matches uses the constructor's
+values. torch is installed in every backend's test environment; it is only the reference here.
+"""
+
+import keras
+import numpy as np
+import pytest
+import torch
+from conftest import BACKEND
+from test_conformance import MODES, compiled_apply
+
+from keras_optx.torch import SGD, Adam, AdamW
+
+STEPS = 6
+NAMES = ["kernel", "bias", "head_kernel"]
+SHAPES = [(3, 2), (2,), (2, 2)]
+CLASSES = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
+
+# (class, constructor kwargs, groups; "params" is a regex or a list of indices into NAMES)
+CASES = {
+    "SGD": ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=1e-2), [
+        {"params": "bias", "lr": 0.3, "momentum": 0.5, "weight_decay": 0.0, "dampening": 0.1},
+        {"params": "head", "nesterov": True},
+    ]),
+    "Adam": ("Adam", dict(lr=0.01, weight_decay=1e-2), [
+        {"params": [2], "lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-6},
+    ]),
+    "AdamW": ("AdamW", dict(lr=0.01, weight_decay=0.1), [
+        {"params": "bias", "weight_decay": 0.0},
+        {"params": [2, 1], "lr": 0.03, "amsgrad": True},  # bias is already in the first group
+    ]),
+}
+LR_DROP = (3, 0.002)  # at step 3, `opt.learning_rate = 0.002`, as LearningRateScheduler does
+
+
+def _problem(seed=0):
+    rng = np.random.default_rng(seed)
+    x0 = [rng.normal(size=s).astype("float32") for s in SHAPES]
+    grads = [[rng.normal(size=s).astype("float32") for s in SHAPES] for _ in range(STEPS)]
+    return x0, grads
+
+
+def _keras_groups(groups, variables):
+    return [dict(g, params=g["params"] if isinstance(g["params"], str) else [variables[i] for i in g["params"]]) for g in groups]
+
+
+def _torch_trajectory(name, kwargs, groups, x0, grads):
+    """torch.optim with the same groups: first match wins, the rest in a group of the defaults."""
+    import re
+
+    params = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in x0]
+    taken, torch_groups = set(), []
+    for g in groups:
+        match = (lambda i, p=g["params"]: re.search(p, NAMES[i])) if isinstance(g["params"], str) else (lambda i, p=g["params"]: i in p)
+        members = [i for i in range(len(params)) if i not in taken and match(i)]
+        taken |= set(members)
+        torch_groups.append(dict({k: v for k, v in g.items() if k != "params"}, params=[params[i] for i in members]))
+    torch_groups.append({"params": [params[i] for i in range(len(params)) if i not in taken]})
+    assert torch_groups[-1]["params"], "each case leaves a variable to the defaults"
+    opt = getattr(torch.optim, name)(torch_groups, **kwargs)
+    out = []
+    for step, gs in enumerate(grads):
+        if step == LR_DROP[0]:
+            for group, spec in zip(opt.param_groups, groups + [{}]):
+                if "lr" not in spec:  # Keras's rate is the default group's, shared by groups without their own
+                    group["lr"] = LR_DROP[1]
+        for p, g in zip(params, gs):
+            p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+        out.append([p.detach().numpy().copy() for p in params])
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CASES)
+def test_groups_match_torch_optim_step_by_step(case, mode):
+    name, kwargs, groups = CASES[case]
+    x0, grads = _problem()
+    variables = [keras.Variable(x, name=n) for x, n in zip(x0, NAMES)]
+    opt = CLASSES[name](param_groups=_keras_groups(groups, variables), **kwargs)
+    step = compiled_apply(opt, variables) if mode == "compiled" else (lambda gs: opt.apply(gs, variables))
+    reference = _torch_trajectory(name, kwargs, groups, x0, grads)
+    for t, gs in enumerate(grads):
+        if t == LR_DROP[0]:
+            opt.learning_rate = LR_DROP[1]
+        step([keras.ops.convert_to_tensor(g) for g in gs])
+        for i, (v, r) in enumerate(zip(variables, reference[t])):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(v.value), r, rtol=1e-5, atol=1e-6, err_msg=f"{case} step {t + 1} {NAMES[i]}")
+    # Not trivial: without the groups the trajectory differs.
+    plain = _torch_trajectory(name, kwargs, [], x0, grads)
+    assert max(np.abs(a - b).max() for a, b in zip(plain[-1], reference[-1])) > 1e-3
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="fused kernels exist on the torch backend only")
+def test_torch_kernels_run_per_group(monkeypatch):
+    from keras_optx._backends.torch import registry
+
+    calls = []
+    original = registry._KERNELS[AdamW]
+
+    def counting(rule, xs, *args, **kwargs):
+        calls.append(len(xs))
+        return original(rule, xs, *args, **kwargs)
+
+    monkeypatch.setitem(registry._KERNELS, AdamW, counting)
+    x0, grads = _problem()
+    variables = [keras.Variable(x, name=n) for x, n in zip(x0, NAMES)]
+    opt = AdamW(0.01, param_groups=[{"params": "bias", "weight_decay": 0.0}])
+    opt.apply(grads[0], variables)
+    assert sorted(calls) == [1, 2]  # the bias group, then the defaults (kernel, head_kernel)
+
+
+def test_unknown_key_and_bad_values_refused():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['betas'\].*'momentum'"):
+        SGD(0.1, param_groups=[{"params": ".*", "betas": (0.9, 0.99)}])
+    with pytest.raises(ValueError, match="needs a \"params\""):
+        Adam(param_groups=[{"lr": 0.1}])
+    with pytest.raises(ValueError, match="lr"):
+        Adam(param_groups=[{"params": "bias", "lr": -1.0}])
+    with pytest.raises(ValueError, match="betas"):
+        AdamW(param_groups=[{"params": "bias", "betas": (1.2, 0.9)}])
+    with pytest.raises(ValueError, match="nesterov"):
+        SGD(0.1, param_groups=[{"params": "bias", "nesterov": True}])
+    with pytest.raises(ValueError, match="regular expression"):
+        SGD(0.1, param_groups=[{"params": "("}])
+    with pytest.raises(TypeError, match="param_groups"):
+        SGD(0.1, param_groups={"params": "bias"})
+    with pytest.raises(TypeError, match="params"):
+        SGD(0.1, param_groups=[{"params": [1.0]}])
+
+
+def test_fit_callbacks_steer_default_rate_and_save_load_resumes(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = (x @ rng.normal(size=(4, 1))).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="tanh", name="body"), keras.layers.Dense(1, name="head")])
+    opt = AdamW(0.01, weight_decay=0.1, param_groups=[{"params": "bias", "weight_decay": 0.0}, {"params": "head/", "lr": 0.05}])
+    model.compile(optimizer=opt, loss="mse")
+    halve = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * 0.5**epoch)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[halve])
+    rates = [float(keras.ops.convert_to_numpy(r.learning_rate)) for r in opt._partition.rules]
+    np.testing.assert_allclose(rates, [0.005, 0.05, 0.005])  # bias group and defaults follow; the head keeps its own
+
+    path = tmp_path / "groups.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    assert loaded.optimizer.param_groups == opt.param_groups
+    for m in (model, loaded):
+        m.train_on_batch(x[:16], y[:16])
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(b, a)
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a))
+
+
+def test_hyperparameter_set_on_optimizer_reaches_groups_without_their_own():
+    opt = Adam(0.01, betas=(0.9, 0.999), param_groups=[{"params": "bias", "betas": (0.5, 0.9)}, {"params": "head", "eps": 1e-3}])
+    opt.betas = (0.8, 0.99)
+    opt.adjust(eps=1e-6)
+    bias, head, default = opt._partition.rules
+    assert (bias.betas, head.betas, default.betas) == ((0.5, 0.9), (0.8, 0.99), (0.8, 0.99))
+    assert (bias.eps, head.eps, default.eps) == (1e-6, 1e-3, 1e-6)
+    with pytest.raises(ValueError, match="betas"):
+        opt.betas = (1.5, 0.9)
+    assert default.betas == (0.8, 0.99)  # nothing written
