@@ -42,8 +42,16 @@ def _distributed(mode, tmp_path):
     return data["cases"]
 
 
+_STATELESS_MEMBERS = ("Descent", "ExpDecay", "InvDecay", "WeightDecay", "ClipValue", "ClipNorm", "ClipGlobalNorm")
+
+
 def _stateful(case_id):
-    return not any(case_id.startswith(p) for p in ("Descent", "ExpDecay", "ClipValue(keras", "ClipGlobalNorm(keras"))
+    """Whether the case keeps keras_optx slots: a chain does when any member does."""
+    if case_id.startswith(("ClipValue(keras", "ClipGlobalNorm(keras")):
+        return False  # keras_optx's part is stateless; the wrapped Keras optimizer's state is its own
+    if "(keras" in case_id:
+        return True
+    return not all(member.strip("()").startswith(_STATELESS_MEMBERS) for member in case_id.split(">"))
 
 
 @ONCE
