@@ -234,12 +234,9 @@ class NADAM(_AdamFamily):
         c2 = lr * (1 - b1) / ops.one_minus_pow(b1, t)
         if not keras.ops.is_tensor(b2) and b2 < _F32_TINY:  # the √(β₂v/(1−β₂ᵗ)) term vanishes (β₂ is 0 in float32; 1/k would overflow)
             return (c1 * m + c2 * g) / self.epsilon, {"m": m, "v": v}
-        if keras.ops.is_tensor(b2):  # β₂ read from its variable (jax/tensorflow): both branches, selected
+        if keras.ops.is_tensor(b2):  # β₂ read from its variable (jax/tensorflow): k is 0 where β₂ vanishes, no branch
             k = ops.sqrt(b2 / ops.one_minus_pow(b2, t))
-            vanishes = b2 < _F32_TINY
-            safe = ops.where(vanishes, 1.0, k)
-            general = ((c1 / safe) * m + (c2 / safe) * g) / (ops.sqrt(v) + self.epsilon / safe)
-            return ops.where(vanishes, (c1 * m + c2 * g) / self.epsilon, general), {"m": m, "v": v}
+            return (c1 * m + c2 * g) / (k * ops.sqrt(v) + self.epsilon), {"m": m, "v": v}
         # (c₁m + c₂g) / (k√v + ϵ) with k = √(β₂/(1−β₂ᵗ)), divided through by k: the corrections
         # stay scalars and each element needs one multiply fewer.
         k = ops.sqrt(b2 / ops.one_minus_pow(b2, t))
