@@ -246,6 +246,11 @@ class NADAM(_AdamFamily):
 _F32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
 
 
+def _member_hyperparameter(index, name):
+    """A property reading and setting hyperparameter `name` of the chain's member `rules[index]`."""
+    return property(lambda self: getattr(self.rules[index], name), lambda self, value: setattr(self.rules[index], name, value))
+
+
 @_register
 class ADAMW(Optimiser):
     """ADAM with decoupled weight decay (Flux `ADAMW(η, β, decay)`).
@@ -274,29 +279,10 @@ class ADAMW(Optimiser):
         decay = check.nonnegative("decay", decay)
         super().__init__(ADAM(learning_rate, beta, epsilon), WeightDecay(decay), **kwargs)
 
-    @property
-    def beta(self):
-        return self.rules[0].beta
-
-    @beta.setter
-    def beta(self, value):
-        self.rules[0].beta = value
-
-    @property
-    def epsilon(self):
-        return self.rules[0].epsilon
-
-    @epsilon.setter
-    def epsilon(self, value):
-        self.rules[0].epsilon = value
-
-    @property
-    def decay(self):
-        return self.rules[1].wd
-
-    @decay.setter
-    def decay(self, value):
-        self.rules[1].wd = value
+    # The members' hyperparameters, read and set through the chain (`opt.beta = …`, `adjust`).
+    beta = _member_hyperparameter(0, "beta")
+    epsilon = _member_hyperparameter(0, "epsilon")
+    decay = _member_hyperparameter(1, "wd")
 
     def get_config(self):
         config = super().get_config()
