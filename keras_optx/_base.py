@@ -28,9 +28,11 @@ EPSILON = 1e-8
 # "format_version". Raise it when a change adds, removes or reorders an optimizer's variables or
 # renames a config key, and teach `Rule._migrate_config`/`_migrate_variables` to read the old one:
 # tests/fixtures/checkpoints (files saved by earlier versions) must keep loading.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Format 2 added one variable per rule with numeric hyperparameters (its "hyperparameters" vector,
 # made at build); `Rule._migrate_variables` fills it from the config for files of format ≤ 1.
+# Format 3: keras_optx.torch's SGD/Adam/AdamW hold `weight_decay` in that vector (one entry more);
+# a format-2 vector of another length takes the values of the loaded config.
 
 
 # Keras optimizer keywords that change the update, with their defaults. A chain member's update is
@@ -396,7 +398,8 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         """Return the saved variable values (`arrays`, a list in saved order, format `version` <
         FORMAT_VERSION) in the order and number of today's `self.variables`.
 
-        Format ≤ 1 had no hyperparameter vectors: each takes the values of the loaded config."""
+        Format ≤ 1 had no hyperparameter vectors: each takes the values of the loaded config.
+        Format 2's vectors of keras_optx.torch's rules lacked `weight_decay`: likewise."""
         if version < 2:
             arrays, out = iter(arrays), []
             for variable in self.variables:
@@ -408,6 +411,13 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
             if rest or any(a is None for a in out):
                 return [a for a in out if a is not None] + rest  # a count mismatch: refused below
             return out
+        if version < 3 and len(arrays) == len(self.variables):
+            arrays = [
+                keras.ops.convert_to_numpy(v.value)
+                if getattr(v, "_keras_optx_hyperparameters", False) and tuple(a.shape) != tuple(v.shape)
+                else a
+                for v, a in zip(self.variables, arrays)
+            ]
         return arrays
 
     def load_own_variables(self, store):
@@ -431,7 +441,10 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
 
     def _claim(self, owner):
         """Mark this rule as a member of `owner`: one rule, one chain, one set of slots."""
-        given = [k for k, default in _KERAS_UPDATE_KEYWORDS.items() if getattr(self, k, default) != default]
+        given = [
+            k for k, default in _KERAS_UPDATE_KEYWORDS.items()
+            if k not in self.hyperparameters and getattr(self, k, default) != default  # the rule's own (torch's weight_decay)
+        ]
         if given:
             settings = ", ".join(f"{k}={getattr(self, k)!r}" for k in given)
             raise ValueError(

@@ -142,7 +142,7 @@ class HyperMixin:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for name in cls.__dict__.get("hyperparameters", {}):
-            if not isinstance(cls.__dict__.get(name), (_Hyper, property)):
+            if not isinstance(getattr(cls, name, None), (_Hyper, property)):  # a base class's descriptor serves too
                 setattr(cls, name, _Hyper(name))
 
     def _hyper_check(self, name, value):

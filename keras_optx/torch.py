@@ -17,10 +17,11 @@ backend each step is torch's own fused kernel (`_fused_sgd_`, `_fused_adam_`,
 equal the formulas below).
 
 `weight_decay` has torch's meaning (coupled L2 for SGD and Adam, lr-scaled and
-decoupled for AdamW). Keras's own `weight_decay` keyword of `keras.optimizers.Optimizer`
-is therefore not available here: the value is kept in `torch_weight_decay`, Keras's
-`weight_decay` attribute stays None so Keras does not decay a second time, and
-`get_config()` saves it under the key `weight_decay`.
+decoupled for AdamW), as keyword and as attribute: `opt.weight_decay` reads and sets torch's
+λ, a hyperparameter like the others (a number, a schedule or a callable; assigned or
+`adjust`ed, it acts at the next step). Keras's own `weight_decay` of
+`keras.optimizers.Optimizer`, which shares the name, is therefore not available here: Keras's
+decay never runs for these classes.
 
 The rate is `lr` (torch) or `learning_rate` (Keras's name, used by `from_config`);
 `optimizer.learning_rate` reads and sets it, so Keras callbacks and schedules work.
@@ -28,7 +29,8 @@ The rate is `lr` (torch) or `learning_rate` (Keras's name, used by `from_config`
 torch's param groups port too: `param_groups=[{"params": "bias", "weight_decay": 0.0}, …]`
 ("params": a regex on `variable.path` or a list of variables); first match wins, the rest
 use the constructor's values; Keras callbacks steer the constructor's `lr` (the default
-group's, shared by groups without their own "lr").
+group's, shared by groups without their own "lr"), and a hyperparameter set on the optimizer
+(`opt.weight_decay = 0.1`) reaches the groups without their own (see `SGD`'s `param_groups`).
 """
 
 import numbers
@@ -38,6 +40,7 @@ import keras
 
 from . import _checks as check
 from ._base import Rule, _adopt_rate, _plus_decay
+from ._hyper import _Hyper, deserialize_value, serialize_value
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
@@ -49,6 +52,22 @@ def _register(name):
     return keras.saving.register_keras_serializable(package="keras_optx", name=f"torch.{name}")
 
 
+class _WeightDecay(_Hyper):
+    """torch's λ, a hyperparameter, in the attribute where Keras's base class keeps its own
+    decay: Keras's `__init__` writes None there (its decay off), which is ignored."""
+
+    def __set__(self, rule, value):
+        if value is None and self.name not in rule.__dict__.get("_hyper_values", {}):
+            return
+        super().__set__(rule, value)
+
+
+def _may_decay(wd):
+    """Whether a step reads a weight decay: not for a number 0 (eager torch, where constants are
+    Python floats); always for a value read in a compiled step, which may change without a retrace."""
+    return not (isinstance(wd, (int, float)) and wd == 0)
+
+
 class _TorchRule(Rule):
     """torch's `lr`/`weight_decay`/`maximize` handling shared by SGD, Adam and AdamW."""
 
@@ -56,8 +75,9 @@ class _TorchRule(Rule):
         "keras_optx.torch optimizers keep torch.optim's state, in the variables' dtype; for "
         "low-precision moments use keras_optx.ADAM or ADAMW"
     )
+    weight_decay = _WeightDecay("weight_decay")
 
-    def __init__(self, lr, weight_decay, learning_rate, param_groups=None, **kwargs):
+    def __init__(self, lr, learning_rate, param_groups=None, **kwargs):
         if learning_rate is not None:
             if lr is not _LR:
                 raise ValueError(
@@ -67,14 +87,20 @@ class _TorchRule(Rule):
             lr = learning_rate
         if isinstance(lr, numbers.Real):
             lr = check.nonnegative("lr", lr)
-        weight_decay = check.nonnegative("weight_decay", weight_decay)
         hyper = {k: kwargs[k] for k in self.hyperparameters if k in kwargs}
         super().__init__(lr, **kwargs)
-        self.torch_weight_decay = weight_decay
         self.param_groups = None
         self._partition = None
         if param_groups is not None:
-            self._group(param_groups, {"lr": lr, "weight_decay": weight_decay, **hyper})
+            self._group(param_groups, {"lr": lr, **hyper})
+
+    @property
+    def torch_weight_decay(self):
+        """`weight_decay` (torch's λ), by the name earlier versions kept it under."""
+        return self.weight_decay
+
+    def _apply_weight_decay(self, variables):
+        """Keras's own decoupled decay: never (`weight_decay` is torch's, in the formula)."""
 
     # torch param groups ------------------------------------------------------------
     def _group(self, param_groups, defaults):
@@ -150,16 +176,23 @@ class _TorchRule(Rule):
 
     def get_config(self):
         config = super().get_config()
-        config["weight_decay"] = self.torch_weight_decay
-        if self.param_groups is not None:
-            config["param_groups"] = [dict(group) for group in self.param_groups]
+        if self.param_groups is not None:  # a group's schedules serialized, as the constructor's
+            config["param_groups"] = [{k: serialize_value(v) for k, v in group.items()} for group in self.param_groups]
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        groups = config.get("param_groups")
+        if groups is not None:
+            config = dict(config, param_groups=[
+                {k: v if k == "params" else deserialize_value(v, custom_objects) for k, v in group.items()} for group in groups
+            ])
+        return super().from_config(config, custom_objects=custom_objects)
 
     def __repr__(self):
         lr = self._learning_rate
         lr = float(lr.numpy()) if isinstance(lr, keras.Variable) else lr
-        args = [f"lr={lr!r}"] + [f"{k}={getattr(self, k)!r}" for k in self.hyperparameters]
-        args.insert(len(self._positional) + 1, f"weight_decay={self.torch_weight_decay!r}")
+        args = [f"lr={lr!r}"] + [f"{k}={getattr(self, k)!r}" for k in self.hyperparameters]  # torch's order
         return f"{type(self).__name__}({', '.join(args)})"
 
 
@@ -206,7 +239,10 @@ class SGD(_TorchRule):
             or a callable). `learning_rate=` is accepted as Keras's alias.
         momentum: μ ≥ 0, default 0.
         dampening: τ ∈ [0, 1], default 0 (torch does not check it; this does).
-        weight_decay: λ ≥ 0, default 0: L2 added to the gradient, as torch.
+        weight_decay: λ ≥ 0, default 0: L2 added to the gradient, as torch. Like every
+            numeric hyperparameter here (momentum, dampening, betas, eps) a number, a
+            `LearningRateSchedule` (called with the 0-based update count) or a callable;
+            `opt.weight_decay = λ` or `opt.adjust(weight_decay=λ)` acts at the next step.
         nesterov: Nesterov momentum, default False; needs μ > 0 and τ = 0, as torch.
         maximize: ascend instead of descend (g ← −g first), default False.
         dampen_first_step: default False, torch's rule: the buffer starts as g. True
@@ -224,10 +260,10 @@ class SGD(_TorchRule):
             is refused, and a value is checked as the constructor checks it. The rate Keras
             callbacks and `optimizer.learning_rate` steer is the constructor's `lr`, shared by
             every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
-            hyperparameter set on the optimizer (`opt.momentum = …`, `adjust`) reaches the groups
-            that do not set their own, and not the others. Saved in `get_config` (a list of
-            variables as a regex of their exact paths). On the torch backend each group runs its
-            own fused kernel. `Adam` and `AdamW` take the same.
+            hyperparameter set on the optimizer (`opt.weight_decay = …`, `opt.momentum = …`,
+            `adjust`) reaches the groups that do not set their own, and not the others. Saved in
+            `get_config` (a list of variables as a regex of their exact paths). On the torch
+            backend each group runs its own fused kernel. `Adam` and `AdamW` take the same.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`
             (`clipnorm`, `use_ema`, `gradient_accumulation_steps`, …).
 
@@ -248,14 +284,14 @@ class SGD(_TorchRule):
     Robbins & Monro 1951; Polyak 1964; Sutskever et al. 2013 (Nesterov form).
     """
 
-    hyperparameters = {
+    hyperparameters = {  # torch's order: lr, momentum, dampening, weight_decay, nesterov
         "momentum": check.nonnegative,
         "dampening": check.closed_unit,
+        "weight_decay": check.nonnegative,
         "nesterov": check.flag,
         "maximize": check.flag,
         "dampen_first_step": check.flag,
     }
-    _positional = ("momentum", "dampening")  # torch's order: lr, momentum, dampening, weight_decay, nesterov
 
     def __init__(
         self,
@@ -273,10 +309,10 @@ class SGD(_TorchRule):
     ):
         super().__init__(
             lr,
-            weight_decay,
             learning_rate,
             momentum=momentum,
             dampening=dampening,
+            weight_decay=weight_decay,
             nesterov=nesterov,
             maximize=maximize,
             dampen_first_step=dampen_first_step,
@@ -313,8 +349,9 @@ class SGD(_TorchRule):
     def delta(self, ops, g, x, s, t, lr):
         if self.maximize:
             g = -g
-        if self.torch_weight_decay:
-            g = _plus_decay(g, x, self.torch_weight_decay, self._decay_mask())
+        wd = self.weight_decay
+        if _may_decay(wd):
+            g = _plus_decay(g, x, wd, self._decay_mask())
         if "momentum_buffer" not in s:  # momentum 0 when built: no buffer
             return lr * g, {}
         keep = 1.0 - self.dampening
@@ -327,13 +364,19 @@ class SGD(_TorchRule):
 
 
 class _Adam(_TorchRule):
-    hyperparameters = {"betas": check.betas, "eps": check.nonnegative, "amsgrad": check.flag, "maximize": check.flag}
-    _positional = ("betas", "eps")  # torch's order: lr, betas, eps, weight_decay, amsgrad
+    hyperparameters = {  # torch's order: lr, betas, eps, weight_decay, amsgrad
+        "betas": check.betas,
+        "eps": check.nonnegative,
+        "weight_decay": check.nonnegative,
+        "amsgrad": check.flag,
+        "maximize": check.flag,
+    }
     _decoupled = False
 
     def __init__(self, lr, betas, eps, weight_decay, amsgrad, maximize, learning_rate, param_groups=None, **kwargs):
         super().__init__(
-            lr, weight_decay, learning_rate, param_groups, betas=betas, eps=eps, amsgrad=amsgrad, maximize=maximize, **kwargs
+            lr, learning_rate, param_groups, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            maximize=maximize, **kwargs
         )
 
     @property
@@ -343,11 +386,12 @@ class _Adam(_TorchRule):
 
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.betas
-        wd = self.torch_weight_decay
+        wd = self.weight_decay
+        decays = _may_decay(wd)
         if self.maximize:
             g = -g
-        mask = self._decay_mask() if wd else None
-        if wd and not self._decoupled:
+        mask = self._decay_mask() if decays else None
+        if decays and not self._decoupled:
             g = _plus_decay(g, x, wd, mask)
         m = b1 * s.exp_avg + (1 - b1) * g
         v = b2 * s.exp_avg_sq + (1 - b2) * g * g
@@ -358,7 +402,7 @@ class _Adam(_TorchRule):
         # corrections as scalars, one per-element operation fewer (tensorflow XLA, 4×2.5M: 1.13–1.47x → 0.98–1.03x Keras's Adam).
         c = ops.sqrt(ops.one_minus_pow(b2, t))
         step = (lr * c / ops.one_minus_pow(b1, t)) * m / (ops.sqrt(v) + self.eps * c)
-        if wd and self._decoupled:
+        if decays and self._decoupled:
             step = _plus_decay(step, x, lr * wd, mask)
         return step, new
 
@@ -376,7 +420,8 @@ class Adam(_Adam):
             `learning_rate=` is accepted as Keras's alias.
         betas: (β₁, β₂), each in [0, 1), default (0.9, 0.999).
         eps: ε ≥ 0, default 1e-8, added outside the square root.
-        weight_decay: λ ≥ 0, default 0: L2 added to the gradient before the moments.
+        weight_decay: λ ≥ 0, default 0: L2 added to the gradient before the moments; a
+            number, schedule or callable, assignable (`opt.weight_decay = λ`) as `betas` and `eps`.
         amsgrad: keep the running maximum of v, with torch's bias correction, default False.
         maximize: ascend instead of descend, default False.
         param_groups: torch's param groups, default None, as for `SGD`: dicts `{"params": <regex
@@ -427,7 +472,8 @@ class AdamW(_Adam):
         lr: the learning rate, ≥ 0, default 1e-3; `learning_rate=` is Keras's alias.
         betas: (β₁, β₂), each in [0, 1), default (0.9, 0.999).
         eps: ε ≥ 0, default 1e-8.
-        weight_decay: λ ≥ 0, default 1e-2 (torch's default), multiplied by lr.
+        weight_decay: λ ≥ 0, default 1e-2 (torch's default), multiplied by lr; a number,
+            schedule or callable, assignable (`opt.weight_decay = λ`) as `betas` and `eps`.
         amsgrad: as `Adam`, default False.
         maximize: ascend instead of descend, default False.
         param_groups: torch's param groups, default None, as for `SGD`: dicts `{"params": <regex

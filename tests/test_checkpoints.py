@@ -173,3 +173,24 @@ def test_saved_state_of_another_size_is_refused_not_dropped(tmp_path):
             keras.saving.load_model(out)
     finally:
         ox.ADAM._migrate_variables = original
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "groups"])
+def test_format_2_torch_vectors_without_weight_decay_take_it_from_the_config(grouped):
+    """Format 3 added `weight_decay` to keras_optx.torch's hyperparameter vectors: a format-2 vector (one
+    entry shorter) loads with the values of the loaded config, every other variable as saved."""
+    from keras_optx.torch import SGD
+
+    variables = [keras.Variable(np.ones((2, 2), "float32"), name="kernel"), keras.Variable(np.ones(2, "float32"), name="bias")]
+    groups = [{"params": "bias", "weight_decay": 0.5, "momentum": 0.8}] if grouped else None
+    saved = SGD(0.1, momentum=0.9, weight_decay=0.01, param_groups=groups)
+    saved.apply([np.full((2, 2), 0.5, "float32"), np.full(2, -0.5, "float32")], variables)
+    arrays = [np.array(keras.ops.convert_to_numpy(v.value)) for v in saved.variables]
+    vectors = [i for i, v in enumerate(saved.variables) if getattr(v, "_keras_optx_hyperparameters", False)]
+    assert len(vectors) == (3 if grouped else 1)
+    old = [a[:-1] if i in vectors else a for i, a in enumerate(arrays)]  # format 2: (momentum, dampening)
+    loaded = SGD.from_config(dict(saved.get_config(), format_version=2))
+    loaded.build(variables)
+    loaded.load_own_variables({str(i): a for i, a in enumerate(old)})
+    for i, (a, b) in enumerate(zip(loaded.variables, arrays)):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.value), b, err_msg=f"variable {i}")

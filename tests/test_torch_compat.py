@@ -275,7 +275,7 @@ def test_fit_then_save_load_resumes(name, kwargs, tmp_path):
     loaded = keras.saving.load_model(path)
     assert type(loaded.optimizer) is type(model.optimizer)
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
-    assert loaded.optimizer.weight_decay is None  # Keras's own decay stays off
+    assert loaded.optimizer.weight_decay == kwargs["weight_decay"]  # torch's λ (Keras's own decay never runs)
     assert loaded.optimizer.torch_weight_decay == kwargs["weight_decay"]
 
     # Resuming continues the exact trajectory: state and step count came back.
@@ -299,7 +299,7 @@ SERIALIZE = {
 def test_config_round_trip_under_torch_names(make):
     opt = make()
     config = opt.get_config()
-    assert "weight_decay" in config and opt.weight_decay is None
+    assert "weight_decay" in config and config["weight_decay"] == opt.weight_decay  # torch's λ
     again = type(opt).from_config(dict(config))  # Keras's from_config edits its argument
     assert again.get_config() == config
     serialized = keras.optimizers.serialize(opt)
@@ -313,7 +313,7 @@ def test_config_round_trip_under_torch_names(make):
 def test_learning_rate_alias_and_keras_attributes():
     opt = Adam(learning_rate=0.02, weight_decay=0.1)
     assert float(opt.learning_rate) == pytest.approx(0.02)
-    assert opt.weight_decay is None and opt.torch_weight_decay == 0.1
+    assert opt.weight_decay == opt.torch_weight_decay == 0.1  # torch's λ, also under its earlier name
     opt.learning_rate = 0.5
     assert float(opt.learning_rate) == pytest.approx(0.5)
     assert SGD(0.1).slots == {} and set(SGD(0.1, 0.9).slots) == {"momentum_buffer"}

@@ -211,6 +211,73 @@ def _follow(opt, variables, grads, reference, mode, change, what):
         assert len(traces) == first, f"retraced: {len(traces)} traces, {first} after the first step"
 
 
+WEIGHT_DECAY = {  # class, constructor kwargs, groups that set their own weight_decay (which an assignment leaves alone)
+    "SGD": ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=1e-2), [{"params": "bias", "weight_decay": 0.0}]),
+    "Adam(from 0)": ("Adam", dict(lr=0.01), [{"params": "head", "weight_decay": 0.5}]),
+    "AdamW": ("AdamW", dict(lr=0.01, weight_decay=0.1), [{"params": "bias", "weight_decay": 0.0}]),
+}
+WD_SET = {2: 0.3, 4: 0.0}  # before step t (0-based): the optimizer's weight_decay becomes this
+
+
+def _set_weight_decay(values):
+    """torch.optim's side: `group["weight_decay"] = value(t)` before step t, in the groups without their own."""
+
+    def change(t, torch_groups, specs):
+        value = values(t)
+        if value is not None:
+            for group, spec in zip(torch_groups, specs):
+                if "weight_decay" not in spec:
+                    group["weight_decay"] = value
+
+    return change
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "groups"])
+@pytest.mark.parametrize("case", WEIGHT_DECAY)
+def test_weight_decay_assigned_mid_run_matches_torch_optim(case, grouped, mode):
+    """`opt.weight_decay = λ` and `opt.adjust(weight_decay=λ)` between steps act at the next step, as
+    `group["weight_decay"] = λ` does in torch.optim; with groups, only in the groups without their own."""
+    name, kwargs, groups = WEIGHT_DECAY[case]
+    groups = groups if grouped else []
+    x0, grads = _problem()
+    variables = _variables(x0)
+    opt = CLASSES[name](param_groups=_keras_groups(groups, variables) if grouped else None, **kwargs)
+    reference = _torch_trajectory(name, kwargs, groups, x0, grads, change=_set_weight_decay(WD_SET.get))
+
+    def change(t, opt):
+        if t == 2:
+            opt.weight_decay = WD_SET[t]
+        elif t in WD_SET:
+            opt.adjust(weight_decay=WD_SET[t])
+
+    _follow(opt, variables, grads, reference, mode, change, case)
+    assert opt.weight_decay == 0.0
+    if grouped:
+        assert opt._partition.rules[0].weight_decay == groups[0]["weight_decay"]  # its own, untouched
+    unchanged = _torch_trajectory(name, kwargs, groups, x0, grads, change=lambda *args: None)
+    assert max(np.abs(a - b).max() for a, b in zip(unchanged[-1], reference[-1])) > 1e-4  # the change mattered
+
+
+def _wd_formula(step):  # ExponentialDecay(0.2, 2, 0.5, staircase=True)
+    return 0.2 * 0.5 ** (step // 2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", WEIGHT_DECAY)
+def test_weight_decay_schedule_matches_torch_optim(case, mode):
+    """weight_decay a schedule (called with the 0-based update count) in the default group; torch.optim
+    sets each step's value in the groups without their own."""
+    name, kwargs, groups = WEIGHT_DECAY[case]
+    x0, grads = _problem()
+    variables = _variables(x0)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.2, 2, 0.5, staircase=True)
+    opt = CLASSES[name](param_groups=_keras_groups(groups, variables), **dict(kwargs, weight_decay=schedule))
+    reference = _torch_trajectory(name, dict(kwargs, weight_decay=_wd_formula(0)), groups, x0, grads,
+                                  change=_set_weight_decay(_wd_formula))
+    _follow(opt, variables, grads, reference, mode, lambda t, opt: None, case)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_grouped_optimizer_in_a_chain_matches_torch_with_clip_grad_norm(mode):
     """`Optimiser(ClipGlobalNorm(c), AdamW(..., param_groups=…))` = torch's clip_grad_norm_(params, c)
@@ -230,3 +297,46 @@ def test_grouped_optimizer_in_a_chain_matches_torch_with_clip_grad_norm(mode):
     _follow(chain, variables, grads, reference, mode, change, "chain")
     unclipped = _torch_trajectory(name, kwargs, groups, x0, grads)
     assert max(np.abs(a - b).max() for a, b in zip(unclipped[-1], reference[-1])) > 1e-3  # the clip acted
+
+
+def test_weight_decay_assigned_and_scheduled_is_saved(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = (x @ rng.normal(size=(4, 1))).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="tanh", name="body"), keras.layers.Dense(1, name="head")])
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.2, 2, 0.5)
+    opt = SGD(0.05, momentum=0.9, weight_decay=0.01, param_groups=[{"params": "head/", "weight_decay": schedule}])
+    model.compile(optimizer=opt, loss="mse")
+    model.train_on_batch(x[:16], y[:16])
+    opt.weight_decay = 0.05
+    path = tmp_path / "wd.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.optimizer.get_config() == opt.get_config()
+    assert loaded.optimizer.weight_decay == 0.05 and loaded.optimizer._partition.rules[-1].weight_decay == 0.05
+    head = loaded.optimizer._partition.rules[0].weight_decay
+    assert isinstance(head, keras.optimizers.schedules.ExponentialDecay) and head.get_config() == schedule.get_config()
+    for m in (model, loaded):
+        m.train_on_batch(x[16:], y[16:])
+    for a, b in zip(model.get_weights() + [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables],
+                    loaded.get_weights() + [keras.ops.convert_to_numpy(v) for v in loaded.optimizer.variables]):
+        np.testing.assert_array_equal(b, a)
+
+
+def test_weight_decay_refusals_and_keras_meaning():
+    from keras_optx import ClipNorm, Optimiser
+
+    opt = AdamW(0.01, weight_decay=0.1, param_groups=[{"params": "bias", "weight_decay": 0.0}])
+    with pytest.raises(ValueError, match=r"`weight_decay` must be a finite number ≥ 0"):
+        opt.weight_decay = -1.0
+    with pytest.raises(TypeError, match="`weight_decay` must be a real number"):
+        opt.weight_decay = None
+    with pytest.raises(ValueError, match="weight_decay"):
+        opt.adjust(weight_decay=float("inf"))
+    assert opt.weight_decay == 0.1 and [r.weight_decay for r in opt._partition.rules] == [0.0, 0.1]  # nothing written
+    assert opt.torch_weight_decay == 0.1  # the earlier name reads the same value
+    # torch's λ is the rule's own hyperparameter, not Keras's keyword: a chain takes the rule.
+    chain = Optimiser(ClipNorm(1.0), AdamW(0.01, weight_decay=0.1))
+    assert chain[1].weight_decay == 0.1
+    with pytest.raises(ValueError, match="weight_decay"):
+        Adam(param_groups=[{"params": "bias", "weight_decay": -1.0}])

@@ -259,13 +259,15 @@ def torch_adam(rule, xs, gs, slots, t, lr):
 
 def _decay_groups(rule, *lists):
     """[(lists, weight decay)] for one of torch's kernels: one group, or, where variables are excluded
-    from weight decay (`exclude_from_weight_decay`), the decayed ones with `torch_weight_decay` and
-    the others with 0. An empty list (no such slot) stays empty in each group."""
-    mask = rule._decay_mask() if rule.torch_weight_decay else None
+    from weight decay (`exclude_from_weight_decay`), the decayed ones with `weight_decay` (a float:
+    the step reads a schedule's value) and the others with 0. An empty list (no such slot) stays
+    empty in each group."""
+    wd = rule.weight_decay
+    mask = rule._decay_mask() if wd else None
     if mask is None:
-        return [(lists, rule.torch_weight_decay)]
+        return [(lists, wd)]
     groups = []
-    for decays, weight_decay in ((True, rule.torch_weight_decay), (False, 0.0)):
+    for decays, weight_decay in ((True, wd), (False, 0.0)):
         part = [[item for item, m in zip(items, mask) if m is decays] if items else items for items in lists]
         if part[0]:
             groups.append((part, weight_decay))
