@@ -594,25 +594,31 @@ def _checked_gradients(optimizer, grads, trainable_variables):
                 f"{len(grads)} gradients for {len(trainable_variables)} variables."
             )
     targets = trainable_variables if trainable_variables is not None else getattr(optimizer, "_trainable_variables", [])
-    if not all(g is None or hasattr(g, "shape") for g in grads):
+    # The variables' shapes, cached for the last list seen (reading 200 `.shape` properties
+    # costs more than comparing them).
+    cache = optimizer.__dict__.get("_shape_cache")
+    if cache is None or not _same(cache.variables, targets):
+        cache = _set_cache(optimizer, "_shape_cache", variables=list(targets), shapes=[v.shape for v in targets])
+    try:
+        _check_shapes(grads, cache.shapes, targets)
+    except AttributeError:  # a nested list or a number among them (no `.shape`): one pass more, only then
         grads = [
             g if g is None or hasattr(g, "shape")
             else keras.ops.convert_to_tensor(g, dtype=targets[i].dtype if i < len(targets) else None)
             for i, g in enumerate(grads)
         ]
-    # The variables' shapes, cached for the last list seen (reading 200 `.shape` properties
-    # costs more than comparing them); `shape != expected` first, as a torch.Size equals a tuple.
-    cache = optimizer.__dict__.get("_shape_cache")
-    if cache is None or not _same(cache.variables, targets):
-        cache = _set_cache(optimizer, "_shape_cache", variables=list(targets), shapes=[v.shape for v in targets])
-    for i, (g, shape) in enumerate(zip(grads, cache.shapes)):
-        if g is not None and g.shape != shape and tuple(g.shape) != tuple(shape):
-            v = targets[i]
-            raise ValueError(
-                f"Gradient {i} has shape {tuple(g.shape)} but its variable {_variable_path(v)} has shape "
-                f"{tuple(v.shape)}; `grads` must follow the order of `trainable_variables`."
-            )
+        _check_shapes(grads, cache.shapes, targets)
     return grads, trainable_variables
+
+
+def _check_shapes(grads, shapes, targets):
+    # `shape != expected` first: a torch.Size equals a tuple, and the tuples are built only on a mismatch.
+    for i, (g, shape) in enumerate(zip(grads, shapes)):
+        if g is not None and g.shape != shape and tuple(g.shape) != tuple(shape):
+            raise ValueError(
+                f"Gradient {i} has shape {tuple(g.shape)} but its variable {_variable_path(targets[i])} has shape "
+                f"{tuple(targets[i].shape)}; `grads` must follow the order of `trainable_variables`."
+            )
 
 
 def _checked_rate(value):
