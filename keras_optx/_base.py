@@ -244,6 +244,26 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         # The constructor's check, so a negative rate set later (by hand or a callback) is refused too.
         keras.optimizers.Optimizer.learning_rate.fset(self, _checked_rate(value))
 
+    def _get_current_learning_rate(self):
+        # A schedule reads the update count of the optimizer that runs the steps: a chain member's or
+        # Partition rule's own `iterations` never advance.
+        rate = self._learning_rate
+        if isinstance(rate, _Schedule):
+            return rate(self._root().iterations)
+        return super()._get_current_learning_rate()
+
+    def _root(self):
+        """The optimizer that runs the steps: the outermost owner of this rule (itself if none)."""
+        rule = self
+        while getattr(rule, "_owner", None) is not None and rule._owner() is not None:
+            rule = rule._owner()
+        return rule
+
+    def _steers_rate(self):
+        """Whether `learning_rate` is a rate this rule's update uses (a chain or Partition reads the
+        last member for which it is, as its own)."""
+        return self.has_learning_rate
+
     def set_weights(self, weights):
         """Set every variable in `self.variables` (wrapped optimizers' included), in that order.
 
@@ -579,6 +599,18 @@ def _adopt_rate(optimizer, rate):
     if isinstance(own, keras.Variable):
         optimizer._untrack_variable(own)
     optimizer._learning_rate = rate
+
+
+def _lead_rate(owner, members, drop_own):
+    """Make `owner.learning_rate` that of the last of `members` that steers one (`Rule._steers_rate`);
+    returns whether one does. `drop_own`: untrack the owner's own (placeholder) rate variable; a
+    chain or Partition keeps it where files of format ≤ 2 saved it."""
+    lead = next((m for m in reversed(members) if m._steers_rate()), None)
+    if lead is not None and drop_own:
+        _adopt_rate(owner, lead._learning_rate)
+    elif lead is not None:
+        owner._learning_rate = lead._learning_rate
+    return lead is not None
 
 
 def _checked_gradients(optimizer, grads, trainable_variables):
