@@ -147,6 +147,24 @@ def _compare_fast_and_generic(name, shapes, steps, make=None):
     return fast, xs_fast
 
 
+@torch_only
+@pytest.mark.parametrize("epsilon", [0.0, 1e-13])
+def test_adadelta_kernel_declines_an_epsilon_its_scaled_buffer_cannot_take(epsilon):
+    # ADADelta's kernel holds (d+ϵ)/((a+ϵ)·ϵ), up to d/ϵ²: for ϵ < 5.4e-12 it declines (before
+    # writing anything) and the formula runs, with the same result.
+    rng = np.random.default_rng(18)
+    fast, calls = _counting(ox.ADADelta(0.9, epsilon))
+    slow = _generic(ox.ADADelta(0.9, epsilon))
+    xs_fast, xs_slow = _variables(np.random.default_rng(19)), _variables(np.random.default_rng(19))
+    for _ in range(3):
+        grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+    for a, b in zip(xs_fast, xs_slow):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6, atol=1e-7)
+    assert calls == [False] * 3
+
+
 # Besides its slots, an optimizer keeps at most one parameter-sized scratch buffer on torch (what
 # benchmarks/bench_memory.py reports): over small tensors (packed), large ones (one block: fewer
 # parameters than `buffers.BLOCK`) and several blocks; chains (one buffer for the chain and its
