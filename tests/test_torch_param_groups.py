@@ -47,8 +47,19 @@ def _keras_groups(groups, variables):
     return [dict(g, params=g["params"] if isinstance(g["params"], str) else [variables[i] for i in g["params"]]) for g in groups]
 
 
-def _torch_trajectory(name, kwargs, groups, x0, grads):
-    """torch.optim with the same groups: first match wins, the rest in a group of the defaults."""
+def _lr_drop(t, torch_groups, specs):
+    """`opt.learning_rate = …` at step LR_DROP[0]: Keras's rate is the default group's, shared by groups without their own."""
+    if t == LR_DROP[0]:
+        for group, spec in zip(torch_groups, specs):
+            if "lr" not in spec:
+                group["lr"] = LR_DROP[1]
+
+
+def _torch_trajectory(name, kwargs, groups, x0, grads, change=_lr_drop, clip=None):
+    """torch.optim with the same groups: first match wins, the rest in a group of the defaults.
+
+    `change(t, opt.param_groups, the groups' specs)` runs before step t (0-based); `clip`: the
+    gradients pass through `torch.nn.utils.clip_grad_norm_(params, clip)` first."""
     import re
 
     params = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in x0]
@@ -63,12 +74,11 @@ def _torch_trajectory(name, kwargs, groups, x0, grads):
     opt = getattr(torch.optim, name)(torch_groups, **kwargs)
     out = []
     for step, gs in enumerate(grads):
-        if step == LR_DROP[0]:
-            for group, spec in zip(opt.param_groups, groups + [{}]):
-                if "lr" not in spec:  # Keras's rate is the default group's, shared by groups without their own
-                    group["lr"] = LR_DROP[1]
+        change(step, opt.param_groups, groups + [{}])
         for p, g in zip(params, gs):
             p.grad = torch.tensor(g, dtype=torch.float64)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         out.append([p.detach().numpy().copy() for p in params])
     return out
@@ -167,3 +177,56 @@ def test_hyperparameter_set_on_optimizer_reaches_groups_without_their_own():
     with pytest.raises(ValueError, match="betas"):
         opt.betas = (1.5, 0.9)
     assert default.betas == (0.8, 0.99)  # nothing written
+
+
+def _variables(x0):
+    return [keras.Variable(x, name=n) for x, n in zip(x0, NAMES)]
+
+
+def _follow(opt, variables, grads, reference, mode, change, what):
+    """Run `opt` on `grads` (`change(t, opt)` before step t) and compare every step with `reference`;
+    returns how many times the step's Python ran (per trace when compiled)."""
+    import keras_optx._base as base
+
+    traces, original = [], base.Rule._update_step
+
+    def counted(self, *args):
+        traces.append(1)
+        return original(self, *args)
+
+    base.Rule._update_step = counted
+    try:
+        step = compiled_apply(opt, variables) if mode == "compiled" else (lambda gs: opt.apply(gs, variables))
+        for t, gs in enumerate(grads):
+            change(t, opt)
+            step([keras.ops.convert_to_tensor(g) for g in gs])
+            if t == 0:
+                first = len(traces)
+            for i, (v, r) in enumerate(zip(variables, reference[t])):
+                np.testing.assert_allclose(keras.ops.convert_to_numpy(v.value), r, rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{what} step {t + 1} {NAMES[i]}")
+    finally:
+        base.Rule._update_step = original
+    if mode == "compiled":  # a value assigned between compiled steps: no retrace
+        assert len(traces) == first, f"retraced: {len(traces)} traces, {first} after the first step"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_grouped_optimizer_in_a_chain_matches_torch_with_clip_grad_norm(mode):
+    """`Optimiser(ClipGlobalNorm(c), AdamW(..., param_groups=…))` = torch's clip_grad_norm_(params, c)
+    then AdamW with the same groups; the chain's `learning_rate` steers the default group."""
+    name, kwargs, groups = CASES["AdamW"]
+    x0, grads = _problem()
+    variables = _variables(x0)
+    from keras_optx import ClipGlobalNorm, Optimiser
+
+    chain = Optimiser(ClipGlobalNorm(1.0), CLASSES[name](param_groups=_keras_groups(groups, variables), **kwargs))
+    reference = _torch_trajectory(name, kwargs, groups, x0, grads, clip=1.0)
+
+    def change(t, opt):
+        if t == LR_DROP[0]:
+            opt.learning_rate = LR_DROP[1]
+
+    _follow(chain, variables, grads, reference, mode, change, "chain")
+    unclipped = _torch_trajectory(name, kwargs, groups, x0, grads)
+    assert max(np.abs(a - b).max() for a, b in zip(unclipped[-1], reference[-1])) > 1e-3  # the clip acted
