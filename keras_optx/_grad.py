@@ -6,7 +6,7 @@ respect to (a model, a weight matrix), exactly as a Flux closure reads `θ`.
 
 import keras
 
-_BACKEND = keras.backend.backend()
+from ._backends import current as backend
 
 
 def value_and_gradient(loss_fn, variables):
@@ -46,7 +46,7 @@ def value_and_gradient(loss_fn, variables):
         raise TypeError(f"`loss_fn` must be a function of no arguments returning the loss; received {loss_fn!r}.")
     single = isinstance(variables, keras.Variable)
     variables = [variables] if single else _variable_list(variables)
-    loss, grads = _BACKENDS[_BACKEND](loss_fn, variables)
+    loss, grads = backend.value_and_grad(lambda: _checked_loss(loss_fn()), variables)
     return loss, (grads[0] if single else grads)
 
 
@@ -88,53 +88,3 @@ def _checked_loss(loss):
             "Reduce it first, e.g. with keras.ops.mean or keras.ops.sum."
         )
     return loss
-
-
-def _jax(loss_fn, variables):
-    import jax
-
-    def loss_of(values):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return _checked_loss(loss_fn())
-
-    return jax.value_and_grad(loss_of)([v.value for v in variables])
-
-
-def _torch(loss_fn, variables):
-    import torch
-
-    tensors = [v.value for v in variables]
-    # Non-trainable variables are created with requires_grad=False; differentiate them too.
-    frozen = [t for t in tensors if not t.requires_grad]
-    for t in frozen:
-        t.requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            loss = _checked_loss(loss_fn())
-            if not loss.requires_grad:  # the loss reads none of the variables
-                return loss, [torch.zeros_like(t) for t in tensors]
-            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-    finally:
-        for t in frozen:
-            t.requires_grad_(False)
-    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
-    return loss.detach(), grads
-
-
-def _tensorflow(loss_fn, variables):
-    import tensorflow as tf
-
-    tensors = [v.value for v in variables]
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        tape.watch(tensors)
-        loss = _checked_loss(loss_fn())
-    grads = tape.gradient(loss, tensors, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    # Embedding lookups give IndexedSlices; a dense tensor is what a hand-written update expects.
-    return loss, [tf.convert_to_tensor(g) for g in grads]
-
-
-def _numpy(loss_fn, variables):
-    raise NotImplementedError("keras_optx.gradient needs the jax, torch or tensorflow backend.")
-
-
-_BACKENDS = {"jax": _jax, "torch": _torch, "tensorflow": _tensorflow, "numpy": _numpy, "openvino": _numpy}

@@ -17,6 +17,19 @@ backend is here, behind one small interface. `current` is the module for the run
 - `replicas(rule)`: replicas a wrapped Keras optimizer sums over (tensorflow's strategy; else 1).
 - `EAGER`: whether the step always runs eagerly (torch), so per-step flags may be read as Python values.
 - `load_kernels()`: register the backend's kernels (called once the rule classes exist).
+
+`Many`'s arithmetic (`_tensors.py` holds no backend code; results are built as `type(many)(…)`):
+
+- `binary(name, many, other)`: `many <name> other` for add, sub, mul, div, pow, maximum, minimum,
+  `other` a `Many` or a scalar; `unary(name, many)`: neg, reciprocal, sqrt, abs, sign.
+  `default.py`: one `keras.ops` call per tensor. torch: one `torch._foreach_*` call, a product with a
+  Python number kept pending as `Many(items, scale)` (`torch/many.py`).
+- `scale_items(items, scale)`: a pending scale applied (what reading `Many.items` calls).
+- `norms(items)`: each tensor's L2 norm; `global_norm(norms)`: all together, from those norms.
+
+- `value_and_grad(loss_fn, variables)`: `(loss, grads)` for `keras_optx.value_and_gradient`; `loss_fn`
+  returns a checked 0-d loss (JAX: `jax.value_and_grad` in `default.py`; torch: `torch.autograd.grad`,
+  `torch/grad.py`; TensorFlow: a `tf.GradientTape`).
 """
 
 import keras

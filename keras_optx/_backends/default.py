@@ -1,8 +1,11 @@
 """The backend interface (see `keras_optx._backends`) for JAX and any backend without its own module.
 
-Under JAX the whole step is traced and compiled by XLA; nothing here is JAX-specific, so this is
-also what the TensorFlow and torch modules fall back on.
+Under JAX the whole step is traced and compiled by XLA; nothing here but `value_and_grad` is
+JAX-specific, so this is also what the TensorFlow and torch modules fall back on. `Many`'s
+arithmetic is one `keras.ops` call per variable, which the compiler fuses.
 """
+
+import numbers
 
 import keras
 
@@ -62,3 +65,75 @@ def replicas(rule):
 
 def load_kernels():
     """No kernels to register."""
+
+
+# `Many`'s arithmetic: one keras.ops call per variable. Results are built as `type(many)(items)`
+# (this module is loaded before `_tensors`); no pending scale is ever kept.
+_BINARY = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "pow": lambda a, b: keras.ops.power(a, b),
+    "maximum": keras.ops.maximum,
+    "minimum": keras.ops.minimum,
+}
+_UNARY = {
+    "neg": lambda a: -a,
+    "reciprocal": lambda a: 1 / a,
+    "sqrt": keras.ops.sqrt,
+    "abs": keras.ops.abs,
+    "sign": keras.ops.sign,
+}
+
+
+def per_item(other, many):
+    """`other` as one operand per tensor of `many`: a `Many`'s tensors, or a scalar cast to each
+    tensor's dtype (a Python number stays a number)."""
+    if isinstance(other, type(many)):
+        return other.items
+    if isinstance(other, numbers.Number):
+        return [other] * len(many)
+    return [keras.ops.cast(other, item.dtype) for item in many.items]
+
+
+def binary(name, many, other):
+    """`many <name> other` (add, sub, mul, div, pow, maximum, minimum); `other` a `Many` or a scalar."""
+    fn = _BINARY[name]
+    return type(many)(fn(a, b) for a, b in zip(many.items, per_item(other, many)))
+
+
+def unary(name, many):
+    """`name(many)` (neg, reciprocal, sqrt, abs, sign)."""
+    fn = _UNARY[name]
+    return type(many)(fn(a) for a in many.items)
+
+
+def scale_items(items, scale):
+    """`scale · items`: a pending scale applied (never kept here; for completeness)."""
+    return [item * scale for item in items]
+
+
+def norms(items):
+    """The L2 norm of each tensor."""
+    return [keras.ops.sqrt(keras.ops.sum(keras.ops.square(a))) for a in items]
+
+
+def global_norm(norms):
+    """The L2 norm of all tensors together, from their norms, in float32."""
+    squares = [keras.ops.cast(n, "float32") ** 2 for n in norms]
+    return keras.ops.sqrt(sum(squares[1:], squares[0]))
+
+
+def value_and_grad(loss_fn, variables):
+    """`(loss, grads)` of `loss_fn()` (a checked 0-d loss) with respect to `variables`: on JAX,
+    `jax.value_and_grad` of the loss with the variables read through a `keras.StatelessScope`."""
+    if keras.backend.backend() != "jax":
+        raise NotImplementedError("keras_optx.gradient needs the jax, torch or tensorflow backend.")
+    import jax
+
+    def loss_of(values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return loss_fn()
+
+    return jax.value_and_grad(loss_of)([v.value for v in variables])

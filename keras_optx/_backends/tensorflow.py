@@ -2,17 +2,20 @@
 
 Gradients are summed over replicas (and `IndexedSlices` made dense) before the formula, and every
 write happens in cross-replica context, so `MirroredStrategy` gives the one-device trajectory.
-The formula itself runs as traced by `tf.function` / XLA.
+The formula itself runs as traced by `tf.function` / XLA; `value_and_gradient` is a `tf.GradientTape`.
 """
 
 import keras
 import tensorflow as tf
 
 from . import default
-from .default import EAGER, apply_kernel, load_kernels, prepare_slots, scalar, step_numbers, values
+from .default import (
+    EAGER, apply_kernel, binary, global_norm, load_kernels, norms, prepare_slots, scalar, scale_items, step_numbers, unary, values,
+)
 
 __all__ = [
-    "EAGER", "apply_kernel", "assign", "load_kernels", "prepare_slots", "replicas", "scalar", "step_numbers", "update_step", "values", "write",
+    "EAGER", "apply_kernel", "assign", "binary", "global_norm", "load_kernels", "norms", "prepare_slots", "replicas", "scalar",
+    "scale_items", "step_numbers", "unary", "update_step", "value_and_grad", "values", "write",
 ]
 
 
@@ -47,3 +50,15 @@ def _assign_all(rule, updates):
 def replicas(rule):
     """A wrapped Keras optimizer sums over replicas again: each passes its 1/n share."""
     return rule._distribution_strategy.num_replicas_in_sync
+
+
+def value_and_grad(loss_fn, variables):
+    """`(loss, grads)` of `loss_fn()` (a checked 0-d loss) with respect to `variables`, by a
+    `tf.GradientTape` watching only them; zeros where unused, dense where the tape gave `IndexedSlices`."""
+    tensors = [v.value for v in variables]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch(tensors)
+        loss = loss_fn()
+    grads = tape.gradient(loss, tensors, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    # Embedding lookups give IndexedSlices; a dense tensor is what a hand-written update expects.
+    return loss, [tf.convert_to_tensor(g) for g in grads]

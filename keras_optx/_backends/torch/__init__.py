@@ -1,12 +1,14 @@
 """The torch backend: the step, its buffers, and kernels registered per rule class.
 
-On torch a rule's formula (`delta` over `Many`) runs as multi-tensor `torch._foreach_*` ops. A rule
-may also have a *kernel*: the same update written as torch's fused kernels or in-place foreach
-ops, registered for its exact class (`kernels.py`, `transforms.py`). The step (`step.py`) runs the
-kernel when the rule is the optimizer itself or a chain's last member, and `fusable` holds: every
-variable float32/float64, contiguous and on one device, each gradient dense and contiguous of its
-variable's dtype, not under torch.compile. Otherwise, and for any class without a kernel, the formula
-runs. A subclass is a different class: it runs its own formula unless it registers a kernel itself.
+On torch a rule's formula (`delta` over `Many`) runs as multi-tensor `torch._foreach_*` ops, a
+product with a Python number kept pending until an add or the write can take it (`many.py`);
+`value_and_gradient` is `torch.autograd.grad` (`grad.py`). A rule may also have a *kernel*: the
+same update written as torch's fused kernels or in-place foreach ops, registered for its exact class
+(`kernels.py`, `transforms.py`). The step (`step.py`) runs the kernel when the rule is the optimizer
+itself or a chain's last member, and `fusable` holds: every variable float32/float64, contiguous and
+on one device, each gradient dense and contiguous of its variable's dtype, not under torch.compile.
+Otherwise, and for any class without a kernel, the formula runs. A subclass is a different class:
+it runs its own formula unless it registers a kernel itself.
 
 The kernel contract (tests/test_fast_paths.py holds each kernel to its rule's formula):
 
@@ -32,12 +34,15 @@ result to the last member's kernel; that is the chain's own kernel (`transforms.
 """
 
 from ..default import replicas
+from .grad import value_and_grad
+from .many import binary, global_norm, norms, scale_items, unary
 from .registry import into_of, kernel_of, register_into, register_kernel, takes_weight_decay
 from .step import EAGER, apply_kernel, assign, prepare_slots, scalar, step_numbers, update_step, values, write
 
 __all__ = [
-    "EAGER", "apply_kernel", "assign", "into_of", "kernel_of", "load_kernels", "prepare_slots", "register_into", "register_kernel",
-    "replicas", "scalar", "step_numbers", "takes_weight_decay", "update_step", "values", "write",
+    "EAGER", "apply_kernel", "assign", "binary", "global_norm", "into_of", "kernel_of", "load_kernels", "norms", "prepare_slots",
+    "register_into", "register_kernel", "replicas", "scalar", "scale_items", "step_numbers", "takes_weight_decay", "unary",
+    "update_step", "value_and_grad", "values", "write",
 ]
 
 
