@@ -244,6 +244,26 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         # The constructor's check, so a negative rate set later (by hand or a callback) is refused too.
         keras.optimizers.Optimizer.learning_rate.fset(self, _checked_rate(value))
 
+    def _get_current_learning_rate(self):
+        # A schedule reads the update count of the optimizer that runs the steps: a chain member's or
+        # Partition rule's own `iterations` never advance.
+        rate = self._learning_rate
+        if isinstance(rate, _Schedule):
+            return rate(self._root().iterations)
+        return super()._get_current_learning_rate()
+
+    def _root(self):
+        """The optimizer that runs the steps: the outermost owner of this rule (itself if none)."""
+        rule = self
+        while getattr(rule, "_owner", None) is not None and rule._owner() is not None:
+            rule = rule._owner()
+        return rule
+
+    def _steers_rate(self):
+        """Whether `learning_rate` is a rate this rule's update uses (a chain or Partition reads the
+        last member for which it is, as its own)."""
+        return self.has_learning_rate
+
     def set_weights(self, weights):
         """Set every variable in `self.variables` (wrapped optimizers' included), in that order.
 
@@ -581,6 +601,18 @@ def _adopt_rate(optimizer, rate):
     optimizer._learning_rate = rate
 
 
+def _lead_rate(owner, members, drop_own):
+    """Make `owner.learning_rate` that of the last of `members` that steers one (`Rule._steers_rate`);
+    returns whether one does. `drop_own`: untrack the owner's own (placeholder) rate variable; a
+    chain or Partition keeps it where files of format ≤ 2 saved it."""
+    lead = next((m for m in reversed(members) if m._steers_rate()), None)
+    if lead is not None and drop_own:
+        _adopt_rate(owner, lead._learning_rate)
+    elif lead is not None:
+        owner._learning_rate = lead._learning_rate
+    return lead is not None
+
+
 def _checked_gradients(optimizer, grads, trainable_variables):
     """`grads` and the variables as lists, refused (before any write) on a length or shape mismatch.
 
@@ -594,25 +626,31 @@ def _checked_gradients(optimizer, grads, trainable_variables):
                 f"{len(grads)} gradients for {len(trainable_variables)} variables."
             )
     targets = trainable_variables if trainable_variables is not None else getattr(optimizer, "_trainable_variables", [])
-    if not all(g is None or hasattr(g, "shape") for g in grads):
+    # The variables' shapes, cached for the last list seen (reading 200 `.shape` properties
+    # costs more than comparing them).
+    cache = optimizer.__dict__.get("_shape_cache")
+    if cache is None or not _same(cache.variables, targets):
+        cache = _set_cache(optimizer, "_shape_cache", variables=list(targets), shapes=[v.shape for v in targets])
+    try:
+        _check_shapes(grads, cache.shapes, targets)
+    except AttributeError:  # a nested list or a number among them (no `.shape`): one pass more, only then
         grads = [
             g if g is None or hasattr(g, "shape")
             else keras.ops.convert_to_tensor(g, dtype=targets[i].dtype if i < len(targets) else None)
             for i, g in enumerate(grads)
         ]
-    # The variables' shapes, cached for the last list seen (reading 200 `.shape` properties
-    # costs more than comparing them); `shape != expected` first, as a torch.Size equals a tuple.
-    cache = optimizer.__dict__.get("_shape_cache")
-    if cache is None or not _same(cache.variables, targets):
-        cache = _set_cache(optimizer, "_shape_cache", variables=list(targets), shapes=[v.shape for v in targets])
-    for i, (g, shape) in enumerate(zip(grads, cache.shapes)):
-        if g is not None and g.shape != shape and tuple(g.shape) != tuple(shape):
-            v = targets[i]
-            raise ValueError(
-                f"Gradient {i} has shape {tuple(g.shape)} but its variable {_variable_path(v)} has shape "
-                f"{tuple(v.shape)}; `grads` must follow the order of `trainable_variables`."
-            )
+        _check_shapes(grads, cache.shapes, targets)
     return grads, trainable_variables
+
+
+def _check_shapes(grads, shapes, targets):
+    # `shape != expected` first: a torch.Size equals a tuple, and the tuples are built only on a mismatch.
+    for i, (g, shape) in enumerate(zip(grads, shapes)):
+        if g is not None and g.shape != shape and tuple(g.shape) != tuple(shape):
+            raise ValueError(
+                f"Gradient {i} has shape {tuple(g.shape)} but its variable {_variable_path(targets[i])} has shape "
+                f"{tuple(targets[i].shape)}; `grads` must follow the order of `trainable_variables`."
+            )
 
 
 def _checked_rate(value):

@@ -90,7 +90,8 @@ def learning_rate(value):
 
 
 # Which checks take schedules and callables (hyperparameters as state, keras_optx/_hyper.py):
-# a scalar check takes them whole, a pair check per element through its element check.
+# a scalar check takes them whole (`numeric`), a pair check per element through its element
+# checks, one per position (`element`).
 for _check in (nonnegative, positive, unit, closed_unit):
     _check.numeric = True
-betas.element = unit
+betas.element = (unit, unit)

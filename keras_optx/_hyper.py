@@ -60,8 +60,9 @@ def _entries(value):
 
 
 def _validated(rule, name, value):
-    """`value` checked by the hyperparameter's check; schedules and callables (whole or per element
-    of a pair whose check names its element check) pass as they are."""
+    """`value` checked by the hyperparameter's check; schedules and callables (whole, or as elements
+    of a tuple whose check names its element checks, one per position, in `check.element`) pass as
+    they are: the numbers among the elements are checked each by its position's check."""
     check = rule.hyperparameters[name]
     if _is_scheduled(value):
         if getattr(check, "numeric", False):
@@ -71,8 +72,9 @@ def _validated(rule, name, value):
         element = getattr(check, "element", None)
         if element is None:
             raise TypeError(f"`{name}` takes no schedule or callable among its elements; received {value!r}.")
-        check(name, tuple(0.0 if _is_scheduled(v) else v for v in value))  # its length
-        return tuple(v if _is_scheduled(v) else element(f"{name}[{i}]", v) for i, v in enumerate(value))
+        if len(value) != len(element):
+            raise ValueError(f"`{name}` must have {len(element)} elements; received {name}={tuple(value)!r}.")
+        return tuple(v if _is_scheduled(v) else each(f"{name}[{i}]", v) for i, (each, v) in enumerate(zip(element, value)))
     return check(name, value)
 
 

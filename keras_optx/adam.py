@@ -234,12 +234,9 @@ class NADAM(_AdamFamily):
         c2 = lr * (1 - b1) / ops.one_minus_pow(b1, t)
         if not keras.ops.is_tensor(b2) and b2 < _F32_TINY:  # the √(β₂v/(1−β₂ᵗ)) term vanishes (β₂ is 0 in float32; 1/k would overflow)
             return (c1 * m + c2 * g) / self.epsilon, {"m": m, "v": v}
-        if keras.ops.is_tensor(b2):  # β₂ read from its variable (jax/tensorflow): both branches, selected
+        if keras.ops.is_tensor(b2):  # β₂ read from its variable (jax/tensorflow): k is 0 where β₂ vanishes, no branch
             k = ops.sqrt(b2 / ops.one_minus_pow(b2, t))
-            vanishes = b2 < _F32_TINY
-            safe = ops.where(vanishes, 1.0, k)
-            general = ((c1 / safe) * m + (c2 / safe) * g) / (ops.sqrt(v) + self.epsilon / safe)
-            return ops.where(vanishes, (c1 * m + c2 * g) / self.epsilon, general), {"m": m, "v": v}
+            return (c1 * m + c2 * g) / (k * ops.sqrt(v) + self.epsilon), {"m": m, "v": v}
         # (c₁m + c₂g) / (k√v + ϵ) with k = √(β₂/(1−β₂ᵗ)), divided through by k: the corrections
         # stay scalars and each element needs one multiply fewer.
         k = ops.sqrt(b2 / ops.one_minus_pow(b2, t))
@@ -247,6 +244,11 @@ class NADAM(_AdamFamily):
 
 
 _F32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
+
+
+def _member_hyperparameter(index, name):
+    """A property reading and setting hyperparameter `name` of the chain's member `rules[index]`."""
+    return property(lambda self: getattr(self.rules[index], name), lambda self, value: setattr(self.rules[index], name, value))
 
 
 @_register
@@ -277,29 +279,10 @@ class ADAMW(Optimiser):
         decay = check.nonnegative("decay", decay)
         super().__init__(ADAM(learning_rate, beta, epsilon), WeightDecay(decay), **kwargs)
 
-    @property
-    def beta(self):
-        return self.rules[0].beta
-
-    @beta.setter
-    def beta(self, value):
-        self.rules[0].beta = value
-
-    @property
-    def epsilon(self):
-        return self.rules[0].epsilon
-
-    @epsilon.setter
-    def epsilon(self, value):
-        self.rules[0].epsilon = value
-
-    @property
-    def decay(self):
-        return self.rules[1].wd
-
-    @decay.setter
-    def decay(self, value):
-        self.rules[1].wd = value
+    # The members' hyperparameters, read and set through the chain (`opt.beta = …`, `adjust`).
+    beta = _member_hyperparameter(0, "beta")
+    epsilon = _member_hyperparameter(0, "epsilon")
+    decay = _member_hyperparameter(1, "wd")
 
     def get_config(self):
         config = super().get_config()

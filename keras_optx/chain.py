@@ -3,7 +3,7 @@
 import keras
 
 from ._backends import current as backend
-from ._base import Rule, Transform, _adopt_rate, _track_once, _versioned
+from ._base import Rule, Transform, _lead_rate, _track_once, _versioned
 from ._tensors import Many
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
@@ -34,7 +34,8 @@ class Optimiser(Rule):
     The chain is a Keras optimizer: compile it, `fit` with it, save it.
 
     Its `learning_rate` is that of its last member that has one, so Keras callbacks
-    (`ReduceLROnPlateau`, `LearningRateScheduler`) steer the chain's main rule.
+    (`ReduceLROnPlateau`, `LearningRateScheduler`) steer the chain's main rule; a rate that is
+    a schedule reads as its value at the chain's update count (the next update's rate).
 
     Args:
         *rules: the members, in order.
@@ -67,9 +68,7 @@ class Optimiser(Rule):
         self._members = tuple(_member(r, i) for i, r in enumerate(rules))
         for member in self._members:
             member._claim(self)
-        lead = next((m for m in reversed(self._members) if m._rate_variables() or m.has_learning_rate), None)
-        if lead is not None:
-            _adopt_rate(self, lead._learning_rate)
+        self._leads = _lead_rate(self, self._members, any(m._rate_variables() or m.has_learning_rate for m in self._members))
         for member in self._members:
             for v in member._rate_variables():
                 _track_once(self, v)
@@ -77,6 +76,9 @@ class Optimiser(Rule):
 
     def _parts(self):
         return getattr(self, "_members", ())
+
+    def _steers_rate(self):
+        return self._leads
 
     @property
     def slots(self):

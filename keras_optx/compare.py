@@ -500,23 +500,11 @@ def _entries(rules):
                 probe = build_optimizer(rule)
             except UsageError as error:
                 raise ValueError(f"{where}: {error}") from None
-
-            def make(rate=None, _spec=rule):
-                optimizer = build_optimizer(_spec)
-                if rate is not None:
-                    optimizer.learning_rate = rate
-                return optimizer
-
+            make = _with_rate(lambda _spec=rule: build_optimizer(_spec))
             name = label or display_name(rule)
         elif isinstance(rule, keras.optimizers.Optimizer):
             probe = _fresh(rule)
-
-            def make(rate=None, _rule=rule):
-                optimizer = _fresh(_rule)
-                if rate is not None:
-                    optimizer.learning_rate = rate
-                return optimizer
-
+            make = _with_rate(lambda _rule=rule: _fresh(_rule))
             name = label or _label(rule)
         elif callable(rule):
             try:
@@ -530,15 +518,11 @@ def _entries(rules):
             if not isinstance(probe, keras.optimizers.Optimizer):
                 raise TypeError(f"{where}: the factory returned {type(probe).__name__}, not a Keras optimizer")
             takes_rate = _takes_argument(rule)
-
-            def make(rate=None, _factory=rule, _takes_rate=takes_rate):
-                if rate is None:
-                    return _factory()
-                if _takes_rate:
-                    return _factory(rate)
-                optimizer = _factory()
-                optimizer.learning_rate = rate
-                return optimizer
+            if takes_rate:
+                def make(rate=None, _factory=rule):
+                    return _factory() if rate is None else _factory(rate)
+            else:
+                make = _with_rate(rule)
 
             name = label or _label(probe)
             rebuild = takes_rate
@@ -553,6 +537,18 @@ def _entries(rules):
             name = f"{name} ({seen[name]})"
         entries.append(_Entry(name, make, rate, why_not, rebuild))
     return entries
+
+
+def _with_rate(factory):
+    """`make(rate=None)`: a new optimizer from `factory()`, with its learning rate set to `rate` when given."""
+
+    def make(rate=None):
+        optimizer = factory()
+        if rate is not None:
+            optimizer.learning_rate = rate
+        return optimizer
+
+    return make
 
 
 class _Trials:

@@ -18,6 +18,9 @@ def _slow_step_size(name, value):
     return value
 
 
+_slow_step_size.numeric = True  # takes a schedule or callable (keras_optx/_hyper.py)
+
+
 @_register
 class Lookahead(Transform):
     """Lookahead: the wrapped optimizer moves fast weights x; every k updates the slow weights
@@ -30,7 +33,10 @@ class Lookahead(Transform):
         optimizer: the optimizer that makes the fast steps: any keras_optx rule or chain, or
             a Keras optimizer (`Lookahead(keras_optx.RADAM())` is "Ranger").
         sync_period: k, an integer ≥ 1, default 6.
-        slow_step_size: α ∈ (0, 1], default 0.5.
+        slow_step_size: α ∈ (0, 1], default 0.5: a number, or a `LearningRateSchedule` (called
+            with the 0-based update count, as a rate's schedule) or a callable, like every
+            hyperparameter; a number set later (`opt.slow_step_size = 0.8`, `adjust`) acts at
+            the next update. A schedule's values are not checked against the range.
 
     Example:
         >>> opt = keras_optx.Lookahead(keras_optx.ADAM(1e-3), sync_period=5, slow_step_size=0.5)

@@ -5,7 +5,7 @@ import re
 import keras
 
 from ._backends import current as backend
-from ._base import Rule, Transform, _adopt_rate, _current_variables, _step_variables, _track_once, _versioned
+from ._base import Rule, Transform, _current_variables, _lead_rate, _step_variables, _track_once, _versioned
 from ._identity import _same, _set_cache
 from ._tensors import Many
 
@@ -56,8 +56,11 @@ class Partition(Rule):
     bias corrections keeps counting all updates, as for every rule.
 
     Learning rate: `learning_rate` (what Keras callbacks such as `ReduceLROnPlateau` read and
-    set) is the rate of the last rule that has one, usually the catch-all's; the other rules
-    keep their own rates (steer them by giving them schedules or through `partition.rules`).
+    set, and what they log) is the rate of the last rule that has one, usually the catch-all's;
+    the other rules keep their own rates (steer them by giving them schedules or through
+    `partition.rules`). A rate that is a schedule reads as its value at the Partition's update
+    count (`iterations`), the rate of the next update, as for a Keras optimizer; so does each
+    rule's `learning_rate`.
 
     Args:
         rules: `{pattern: rule}` in priority order (a dict, or a list of (pattern, rule) pairs).
@@ -99,9 +102,7 @@ class Partition(Rule):
         self.rules = tuple(_target(rule, pattern) for pattern, rule in pairs)
         for rule in self.rules:
             rule._claim(self)
-        lead = next((r for r in reversed(self.rules) if r._rate_variables()), None)
-        if lead is not None:
-            _adopt_rate(self, lead._learning_rate)
+        self._leads = _lead_rate(self, self.rules, any(r._rate_variables() for r in self.rules))
         for rule in self.rules:
             for v in rule._rate_variables():
                 _track_once(self, v)
@@ -111,6 +112,9 @@ class Partition(Rule):
 
     def _parts(self):
         return getattr(self, "rules", ())
+
+    def _steers_rate(self):
+        return self._leads
 
     # Routing ----------------------------------------------------------------------
     def _route(self, variables):

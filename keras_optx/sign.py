@@ -50,15 +50,26 @@ class Lion(Rule):
         return lr * ops.sign(b1 * s.m + (1 - b1) * g), {"m": b2 * s.m + (1 - b2) * g}
 
 
+def _decrease(name, value):
+    """ℓ₋ ∈ (0, 1)."""
+    value = check._number(name, value)
+    if not 0 < value < 1:
+        raise ValueError(f"`{name}` (the decrease factor) must be in (0, 1); received {name}={value}.")
+    return value
+
+
+def _increase(name, value):
+    """ℓ₊ > 1, finite."""
+    value = check._number(name, value)
+    if not 1 < value < float("inf"):
+        raise ValueError(f"`{name}` (the increase factor) must be a finite number > 1; received {name}={value}.")
+    return value
+
+
 def _factors(name, value):
     """Rprop's (ℓ₋, ℓ₊) with 0 < ℓ₋ < 1 < ℓ₊ (torch.optim.Rprop's range)."""
-    value = _pair(name, value, "(ℓ₋, ℓ₊)")
-    low, high = value
-    if not 0 < low < 1:
-        raise ValueError(f"`{name}[0]` (the decrease factor) must be in (0, 1); received {name}[0]={low}.")
-    if not 1 < high < float("inf"):
-        raise ValueError(f"`{name}[1]` (the increase factor) must be a finite number > 1; received {name}[1]={high}.")
-    return value
+    low, high = _pair(name, value, "(ℓ₋, ℓ₊)")
+    return _decrease(f"{name}[0]", low), _increase(f"{name}[1]", high)
 
 
 def _bounds(name, value):
@@ -68,6 +79,12 @@ def _bounds(name, value):
     if low > high:
         raise ValueError(f"`{name}` must be (Γ₋, Γ₊) with Γ₋ ≤ Γ₊; received {name}=({low}, {high}).")
     return low, high
+
+
+# Each element may be a schedule or callable (keras_optx/_hyper.py); the numbers among them are
+# checked by their position's check (Γ₋ ≤ Γ₊ only when both are numbers).
+_factors.element = (_decrease, _increase)
+_bounds.element = (check.nonnegative, check.nonnegative)
 
 
 def _pair(name, value, what):
@@ -98,6 +115,11 @@ class Rprop(Rule):
             callable, and a rate set after the first update changes nothing.
         ell: (ℓ₋, ℓ₊), the decrease and increase factors, 0 < ℓ₋ < 1 < ℓ₊, default (0.5, 1.2).
         gamma: (Γ₋, Γ₊), the step-size bounds, 0 ≤ Γ₋ ≤ Γ₊, default (1e-6, 50.0).
+            Each element of `ell` and `gamma` is a number, a `LearningRateSchedule` (called
+            with the 0-based update count) or a callable, like every hyperparameter; a pair set
+            later (`opt.gamma = (1e-6, 1.0)`, `adjust`) acts at the next update. The numbers
+            are checked as above; a schedule's values are not (nor Γ₋ ≤ Γ₊ when one bound is
+            a schedule).
 
     Example:
         >>> x = keras.Variable([1.0, 2.0])

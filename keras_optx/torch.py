@@ -225,8 +225,9 @@ class SGD(_TorchRule):
             callbacks and `optimizer.learning_rate` steer is the constructor's `lr`, shared by
             every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
             hyperparameter set on the optimizer (`opt.momentum = …`, `adjust`) reaches the groups
-            that do not set their own. Saved in `get_config` (a list of variables as a regex of
-            their exact paths). On the torch backend each group runs its own fused kernel.
+            that do not set their own, and not the others. Saved in `get_config` (a list of
+            variables as a regex of their exact paths). On the torch backend each group runs its
+            own fused kernel. `Adam` and `AdamW` take the same.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`
             (`clipnorm`, `use_ema`, `gradient_accumulation_steps`, …).
 
@@ -378,17 +379,9 @@ class Adam(_Adam):
         weight_decay: λ ≥ 0, default 0: L2 added to the gradient before the moments.
         amsgrad: keep the running maximum of v, with torch's bias correction, default False.
         maximize: ascend instead of descend, default False.
-        param_groups: torch's param groups, default None: a list of dicts
-            `{"params": <regex re.search'ed on variable.path, or a list of variables>,
-            <any of "lr", "weight_decay", "betas", "eps", "amsgrad", "maximize">}`. Each group's values replace the constructor's for its
-            variables; the first group whose "params" matches a variable wins; variables no
-            group matches use the constructor's values (torch's default group). A key not listed
-            is refused, and a value is checked as the constructor checks it. The rate Keras
-            callbacks and `optimizer.learning_rate` steer is the constructor's `lr`, shared by
-            every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
-            hyperparameter set on the optimizer (`opt.eps = …`, `adjust`) reaches the groups
-            that do not set their own. Saved in `get_config` (a list of variables as a regex of
-            their exact paths). On the torch backend each group runs its own fused kernel.
+        param_groups: torch's param groups, default None, as for `SGD`: dicts `{"params": <regex
+            on variable.path, or a list of variables>, <any of "lr", "weight_decay", "betas",
+            "eps", "amsgrad", "maximize">}`; first match wins, the rest use these values.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
 
     Example:
@@ -437,17 +430,9 @@ class AdamW(_Adam):
         weight_decay: λ ≥ 0, default 1e-2 (torch's default), multiplied by lr.
         amsgrad: as `Adam`, default False.
         maximize: ascend instead of descend, default False.
-        param_groups: torch's param groups, default None: a list of dicts
-            `{"params": <regex re.search'ed on variable.path, or a list of variables>,
-            <any of "lr", "weight_decay", "betas", "eps", "amsgrad", "maximize">}`. Each group's values replace the constructor's for its
-            variables; the first group whose "params" matches a variable wins; variables no
-            group matches use the constructor's values (torch's default group). A key not listed
-            is refused, and a value is checked as the constructor checks it. The rate Keras
-            callbacks and `optimizer.learning_rate` steer is the constructor's `lr`, shared by
-            every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
-            hyperparameter set on the optimizer (`opt.eps = …`, `adjust`) reaches the groups
-            that do not set their own. Saved in `get_config` (a list of variables as a regex of
-            their exact paths). On the torch backend each group runs its own fused kernel.
+        param_groups: torch's param groups, default None, as for `SGD`: dicts `{"params": <regex
+            on variable.path, or a list of variables>, <any of "lr", "weight_decay", "betas",
+            "eps", "amsgrad", "maximize">}`; first match wins, the rest use these values.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
 
     Example:

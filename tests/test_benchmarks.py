@@ -117,3 +117,16 @@ def test_gpu_run_without_a_gpu_says_so():
     result = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_run.py"), "--out", "/nonexistent-not-written"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no GPU here" in result.stderr and "--dry-run" in result.stderr
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="bench_ab.py times with bench_step.py's harness, run on every backend "
+                    "above; this checks its own part (the earlier package taken out of git, the table) once")
+def test_before_after_benchmark_prints_a_ratio_per_rule_and_layout():
+    if subprocess.run(["git", "-C", str(BENCHMARKS.parent), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout: bench_ab.py compares against a git revision")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in _rows(_run("bench_ab.py", "--before", "HEAD", "--rules", "ADAM,chain", "--rounds", "2"))
+            if not line.startswith("| layout")]
+    assert [(row[0], row[1]) for row in rows] == [(layout, rule) for layout in ("4x250k", "200x1k") for rule in ("ADAM", "chain")]
+    for row in rows:
+        assert RATIO.match(row[4]) and RATIO.match(row[7]), row  # after / before: CPU medians, wall minima

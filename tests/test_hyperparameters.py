@@ -50,7 +50,7 @@ def _set(path, value):
         for m in members:
             target, twin = target[int(m)], twin.members[int(m)]
         setattr(target, name, value)
-        setattr(twin, {"epsilon": "eps", "wd": "wd", "thresh": "thresh"}.get(name, name), value)
+        setattr(twin, {"epsilon": "eps", "slow_step_size": "alpha"}.get(name, name), value)
 
     return change
 
@@ -64,6 +64,10 @@ CHANGES = [
     ("chain[0].wd,chain[1].thresh", lambda: ox.Optimiser(ox.WeightDecay(1e-2), ox.ClipNorm(1.0), ox.Descent(0.1)),
      lambda: ref.Chain(ref.WeightDecay(1e-2), ref.ClipNorm(1.0), ref.Descent(0.1)),
      {3: _set("0.wd", 0.5), 6: _set("1.thresh", 0.1)}),
+    ("Lookahead.slow_step_size", lambda: ox.Lookahead(ox.Momentum(0.05, 0.9), sync_period=2, slow_step_size=0.5),
+     lambda: ref.Lookahead(ref.Momentum(0.05, 0.9), 2, 0.5), {4: _set("slow_step_size", 0.2), 7: _set("slow_step_size", 1.0)}),
+    ("Rprop.ell,gamma", lambda: ox.Rprop(0.01), lambda: ref.Rprop(0.01),
+     {3: _set("ell", (0.3, 1.5)), 6: _set("gamma", (1e-3, 0.015))}),
 ]
 
 
@@ -111,6 +115,52 @@ def test_a_scheduled_hyperparameter_follows_the_rates_step(mode):
     changes = {n: _follow(n) for n in range(1, 11)}
     run(momentum, oracle, mode, changes)
     run(adam, twin, mode, {n: _follow(n, pair=True) for n in range(1, 11)})
+
+
+def _gamma_max(step):  # ExponentialDecay(0.02, 2, 0.5, staircase=True)
+    return 0.02 * 0.5 ** (step // 2)
+
+
+SCHEDULED = [  # (id, optimizer, oracle, set the oracle's values for the 0-based step s)
+    ("Lookahead.slow_step_size", lambda: ox.Lookahead(ox.Momentum(0.05, 0.9), sync_period=2, slow_step_size=_RhoSchedule()),
+     lambda: ref.Lookahead(ref.Momentum(0.05, 0.9), 2), lambda oracle, s: setattr(oracle, "alpha", _scheduled_rho(s))),
+    ("Rprop.ell[0],gamma[1]", lambda: ox.Rprop(0.01, ell=(_RhoSchedule(), 1.2), gamma=(
+        1e-6, keras.optimizers.schedules.ExponentialDecay(0.02, 2, 0.5, staircase=True))),
+     lambda: ref.Rprop(0.01), lambda oracle, s: oracle.__dict__.update(ell=(_scheduled_rho(s), 1.2), gamma=(1e-6, _gamma_max(s)))),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name,make,oracle,follow", SCHEDULED, ids=[c[0] for c in SCHEDULED])
+def test_lookahead_and_rprop_take_schedules(name, make, oracle, follow, mode):
+    """Lookahead's α and an element of each of Rprop's pairs driven by schedules, against the oracle."""
+    twin = oracle()
+    run(make(), twin, mode, {n: (lambda s: lambda optimizer, oracle: follow(oracle, s))(n - 1) for n in range(1, 11)})
+
+
+def test_pair_elements_are_checked_by_position():
+    schedule = _RhoSchedule()
+    with pytest.raises(ValueError, match=r"`ell\[1\]` \(the increase factor\) must be a finite number > 1"):
+        ox.Rprop(ell=(schedule, 0.9))
+    with pytest.raises(ValueError, match=r"`ell\[0\]` \(the decrease factor\) must be in \(0, 1\)"):
+        ox.Rprop(ell=(1.5, schedule))
+    with pytest.raises(ValueError, match=r"`gamma\[0\]` must be a finite number ≥ 0"):
+        ox.Rprop(gamma=(-1.0, schedule))
+    with pytest.raises(ValueError, match=r"`gamma` must have 2 elements"):
+        ox.Rprop(gamma=(1e-6, schedule, 1.0))
+    with pytest.raises(ValueError, match=r"`slow_step_size` must be in \(0, 1\]"):
+        ox.Lookahead(ox.ADAM(), slow_step_size=0.0)
+    opt = ox.Rprop(0.01, gamma=(1e-6, schedule))
+    opt.build([keras.Variable(np.ones(3, "float32"), name="w")])
+    with pytest.raises(ValueError, match="part of the compiled step"):
+        opt.gamma = (1e-6, 1.0)  # a schedule element cannot become a number once built
+    opt.gamma = (1e-3, schedule)
+    assert opt.gamma == (1e-3, schedule)
+    decay = keras.optimizers.schedules.ExponentialDecay(0.5, 2, 0.5)
+    lookahead = ox.Lookahead(ox.ADAM(), slow_step_size=decay)
+    assert lookahead.slow_step_size is decay
+    again = ox.Lookahead.from_config(lookahead.get_config()).slow_step_size
+    assert isinstance(again, keras.optimizers.schedules.ExponentialDecay) and again.get_config() == decay.get_config()
 
 
 def _follow(n, pair=False):

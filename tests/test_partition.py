@@ -101,6 +101,77 @@ def test_learning_rate_is_the_last_rules_and_callbacks_steer_it():
     assert float(keras.ops.convert_to_numpy(head.learning_rate)) == pytest.approx(0.01)  # its own rate, untouched
 
 
+def _head_rate(step):  # ExponentialDecay(0.05, 3, 0.5, staircase=True) as a formula of the 0-based step
+    return 0.05 * 0.5 ** (step // 3)
+
+
+def _rest_rate(step):  # InverseTimeDecay(0.01, 1, 0.5)
+    return 0.01 / (1 + 0.5 * step)
+
+
+def _scheduled():
+    """(the two rate schedules, and their formulas)."""
+    return (keras.optimizers.schedules.ExponentialDecay(0.05, 3, 0.5, staircase=True),
+            keras.optimizers.schedules.InverseTimeDecay(0.01, 1, 0.5))
+
+
+def _rate(rate):
+    return float(keras.ops.convert_to_numpy(rate))
+
+
+SCHEDULED = {  # optimizer, its Partition (whose rules carry the two schedules), the oracle
+    "partition": lambda head, rest: (lambda p: (p, p))(ox.Partition({"bias": ox.Momentum(head, 0.5), ".*": ox.ADAM(rest)})),
+    "chain": lambda head, rest: (lambda p: (ox.Optimiser(ox.ClipGlobalNorm(1e6), p), p))(
+        ox.Partition({"bias": ox.Momentum(head, 0.5), ".*": ox.ADAM(rest)})),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", SCHEDULED)
+def test_scheduled_rates_read_at_the_update_count(kind, mode):
+    """With schedules as the rules' rates, `learning_rate` (the last rule's, as callbacks read it) and each
+    rule's read the schedule at the update count, the rate of the next update; the updates follow the oracle."""
+    optimizer, partition = SCHEDULED[kind](*_scheduled())
+    oracle = ref.Partition([("bias", ref.Momentum(lambda n: _head_rate(n - 1), 0.5)),
+                            (".*", ref.ADAM(lambda n: _rest_rate(n - 1)))], PATHS)
+    variables = named_variables()
+    apply = (lambda grads: optimizer.apply(grads, variables)) if mode == "eager" else compiled_apply(optimizer, variables)
+    expected = [v.astype(np.float64) for v in initial_values()]
+    assert _rate(optimizer.learning_rate) == pytest.approx(_rest_rate(0))
+    for n, grads in zip(range(1, 8), gradient_stream()):
+        apply([keras.ops.convert_to_tensor(g) for g in grads])
+        expected = [x - d for x, d in zip(expected, oracle(grads, expected, n))]
+        for i, (v, x) in enumerate(zip(variables, expected)):
+            assert_close(keras.ops.convert_to_numpy(v.value), x, f"{PATHS[i]} at step {n}")
+        for rate, formula in [(optimizer.learning_rate, _rest_rate), (partition.learning_rate, _rest_rate),
+                              (partition.rules[1].learning_rate, _rest_rate), (partition.rules[0].learning_rate, _head_rate)]:
+            assert _rate(rate) == pytest.approx(formula(n), rel=1e-6), f"after {n} updates"
+
+
+@pytest.mark.parametrize("kind", ["partition", "chain", "torch_groups"])
+def test_fit_logs_the_scheduled_rate(kind):
+    """The `learning_rate` a callback logs in fit's History (ReduceLROnPlateau logs it each epoch) is the last
+    rule's schedule at the update count; for torch param groups, the constructor's `lr`."""
+    from keras_optx.torch import AdamW
+
+    head, rest = _scheduled()
+    if kind == "torch_groups":
+        optimizer = AdamW(rest, param_groups=[{"params": "bias", "lr": head}])
+        members = optimizer._partition.rules
+    else:
+        optimizer, partition = SCHEDULED[kind](head, rest)
+        members = partition.rules
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.Dense(1)])
+    model.compile(optimizer=optimizer, loss="mse")
+    x, y = regression_data()
+    never = keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=100)  # logs the rate, never changes it
+    history = model.fit(x[:64], y[:64], batch_size=16, epochs=3, verbose=0, callbacks=[never])
+    np.testing.assert_allclose(history.history["learning_rate"], [_rest_rate(4 * e) for e in (1, 2, 3)], rtol=1e-6)
+    assert _rate(optimizer.learning_rate) == pytest.approx(_rest_rate(12), rel=1e-6)
+    assert _rate(members[0].learning_rate) == pytest.approx(_head_rate(12), rel=1e-6)
+    assert _rate(members[-1].learning_rate) == pytest.approx(_rest_rate(12), rel=1e-6)
+
+
 FREEZE = {  # update n → the variable positions frozen at that update (freeze before 3, thaw 1 before 6)
     n: (1, 3) if 3 <= n < 6 else (3,) if n >= 6 else () for n in range(1, 10)
 }

@@ -35,8 +35,10 @@ def _keras_groups(groups, variables):
     return [dict(g, params=g["params"] if isinstance(g["params"], str) else [variables[i] for i in g["params"]]) for g in groups]
 
 
-def _torch_trajectory(name, kwargs, groups, x0, grads):
-    """torch.optim with the same groups: first match wins, the rest in a group of the defaults."""
+def _torch_trajectory(name, kwargs, groups, x0, grads, clip=None):
+    """torch.optim with the same groups: first match wins, the rest in a group of the defaults.
+    At step LR_DROP[0] `opt.learning_rate = …`: Keras's rate is the default group's, shared by
+    groups without their own. `clip`: torch's `clip_grad_norm_(params, clip)` first."""
 
     def torch_groups(params):
         taken, out = set(), []
@@ -49,9 +51,8 @@ def _torch_trajectory(name, kwargs, groups, x0, grads):
         assert out[-1]["params"], "each case leaves a variable to the defaults"
         return out
 
-    # Keras's rate is the default group's, shared by groups without their own.
     own_rate = {i for i, spec in enumerate(groups) if "lr" in spec}
-    return torch_optim_trajectory(name, kwargs, x0, grads, groups=torch_groups, lr_drop=LR_DROP, own_rate=own_rate)
+    return torch_optim_trajectory(name, kwargs, x0, grads, torch_groups, LR_DROP, own_rate, clip)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -147,3 +148,56 @@ def test_hyperparameter_set_on_optimizer_reaches_groups_without_their_own():
     with pytest.raises(ValueError, match="betas"):
         opt.betas = (1.5, 0.9)
     assert default.betas == (0.8, 0.99)  # nothing written
+
+
+def _variables(x0):
+    return [keras.Variable(x, name=n) for x, n in zip(x0, NAMES)]
+
+
+def _follow(opt, variables, grads, reference, mode, change, what):
+    """Run `opt` on `grads` (`change(t, opt)` before step t) and compare every step with `reference`;
+    returns how many times the step's Python ran (per trace when compiled)."""
+    import keras_optx._base as base
+
+    traces, original = [], base.Rule._update_step
+
+    def counted(self, *args):
+        traces.append(1)
+        return original(self, *args)
+
+    base.Rule._update_step = counted
+    try:
+        step = compiled_apply(opt, variables) if mode == "compiled" else (lambda gs: opt.apply(gs, variables))
+        for t, gs in enumerate(grads):
+            change(t, opt)
+            step([keras.ops.convert_to_tensor(g) for g in gs])
+            if t == 0:
+                first = len(traces)
+            for i, (v, r) in enumerate(zip(variables, reference[t])):
+                np.testing.assert_allclose(keras.ops.convert_to_numpy(v.value), r, rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{what} step {t + 1} {NAMES[i]}")
+    finally:
+        base.Rule._update_step = original
+    if mode == "compiled":  # a value assigned between compiled steps: no retrace
+        assert len(traces) == first, f"retraced: {len(traces)} traces, {first} after the first step"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_grouped_optimizer_in_a_chain_matches_torch_with_clip_grad_norm(mode):
+    """`Optimiser(ClipGlobalNorm(c), AdamW(..., param_groups=…))` = torch's clip_grad_norm_(params, c)
+    then AdamW with the same groups; the chain's `learning_rate` steers the default group."""
+    name, kwargs, groups = COMPAT_GROUPS["AdamW"]
+    x0, grads = _problem()
+    variables = _variables(x0)
+    from keras_optx import ClipGlobalNorm, Optimiser
+
+    chain = Optimiser(ClipGlobalNorm(1.0), TORCH_CLASSES[name](param_groups=_keras_groups(groups, variables), **kwargs))
+    reference = _torch_trajectory(name, kwargs, groups, x0, grads, clip=1.0)
+
+    def change(t, opt):
+        if t == LR_DROP[0]:
+            opt.learning_rate = LR_DROP[1]
+
+    _follow(chain, variables, grads, reference, mode, change, "chain")
+    unclipped = _torch_trajectory(name, kwargs, groups, x0, grads)
+    assert max(np.abs(a - b).max() for a, b in zip(unclipped[-1], reference[-1])) > 1e-3  # the clip acted
