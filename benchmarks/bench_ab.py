@@ -24,6 +24,7 @@ import tarfile
 import tempfile
 
 import bench_step
+from _common import limit_threads
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -84,7 +85,7 @@ def main():
         parser.error("--rounds must be at least 1")
     os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    bench_step.limit_threads(args.threads)
+    limit_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         extract(args.before, folder)
         sys.path.insert(0, folder)

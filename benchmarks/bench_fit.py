@@ -13,9 +13,9 @@ library; the table gives the process's CPU time / wall time per optimizer.
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import time
+
+from _common import cpu_name, limit_threads, per_backend
 
 
 def main():
@@ -24,17 +24,8 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="CPU cores (affinity) and threads per library")
     args = parser.parse_args()
-    if args.backend == "all":
-        for backend in ("torch", "jax", "tensorflow"):
-            rest = [a for a in sys.argv[1:] if a not in ("--backend", "all")]
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-            subprocess.run([sys.executable, __file__, "--backend", backend] + rest, env=env, check=True)
+    if per_backend(args, __file__):
         return
-    os.environ["KERAS_BACKEND"] = args.backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, os.path.dirname(__file__))
-    from bench_step import limit_threads
-
     limit_threads(args.threads)
     run(args)
 
@@ -92,9 +83,8 @@ def run(args):
     # Shares are taken of CPU medians: on one core, the time the step had the core (steady on a shared machine).
     step = {name: (statistics.median(ts), min(ts), statistics.median(cpu[name])) for name, ts in times.items()}
     applied = _apply_times(models, rounds=9 if args.quick else 31) if backend == "torch" else {}
-    cpu_name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"\n### model.fit, {backend}: MLP 784-512-512-10, batch {batch}, {steps} steps/epoch, "
-          f"median and min of {rounds} epochs; {cpu_name}, {os.cpu_count()} cores, {args.threads} thread(s) on cores "
+          f"median and min of {rounds} epochs; {cpu_name()}, {os.cpu_count()} cores, {args.threads} thread(s) on cores "
           f"{sorted(os.sched_getaffinity(0))}; load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + "\n")
     print("| optimizer | ms/step (wall median / min, CPU median) | steps/s (wall median) | share over no-op (CPU) "
           "| share over SGD (CPU) | apply CPU ms, share of CPU step | CPU/wall |")

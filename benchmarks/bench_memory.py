@@ -29,9 +29,10 @@ digits, trained with float32 and with bfloat16 state, final training loss and te
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+from _common import limit_threads, machine, optax_reference, optax_step, per_backend
 
 SIZES = {"full": (8, 4_000_000), "quick": (4, 64_000)}  # (variables, parameters)
 DEVICES = 8
@@ -45,20 +46,12 @@ def main():
     parser.add_argument("--accuracy", action="store_true", help="also train compare's MLP with float32 vs bfloat16 state")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per library (default 1: stable on a shared machine)")
     args = parser.parse_args()
-    if args.backend == "all":
-        for backend in ("jax", "torch", "tensorflow"):
-            rest = [a for a in sys.argv[1:] if a not in ("--backend", "all")]
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-            subprocess.run([sys.executable, __file__, "--backend", backend] + rest, env=env, check=True)
+    if per_backend(args, __file__, order=("jax", "torch", "tensorflow")):
         return
-    os.environ["KERAS_BACKEND"] = args.backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.backend == "jax":  # before jax is imported
         os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from bench_step import limit_threads  # the same thread budget as bench_step.py
-
-    limit_threads(args.threads)
+    limit_threads(args.threads)  # the same thread budget as bench_step.py
     run(args)
 
 
@@ -159,17 +152,7 @@ def fmt(value, pattern="{:.2f}"):
 
 
 def header(backend, keras, count, total, rounds):
-    import platform
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    versions = {"keras": keras.__version__}
-    for mod in ("torch", "jax", "tensorflow", "optax"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    print(f"\n## backend {backend}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print(machine(backend, keras))
     print(f"{count} float32 variables, {total / 1e6:g}M parameters; median of {rounds} steps; "
           f"{os.environ.get('OMP_NUM_THREADS')} thread(s) per library\n")
 
@@ -242,50 +225,16 @@ class Jax:
         return row
 
     def optax_row(self, name, rounds):
-        import optax
-
-        jax = self.jax
-        make = {
-            "sgd": lambda: optax.sgd(0.01),
-            "momentum": lambda: optax.sgd(0.01, momentum=0.9),
-            "nesterov": lambda: optax.sgd(0.01, momentum=0.9, nesterov=True),
-            "rmsprop": lambda: optax.rmsprop(0.001, decay=0.9, eps=1e-8),
-            "adam": lambda: optax.adam(0.001),
-            "radam": lambda: optax.radam(0.001),
-            "adamax": lambda: optax.adamax(0.001),
-            "adagrad": lambda: optax.adagrad(0.1),
-            "adadelta": lambda: optax.adadelta(1.0, rho=0.9),
-            "amsgrad": lambda: optax.amsgrad(0.001),
-            "nadam": lambda: optax.nadam(0.001),
-            "adamw": lambda: optax.adamw(0.001, weight_decay=0.1),
-            "optimistic_adam": lambda: optax.optimistic_adam_v2(0.001, b1=0.5, b2=0.9, nesterov=False),
-            "adabelief": lambda: optax.adabelief(0.001),
-            "lion": lambda: optax.lion(0.001),
-            "rprop": lambda: optax.rprop(0.001),
-        }[name]()
-        params = [jax.numpy.asarray(a) for a in arrays(self.np, self.count, self.total, 0)]
-        grads = [jax.numpy.asarray(a) for a in arrays(self.np, self.count, self.total, 1)]
-
-        def update(params, opt_state, grads):
-            updates, opt_state = make.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
-
-        apply = jax.jit(update, donate_argnums=(0, 1))
-        state = {"params": params, "opt": make.init(params)}
-
-        def step():
-            state["params"], state["opt"] = apply(state["params"], state["opt"], grads)
-            jax.block_until_ready(state["params"])
-
+        params = [self.jax.numpy.asarray(a) for a in arrays(self.np, self.count, self.total, 0)]
+        grads = [self.jax.numpy.asarray(a) for a in arrays(self.np, self.count, self.total, 1)]
+        step, state = optax_step(self.jax, optax_reference(name), params, grads)
         ms = timed(step, rounds)
-        return {"ms": ms, "state": sum(a.nbytes for a in jax.tree_util.tree_leaves(state["opt"])) / self.total}
+        return {"ms": ms, "state": sum(a.nbytes for a in self.jax.tree_util.tree_leaves(state["opt"])) / self.total}
 
 
-class Torch:
-    def __init__(self, np, count, total):
-        import torch
-
-        self.np, self.torch, self.count, self.total = np, torch, count, total
+class _Eager:
+    """A backend whose row is its eager `_row` (torch) or `tf.function` one (tensorflow), twice
+    where the rule takes bfloat16 state; no sharded run (jax only)."""
 
     def keras_row(self, make, rounds, scale=True):
         row = self._row(make(), rounds)
@@ -294,43 +243,23 @@ class Torch:
             row["bf16"], row["bf16_ms"] = bf16["state"], bf16["ms"]
         return row
 
+
+class Torch(_Eager):
+    def __init__(self, np, count, total):
+        import torch
+
+        self.np, self.torch, self.count, self.total = np, torch, count, total
+
     def _row(self, opt, rounds):
         import keras
+
+        from keras_optx._backends.torch.buffers import kept_bytes
 
         variables = [keras.Variable(a) for a in arrays(self.np, self.count, self.total, 0)]
         grads = [self.torch.from_numpy(a) for a in arrays(self.np, self.count, self.total, 1)]
         opt.build(variables)
         ms = timed(lambda: opt.apply(grads, variables), rounds)
-        state = state_bytes(opt.variables)
-        owned = {v.value.untyped_storage().data_ptr() for v in list(opt.variables) + variables}
-        return {"ms": ms, "state": state / self.total, "kept": self.kept(opt, owned) / (4 * self.total)}
-
-    def kept(self, opt, owned):
-        """Bytes of the distinct storages of tensors held by `opt` (and its members) that are not
-        variables: the kept scratch buffers of keras_optx's torch fast paths."""
-        torch, seen, total = self.torch, set(owned), 0
-
-        def visit(value, depth=0):
-            nonlocal total
-            if isinstance(value, torch.Tensor):
-                storage = value.untyped_storage()
-                if storage.data_ptr() not in seen:
-                    seen.add(storage.data_ptr())
-                    total += storage.nbytes()
-            elif isinstance(value, (list, tuple)) and depth < 3:
-                for item in value:
-                    visit(item, depth + 1)
-
-        def walk(o):
-            for key, value in vars(o).items():
-                if key.startswith("_torch"):
-                    visit(value)
-            for member in list(getattr(o, "_members", ())) + [getattr(o, "optimizer", None)]:
-                if member is not None and hasattr(member, "__dict__"):
-                    walk(member)
-
-        walk(opt)
-        return total
+        return {"ms": ms, "state": state_bytes(opt.variables) / self.total, "kept": kept_bytes(opt, variables) / (4 * self.total)}
 
     def torch_row(self, name, kwargs, rounds):
         torch = self.torch
@@ -343,18 +272,11 @@ class Torch:
         return {"ms": ms, "state": state / self.total}
 
 
-class Tf:
+class Tf(_Eager):
     def __init__(self, np, count, total):
         import tensorflow as tf
 
         self.np, self.tf, self.count, self.total = np, tf, count, total
-
-    def keras_row(self, make, rounds, scale=True):
-        row = self._row(make(), rounds)
-        if scale and _takes_bfloat16(make):
-            bf16 = self._row(make(state_dtype="bfloat16"), rounds)
-            row["bf16"], row["bf16_ms"] = bf16["state"], bf16["ms"]
-        return row
 
     def _row(self, opt, rounds):
         import keras

@@ -35,9 +35,9 @@ import gc
 import glob
 import os
 import statistics
-import subprocess
-import sys
 import time
+
+from _common import limit_threads, machine, optax_reference, optax_step, per_backend
 
 LAYOUTS = {"4x2.5M": (4, 10_000_000), "200x10k": (200, 2_000_000)}
 QUICK_LAYOUTS = {"4x250k": (4, 1_000_000), "200x1k": (200, 200_000)}
@@ -52,51 +52,10 @@ def main():
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU cores the process may run on (affinity), and threads per library (default 1)")
     args = parser.parse_args()
-    if args.backend == "all":
-        for backend in ("torch", "jax", "tensorflow"):
-            rest = [a for a in sys.argv[1:] if a not in ("--backend", "all")]
-            cmd = [sys.executable, __file__, "--backend", backend] + rest
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-            subprocess.run(cmd, env=env, check=True)
+    if per_backend(args, __file__):
         return
-    os.environ["KERAS_BACKEND"] = args.backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     limit_threads(args.threads)
     run(args)
-
-
-def limit_threads(n):
-    """Run on `n` cores, enforced: process affinity, then each library's own thread settings.
-
-    Call before numpy, keras or a backend is imported: threads inherit the affinity of the
-    thread that creates them, and XLA and TensorFlow size their pools from it. Affinity is what
-    holds: jax 0.10's XLA CPU client has no thread-count setting of its own (its large kernels
-    are split across a pool, `outer_dimension_partitions`, sized from the schedulable cores).
-    Returns the cores chosen.
-    """
-    available = sorted(os.sched_getaffinity(0))
-    if not 1 <= n <= len(available):
-        raise SystemExit(f"--threads must be between 1 and {len(available)} (the cores this process may use), got {n}")
-    cores = available[:n]
-    os.sched_setaffinity(0, cores)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(n)
-    if n == 1:
-        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-    import keras  # noqa: F401  (imports the backend)
-
-    backend = keras.backend.backend()
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(n)
-        torch.set_num_interop_threads(n)
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
-    return cores
 
 
 def thread_check():
@@ -280,17 +239,7 @@ def l3_bytes():
 
 
 def header(backend, keras, rounds, threads, device):
-    import platform
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    versions = {"keras": keras.__version__}
-    for mod in ("torch", "jax", "tensorflow", "optax"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    print(f"\n## backend {backend}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print(machine(backend, keras))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"{threads} thread(s): process affinity cores {sorted(os.sched_getaffinity(0))}, each library set to "
           f"{threads}; {device}; median and minimum of {rounds} interleaved rounds; load average at the start {load}")
@@ -414,41 +363,9 @@ class JaxHarness:
         yield f"optax.{optax_ref}", lambda: self._optax_case(optax_ref, count, total)
 
     def _optax_case(self, name, count, total):
-        import optax
-
-        jax = self.jax
-        make = {
-            "sgd": lambda: optax.sgd(0.01),
-            "momentum": lambda: optax.sgd(0.01, momentum=0.9),
-            "nesterov": lambda: optax.sgd(0.01, momentum=0.9, nesterov=True),
-            "rmsprop": lambda: optax.rmsprop(0.001, decay=0.9, eps=1e-8),
-            "adam": lambda: optax.adam(0.001),
-            "radam": lambda: optax.radam(0.001),
-            "adamax": lambda: optax.adamax(0.001),
-            "adagrad": lambda: optax.adagrad(0.1, initial_accumulator_value=1e-8, eps=1e-8),
-            "adadelta": lambda: optax.adadelta(1.0, rho=0.9),
-            "amsgrad": lambda: optax.amsgrad(0.001),
-            "nadam": lambda: optax.nadam(0.001),
-            "adamw": lambda: optax.adamw(0.001, weight_decay=0.1),
-            "optimistic_adam": lambda: optax.optimistic_adam_v2(0.001, b1=0.5, b2=0.9, nesterov=False),
-            "adabelief": lambda: optax.adabelief(0.001),  # bias-corrected, ϵ in s: Flux v0.12's is not
-            "lion": lambda: optax.lion(0.001),
-            "rprop": lambda: optax.rprop(0.001),
-        }[name]()
-        params = [jax.numpy.asarray(a) for a in _arrays(self.np, count, total, 0)]
-        grads = [jax.numpy.asarray(a) for a in _arrays(self.np, count, total, 1)]
-
-        def update(params, opt_state, grads):
-            updates, opt_state = make.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
-
-        apply = jax.jit(update, donate_argnums=(0, 1))
-        state = {"params": params, "opt": make.init(params)}
-
-        def step():
-            state["params"], state["opt"] = apply(state["params"], state["opt"], grads)
-            jax.block_until_ready(state["params"])
-
+        params = [self.jax.numpy.asarray(a) for a in _arrays(self.np, count, total, 0)]
+        grads = [self.jax.numpy.asarray(a) for a in _arrays(self.np, count, total, 1)]
+        step, _ = optax_step(self.jax, optax_reference(name), params, grads)
         return step
 
 

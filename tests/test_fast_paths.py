@@ -116,10 +116,13 @@ def test_fast_path_matches_formula_on_sizes_shared_by_several_variables(name, mo
         assert packed and all(p is not None for p in packed), "the clip did not run on the packed buffer"
 
 
-def _compare_fast_and_generic(name, shapes, steps):
+def _compare_fast_and_generic(name, shapes, steps, make=None):
+    """Run `name`'s case (or `make`) with its kernel and with its formula side by side; returns
+    the kernel's optimizer and variables."""
+    make = make or FAST[name]
     rng = np.random.default_rng(1)
-    fast, calls = _counting(FAST[name]())
-    slow = _generic(FAST[name]())
+    fast, calls = _counting(make())
+    slow = _generic(make())
     xs_fast, xs_slow = _variables(rng, shapes=shapes), _variables(np.random.default_rng(1), shapes=shapes)
     for step in range(steps):
         grads = [rng.normal(size=s).astype("float32") for s in shapes]
@@ -127,8 +130,11 @@ def _compare_fast_and_generic(name, shapes, steps):
             rate = 0.01 * (1 + step % 5)
             fast.learning_rate = rate
             slow.learning_rate = rate
-        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        given = [keras.ops.convert_to_tensor(g) for g in grads]
+        fast.apply(given, xs_fast)
         slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+        for g, want in zip(given, grads):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(g), want, err_msg=f"{name}: a gradient was written")
         for a, b in zip(xs_fast, xs_slow):
             np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6, err_msg=f"{name} step {step + 1}")
         slots_fast, slots_slow = _slots(fast), _slots(slow)
@@ -138,6 +144,73 @@ def _compare_fast_and_generic(name, shapes, steps):
             # an EMA that cancels to near zero keeps their rounding, not its own relative precision.
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * max(np.abs(b).max(), 0.1), err_msg=f"{name} slots, step {step + 1}")
     assert calls == [True] * steps, "the fast path did not run"
+    return fast, xs_fast
+
+
+@torch_only
+@pytest.mark.parametrize("epsilon", [0.0, 1e-13])
+def test_adadelta_kernel_declines_an_epsilon_its_scaled_buffer_cannot_take(epsilon):
+    # ADADelta's kernel holds (d+ϵ)/((a+ϵ)·ϵ), up to d/ϵ²: for ϵ < 5.4e-12 it declines (before
+    # writing anything) and the formula runs, with the same result.
+    rng = np.random.default_rng(18)
+    fast, calls = _counting(ox.ADADelta(0.9, epsilon))
+    slow = _generic(ox.ADADelta(0.9, epsilon))
+    xs_fast, xs_slow = _variables(np.random.default_rng(19)), _variables(np.random.default_rng(19))
+    for _ in range(3):
+        grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+    for a, b in zip(xs_fast, xs_slow):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6, atol=1e-7)
+    assert calls == [False] * 3
+
+
+# Besides its slots, an optimizer keeps at most one parameter-sized scratch buffer on torch (what
+# benchmarks/bench_memory.py reports): over small tensors (packed), large ones (one block: fewer
+# parameters than `buffers.BLOCK`) and several blocks; chains (one buffer for the chain and its
+# last member's kernel) included.
+KEPT_SHAPES = {"small": SHAPES, "large": LARGE_SHAPES, "blocks": [(300000,), (7, 9)]}
+
+
+@torch_only
+@pytest.mark.parametrize("shapes", sorted(KEPT_SHAPES))
+def test_kept_scratch_is_at_most_one_parameter_sized_buffer(shapes):
+    from keras_optx._backends.torch.buffers import kept_bytes
+
+    shapes = KEPT_SHAPES[shapes]
+    rng = np.random.default_rng(17)
+    parameter_bytes = 4 * sum(int(np.prod(s)) for s in shapes)
+    for name in sorted(FAST):
+        opt, calls = _counting(FAST[name]())
+        xs = _variables(rng, shapes=shapes)
+        for _ in range(2):
+            opt.apply([keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in shapes], xs)
+        assert calls == [True, True], f"{name}: the fast path did not run"
+        assert kept_bytes(opt, xs) <= parameter_bytes, (name, kept_bytes(opt, xs) / parameter_bytes)
+
+
+# Chains whose last member's kernel reads g before it writes its buffer: it writes the chain's
+# buffer (which may hold g), nested chains included; ClipNorm(1e3) hands the caller's gradients
+# through, so the member writes the chain's buffer from them. Each against its formula.
+SHARED_BUFFER = {
+    "ClipNorm>AdaMax": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.AdaMax(0.002)),
+    "ClipNorm(1e3)>AdaMax": lambda: ox.Optimiser(ox.ClipNorm(1e3), ox.AdaMax(0.002)),
+    "ClipNorm>OADAM": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.OADAM(0.01)),
+    "ClipValue>AdaBelief": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.AdaBelief(0.002)),
+    "ClipValue>(ClipNorm>RMSProp)": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.Optimiser(ox.ClipNorm(1.0), ox.RMSProp(0.002))),
+    "ClipValue>(WeightDecay>AdaMax)": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.Optimiser(ox.WeightDecay(1e-2), ox.AdaMax(0.002))),
+}
+
+
+@torch_only
+@pytest.mark.parametrize("shapes", sorted(KEPT_SHAPES))
+@pytest.mark.parametrize("name", sorted(SHARED_BUFFER))
+def test_chain_and_its_last_member_keep_one_buffer(name, shapes):
+    from keras_optx._backends.torch.buffers import kept_bytes
+
+    opt, xs = _compare_fast_and_generic(name, KEPT_SHAPES[shapes], 3, SHARED_BUFFER[name])
+    parameter_bytes = 4 * sum(int(np.prod(s)) for s in KEPT_SHAPES[shapes])
+    assert kept_bytes(opt, xs) <= parameter_bytes, kept_bytes(opt, xs) / parameter_bytes
 
 
 @torch_only

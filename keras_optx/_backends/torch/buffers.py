@@ -2,7 +2,8 @@
 
 - `values`: the variables' tensors, read past `.value`'s per-variable checks where that is safe.
 - Packed buffers (`pack_slots`, `whole`): each slot's variables are views of one contiguous buffer.
-- Kept scratch (`scratch`, `into`): temporaries live between steps instead of being re-allocated.
+- Kept scratch (`scratch`, `into`): temporaries live between steps instead of being re-allocated
+  (`kept_bytes` measures them).
 - Cache blocks (`in_blocks`): on CPU, a rule's in-place steps run block by block over large tensors.
 
 Each is a measured speed-up on this project's CPU benchmarks (benchmarks/RESULTS.md); none changes
@@ -63,6 +64,38 @@ def scratch(owner, xs, count=1):
     # The tensors last checked: next step's are nearly always the same ones (identity is ~20x cheaper to check).
     object.__setattr__(owner, "_torch_scratch_for", list(xs))
     return buffers[:count]
+
+
+def kept_bytes(optimizer, variables=()):
+    """Bytes of the tensors `optimizer` keeps between steps besides its own variables and
+    `variables`: the kept scratch of the fast paths (`scratch`, `in_blocks`), each storage once,
+    over the optimizer and the rules in it (a chain's members, a Partition's rules, a wrapper's
+    `optimizer`). What benchmarks/bench_memory.py reports as "kept beyond state"."""
+    seen = {v.value.untyped_storage().data_ptr() for v in [*optimizer.variables, *variables]}
+    total = 0
+
+    def visit(value, depth=0):
+        nonlocal total
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(value, (list, tuple)) and depth < 3:
+            for item in value:
+                visit(item, depth + 1)
+
+    def walk(rule):
+        for key, value in vars(rule).items():
+            if key.startswith("_torch"):
+                visit(value)
+        parts = rule._parts() if hasattr(rule, "_parts") else None
+        for member in [*(parts or ()), getattr(rule, "optimizer", None)]:
+            if member is not None and hasattr(member, "__dict__"):
+                walk(member)
+
+    walk(optimizer)
+    return total
 
 
 def _like(buffers, xs):
@@ -194,8 +227,9 @@ def in_blocks(owner, lists, scratch_lists=0):
     """Yield `lists` (each a list of tensors shaped like the first), plus `scratch_lists` kept buffer
     lists, in blocks that fit the cache: on CPU, where the tensors are large (≥ 32768 elements on
     average), contiguous and of one dtype, a block is a run of consecutive tensors of ≤ `BLOCK` elements in
-    all, or one piece of a larger tensor, taken from every list, with block-sized kept scratch;
-    else the whole lists once, with `scratch`.
+    all, or one piece of a larger tensor, taken from every list, with block-sized kept scratch (each
+    list min(`BLOCK`, the parameters) elements), or blocks of the parameter-sized buffers `owner`
+    keeps for `xs` already (a chain's, `scratch`); else the whole lists once, with `scratch`.
 
     A rule's sequence of elementwise in-place ops then reads each element from memory once per
     block instead of once per op. Measured over 4×2.5M parameters (benchmarks/RESULTS.md): AdaMax
@@ -210,10 +244,16 @@ def in_blocks(owner, lists, scratch_lists=0):
     ):
         yield (*lists, *(scratch(owner, xs, scratch_lists) if scratch_lists else ()))
         return
-    kept = getattr(owner, "_torch_block_scratch", None)
-    if kept is None or len(kept) < scratch_lists or any(k.dtype != dtype or k.numel() != BLOCK for k in kept):
-        kept = owner._torch_block_scratch = [torch.zeros(BLOCK, dtype=dtype) for _ in range(scratch_lists)]
-    kept = kept[:scratch_lists]
+    whole_lists = getattr(owner, "_torch_scratch", ())
+    if scratch_lists and len(whole_lists) >= scratch_lists and _same(getattr(owner, "_torch_scratch_for", ()), xs):
+        # `owner` keeps parameter-sized buffers for these tensors (a chain's): blocks of those, none besides
+        lists, kept = (*lists, *whole_lists[:scratch_lists]), []
+    else:
+        elements = min(BLOCK, sum(x.numel() for x in xs))  # no block is larger: a kept list is at most parameter-sized
+        kept = getattr(owner, "_torch_block_scratch", None)
+        if kept is None or len(kept) < scratch_lists or any(k.dtype != dtype or k.numel() != elements for k in kept):
+            kept = owner._torch_block_scratch = [torch.zeros(elements, dtype=dtype) for _ in range(scratch_lists)]
+        kept = kept[:scratch_lists]
 
     def run_block(run):  # whole tensors; their scratch: consecutive views of the kept buffers
         offsets = list(itertools.accumulate((xs[i].numel() for i in run), initial=0))

@@ -11,10 +11,11 @@ from ... import torch as compat
 from ..._tensors import ops
 from ...adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
 from ...adaptive import ADADelta, ADAGrad, RMSProp
-from ...chain import Optimiser, _own
+from ...chain import _own
 from ...descent import Descent, Momentum, Nesterov
 from .buffers import in_blocks, into, scratch, step_tensors, whole
 from .registry import register_kernel
+from .transforms import buffer_owner
 
 
 _F32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
@@ -60,10 +61,9 @@ def nesterov(rule, xs, gs, slots, t, lr):
 def rmsprop(rule, xs, gs, slots, t, lr, weight_decay=0.0):
     # RMSProp is torch's fused Adam with β₁ = 0 (m = g) and no bias correction (step = ∞
     # makes 1 − βᵗ = 1). The kernel needs an m buffer: a kept one, not state (each step sets it to g).
-    # In a chain, the chain's kept buffer: the chain's transforms wrote g there (m = g, elementwise,
-    # so the kernel may read and write it in place) or left it unused; one kept buffer per chain.
-    owner = rule._owner() if rule._owner is not None else None
-    (buffer,) = scratch(owner if isinstance(owner, Optimiser) else rule, xs)
+    # In a chain, the chain's kept buffer (`buffer_owner`): the chain's transforms wrote g there (m = g,
+    # elementwise, so the kernel may read and write it in place) or left it unused.
+    (buffer,) = scratch(buffer_owner(rule), xs)
     torch._fused_adam_(
         xs, gs, buffer, slots["acc"], [], step_tensors(float("inf"), xs), lr=lr, beta1=0.0,
         beta2=rule.rho, weight_decay=weight_decay, eps=rule.epsilon, amsgrad=False, maximize=False,
@@ -83,22 +83,31 @@ def adagrad(rule, xs, gs, slots, t, lr, weight_decay=0.0):
 
 @register_kernel(ADADelta)
 def adadelta(rule, xs, gs, slots, t, lr):
-    # The formula in place on the slots and two kept buffers (no fresh tensors), block by block
-    # (`in_blocks`), the steps without g or x once on the packed buffers; √(d+ϵ)/√(a+ϵ) is
-    # taken as √((d+ϵ)/(a+ϵ)): one square root instead of two.
+    # In place on the slots and one kept buffer b (no fresh tensors), block by block (`in_blocks`),
+    # the steps without g or x once on the packed buffers. With r = 1/(a + ϵ):
+    # b ← r + r·d/ϵ = (d + ϵ)/((a + ϵ)·ϵ), then b ← g·√b = Δ/√ϵ, so d ← ρ·d + (1−ρ)·ϵ·b² and
+    # x ← x − η·√ϵ·b: one square root, and the one buffer holds Δ while d and x are updated. (g is
+    # read after b is written: in a chain, a buffer of its own besides the chain's.)
     rho, eps = rule.rho, rule.epsilon
-    for x, g, a, d, step, other in in_blocks(rule, (xs, gs, slots["acc"], slots["acc_delta"]), scratch_lists=2):
-        whole_a, whole_d, whole_step, whole_other = whole(a, d, step, other)
+    if not eps >= _ADADELTA_MIN_EPSILON:
+        return False
+    for x, g, a, d, b in in_blocks(rule, (xs, gs, slots["acc"], slots["acc_delta"]), scratch_lists=1):
+        whole_a, whole_d, whole_b = whole(a, d, b)
         torch._foreach_mul_(whole_a, rho)
-        torch._foreach_addcmul_(a, g, g, value=1 - rho)
-        into(whole_step, "add", whole_d, eps)
-        torch._foreach_div_(whole_step, into(whole_other, "add", whole_a, eps))
-        torch._foreach_sqrt_(whole_step)
-        torch._foreach_mul_(step, g)  # step = g·√((d+ϵ)/(a+ϵ))
+        torch._foreach_addcmul_(a, g, g, value=1 - rho)  # a ← ρ·a + (1−ρ)·g²
+        torch._foreach_reciprocal_(into(whole_b, "add", whole_a, eps))
+        torch._foreach_addcmul_(whole_b, whole_b, whole_d, value=1 / eps)
+        torch._foreach_sqrt_(whole_b)
+        torch._foreach_mul_(b, g)  # b = Δ/√ϵ
         torch._foreach_mul_(whole_d, rho)
-        torch._foreach_addcmul_(whole_d, whole_step, whole_step, value=1 - rho)
-        torch._foreach_add_(x, step, alpha=-lr)
+        torch._foreach_addcmul_(whole_d, whole_b, whole_b, value=(1 - rho) * eps)
+        torch._foreach_add_(x, b, alpha=-lr * eps**0.5)
     return True
+
+
+# The smallest ϵ `adadelta` takes: its buffer, up to d/ϵ², stays finite in float32 (and float64)
+# for d (a mean of Δ²) up to 1e16. A smaller ϵ (or 0) takes the formula; the default is 1e-8.
+_ADADELTA_MIN_EPSILON = (1e16 / torch.finfo(torch.float32).max) ** 0.5  # ≈ 5.4e-12
 
 
 # adam.py ---------------------------------------------------------------------------------------
@@ -136,10 +145,11 @@ def radam(rule, xs, gs, slots, t, lr):
 def adamax(rule, xs, gs, slots, t, lr):
     # The formula as in-place foreach ops on the slots and one kept buffer, block by block
     # (`in_blocks`): no fresh tensors; the steps on u and the buffer alone run once on their
-    # packed buffers.
+    # packed buffers. g is read before the buffer is written: in a chain, the chain's buffer
+    # (`buffer_owner`), which may hold g itself.
     b1, b2 = rule.beta
     rate = -lr / ops.one_minus_pow(b1, t)
-    for x, g, m, u, buffer in in_blocks(rule, (xs, gs, slots["m"], slots["u"]), scratch_lists=1):
+    for x, g, m, u, buffer in in_blocks(buffer_owner(rule), (xs, gs, slots["m"], slots["u"]), scratch_lists=1):
         torch._foreach_lerp_(m, g, 1 - b1)  # β₁·m + (1−β₁)·g
         into(buffer, "abs", g)
         whole_u, whole_buffer = whole(u, buffer)
@@ -184,11 +194,12 @@ def nadam(rule, xs, gs, slots, t, lr):
 def oadam(rule, xs, gs, slots, t, lr):
     # In place on the slots and one kept buffer, block by block (`in_blocks`): x ← x + Δₜ₋₁, then
     # Δₜ = rate·m/(√v + ϵ·c) into the `prev` slot (rate = η·c/(1−β₁ᵗ), c = √(1−β₂ᵗ), as the
-    # formula), then x ← x − 2Δₜ.
+    # formula), then x ← x − 2Δₜ. g is read before the buffer is written: in a chain, the chain's
+    # buffer (`buffer_owner`).
     b1, b2 = rule.beta
     c = ops.sqrt(ops.one_minus_pow(b2, t))
     rate = lr * c / ops.one_minus_pow(b1, t)
-    for x, g, m, v, prev, buffer in in_blocks(rule, (xs, gs, slots["m"], slots["v"], slots["prev"]), scratch_lists=1):
+    for x, g, m, v, prev, buffer in in_blocks(buffer_owner(rule), (xs, gs, slots["m"], slots["v"], slots["prev"]), scratch_lists=1):
         _moments(rule, g, m, v)
         torch._foreach_add_(x, prev)
         whole_v, whole_buffer = whole(v, buffer)
@@ -202,9 +213,10 @@ def oadam(rule, xs, gs, slots, t, lr):
 
 @register_kernel(AdaBelief)
 def adabelief(rule, xs, gs, slots, t, lr):
-    # In place on the slots and one kept buffer, block by block (`in_blocks`).
+    # In place on the slots and one kept buffer, block by block (`in_blocks`). g is read before the
+    # buffer is written: in a chain, the chain's buffer (`buffer_owner`).
     b1, b2 = rule.beta
-    for x, g, m, s, buffer in in_blocks(rule, (xs, gs, slots["m"], slots["s"]), scratch_lists=1):
+    for x, g, m, s, buffer in in_blocks(buffer_owner(rule), (xs, gs, slots["m"], slots["s"]), scratch_lists=1):
         torch._foreach_lerp_(m, g, 1 - b1)  # m ← β₁·m + (1−β₁)·g
         into(buffer, "sub", g, m)  # buffer ← g − m (the new m)
         torch._foreach_mul_(whole(s)[0], b2)

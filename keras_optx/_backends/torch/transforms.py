@@ -102,6 +102,18 @@ def scaled(rule, out, g, xs, t, step):
     return into(out, "mul", g, float(rule.schedule(step)))
 
 
+def buffer_owner(rule):
+    """Who keeps the parameter-sized buffer `rule`'s kernel writes into: the outermost chain that runs
+    `rule` as its last member (its transforms wrote the gradient into that buffer, and a kernel that
+    reads g before it writes may write there too: one kept buffer per chain), else `rule`."""
+    owner = rule
+    while True:
+        parent = owner._owner() if getattr(owner, "_owner", None) is not None else None
+        if not isinstance(parent, Optimiser) or parent._members[-1] is not owner:
+            return owner
+        owner = parent
+
+
 @register_kernel(Optimiser)
 def chain(rule, xs, gs, slots, t, lr):
     """The members before the last run as `into`s (or, where one has none, as their formulas),
@@ -119,7 +131,7 @@ def chain(rule, xs, gs, slots, t, lr):
         # Transforms only: each writes into one kept buffer (no fresh large tensors; gs untouched).
         g = gs
         if intos:
-            (buffer,) = scratch(rule, xs)
+            (buffer,) = scratch(buffer_owner(rule), xs)
             for member, write in zip(head, intos):
                 g = write(member, buffer, g, xs, t, t - 1)
         g = Many(g)
