@@ -16,11 +16,15 @@ and says which tests it takes part in; the tests read their lists from here:
   initial step size).
 
 `BAD` is the table of refused hyperparameters (ValueError/TypeError naming the argument);
-`COMPAT` the torch-named configurations compared with torch.optim (tests/test_torch_compat.py).
+`COMPAT` the torch-named configurations compared with torch.optim or dtorch's formulas, each saying
+whether it also runs compiled (tests/test_torch_compat.py), and `COMPAT_GROUPS` the param-group
+configurations compared with torch.optim's groups (tests/test_torch_param_groups.py); both build
+from `TORCH_CLASSES`.
 
 Adding a rule: its row(s) here, its oracle in tests/reference.py, and its refused values in `BAD`.
 """
 
+import itertools
 from collections import namedtuple
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -207,6 +211,80 @@ TORCH = [
     Case("torch.AdamW(amsgrad)", lambda: oxt.AdamW(0.003, amsgrad=True), kernel=True),
 ]
 
+# keras_optx.torch against torch.optim (float64) or, `reference="dtorch"`, against a NumPy
+# transliteration of dtorch's SGD/Adam formulas (stated in the SGD docstring, keras_optx/torch.py);
+# tests/test_torch_compat.py runs every row step by step. `kwargs` are torch's names, given to both
+# sides (`dampen_first_step` to ours only); `compiled`: also run traced/compiled (jax, tensorflow).
+TORCH_CLASSES = {"SGD": oxt.SGD, "Adam": oxt.Adam, "AdamW": oxt.AdamW}
+
+
+@dataclass(frozen=True)
+class Compat:
+    name: str
+    kwargs: dict
+    reference: str = "torch"
+    compiled: bool = False
+
+    @property
+    def id(self):
+        args = ",".join(f"{k}={v}" for k, v in self.kwargs.items() if k != "lr")
+        return f"{self.reference}.{self.name}({args})"
+
+    def make(self):
+        return TORCH_CLASSES[self.name](**self.kwargs)
+
+    @property
+    def reference_kwargs(self):
+        return {k: v for k, v in self.kwargs.items() if k != "dampen_first_step"}
+
+    def __repr__(self):
+        return self.id
+
+
+def _sgd_grid():
+    for momentum, dampening, nesterov, wd in itertools.product((0.0, 0.9), (0.0, 0.9), (False, True), (0.0, 1e-2)):
+        if nesterov and (momentum == 0 or dampening != 0):
+            continue  # torch rejects it, and so do we (`BAD` below)
+        compiled = momentum == 0.9 and wd == 1e-2 and (dampening, nesterov) in ((0.9, False), (0.0, True))
+        yield Compat("SGD", dict(lr=0.1, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=wd),
+                     compiled=compiled)
+
+
+def _adam_grid():
+    for name, wd, amsgrad in itertools.product(("Adam", "AdamW"), (0.0, 1e-2), (False, True)):
+        yield Compat(name, dict(lr=0.05, weight_decay=wd, amsgrad=amsgrad), compiled=wd == 1e-2 and amsgrad)
+
+
+COMPAT = [
+    *_sgd_grid(),
+    *_adam_grid(),
+    Compat("SGD", dict(lr=0.1, momentum=0.5, weight_decay=1e-2, maximize=True)),
+    Compat("Adam", dict(lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=1e-2, maximize=True)),
+    Compat("AdamW", dict(lr=0.05, betas=(0.5, 0.9), weight_decay=0.5, amsgrad=True, maximize=True)),
+    Compat("SGD", dict(lr=0.1, momentum=0.9, dampening=0.9, dampen_first_step=True), "dtorch", compiled=True),
+    Compat("SGD", dict(lr=0.1, momentum=0.5, dampening=0.5, dampen_first_step=True), "dtorch"),
+    Compat("SGD", dict(lr=0.1), "dtorch"),
+    Compat("Adam", dict(lr=0.05, weight_decay=1e-2), "dtorch"),
+]
+
+# keras_optx.torch's `param_groups` against torch.optim's groups (tests/test_torch_param_groups.py):
+# id → (class, constructor kwargs, groups). "params" is a regex on GROUP_PATHS or indices into it;
+# the variable no group takes keeps the constructor's values.
+GROUP_PATHS = ("kernel", "bias", "head_kernel")
+COMPAT_GROUPS = {
+    "SGD": ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=1e-2), [
+        {"params": "bias", "lr": 0.3, "momentum": 0.5, "weight_decay": 0.0, "dampening": 0.1},
+        {"params": "head", "nesterov": True},
+    ]),
+    "Adam": ("Adam", dict(lr=0.01, weight_decay=1e-2), [
+        {"params": [2], "lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-6},
+    ]),
+    "AdamW": ("AdamW", dict(lr=0.01, weight_decay=0.1), [
+        {"params": "bias", "weight_decay": 0.0},
+        {"params": [2, 1], "lr": 0.03, "amsgrad": True},  # bias is already in the first group
+    ]),
+}
+
 # Variable paths of the conformance test (tests/test_conformance.py names its variables so); the
 # small model of the fit and save tests has paths "dense/kernel", "dense/bias", "dense_1/…".
 PATHS = ("kernel", "bias", "scale", "conv_kernel")
@@ -293,8 +371,22 @@ BAD = [
     (lambda: ox.Lookahead(keras.optimizers.Adam(gradient_accumulation_steps=2)), ValueError,
      "gradient_accumulation_steps"),
     (lambda: ox.Optimiser(ox.Lookahead(ox.ADAM()), ox.ADAM()), ValueError, "wraps a Keras optimizer"),
-    (lambda: oxt.SGD(-0.1), ValueError, "lr"),
     (lambda: oxt.SGD(0.1, momentum=-0.9), ValueError, "momentum"),
     (lambda: oxt.Adam(0.01, betas=(0.9, 1.0)), ValueError, "betas"),
     (lambda: oxt.AdamW(0.01, weight_decay=-1.0), ValueError, "weight_decay"),
+    (lambda: oxt.SGD(-0.1), ValueError, r"`lr` must be .*≥ 0"),
+    (lambda: oxt.SGD(learning_rate=-0.1), ValueError, "lr"),
+    (lambda: oxt.Adam(0.1, learning_rate=0.2), ValueError, "once"),
+    (lambda: oxt.SGD(0.1, momentum=-0.5), ValueError, "momentum"),
+    (lambda: oxt.SGD(0.1, 0.9, dampening=1.5), ValueError, r"dampening.*\[0, 1\]"),
+    (lambda: oxt.SGD(0.1, weight_decay=-1e-4), ValueError, "weight_decay"),
+    (lambda: oxt.SGD(0.1, nesterov=True), ValueError, "nesterov.*momentum"),
+    (lambda: oxt.SGD(0.1, momentum=0.9, dampening=0.1, nesterov=True), ValueError, "nesterov.*dampening"),
+    (lambda: oxt.SGD(0.1, 0.9, nesterov=1), TypeError, "nesterov"),
+    (lambda: oxt.Adam(betas=(1.0, 0.999)), ValueError, r"betas\[0\].*\[0, 1\)"),
+    (lambda: oxt.Adam(betas=(0.9, -0.1)), ValueError, r"betas\[1\]"),
+    (lambda: oxt.Adam(betas=0.9), TypeError, "betas"),
+    (lambda: oxt.Adam(eps=-1e-8), ValueError, "eps"),
+    (lambda: oxt.Adam(amsgrad="yes"), TypeError, "amsgrad"),
+    (lambda: oxt.AdamW(weight_decay=-0.01), ValueError, "weight_decay"),
 ]

@@ -1,16 +1,16 @@
 """keras_optx.torch: SGD, Adam and AdamW against torch.optim (float64) and dtorch's formulas.
 
-Every case runs 30 steps of a fixed random gradient sequence on several variables
-(matrix, vector, 3-d, scalar; exact zeros included) and compares every step.
-torch is installed in every backend's test environment; it is only the reference here.
+The configurations are tests/cases.py's `COMPAT` table. Every case runs 30 steps of a fixed
+random gradient sequence on several variables (matrix, vector, 3-d, scalar; exact zeros included)
+and compares every step. torch is installed in every backend's test environment; it is only the
+reference here (tests/_torch_optim.py).
 """
-
-import itertools
 
 import keras
 import numpy as np
 import pytest
-import torch
+from _torch_optim import torch_optim_trajectory
+from cases import COMPAT, TORCH_CLASSES
 from conftest import BACKEND
 from test_conformance import compiled_apply
 
@@ -21,7 +21,6 @@ from keras_optx.torch import SGD, Adam, AdamW
 STEPS = 30
 SHAPES = [(3, 4), (5,), (2, 1, 3), ()]
 RTOL, ATOL = 1e-5, 1e-6
-CLASSES = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
 
 
 @pytest.fixture(autouse=True)
@@ -32,51 +31,6 @@ def _fresh_keras_state():
     keras.config.disable_interactive_logging()
     keras.utils.set_random_seed(0)
     yield
-
-
-# The table: (class, torch-named kwargs, reference) ---------------------------------
-def _id(name, kwargs, ref):
-    args = ",".join(f"{k}={v}" for k, v in kwargs.items() if k != "lr")
-    return f"{ref}.{name}({args})"
-
-
-def _case(name, ref="torch", **kwargs):
-    return pytest.param(name, kwargs, ref, id=_id(name, kwargs, ref))
-
-
-def _sgd_grid():
-    for momentum, dampening, nesterov, wd in itertools.product((0.0, 0.9), (0.0, 0.9), (False, True), (0.0, 1e-2)):
-        if nesterov and (momentum == 0 or dampening != 0):
-            continue  # torch rejects it; tested in test_invalid_arguments
-        yield _case("SGD", lr=0.1, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=wd)
-
-
-def _adam_grid():
-    for name, wd, amsgrad in itertools.product(("Adam", "AdamW"), (0.0, 1e-2), (False, True)):
-        yield _case(name, lr=0.05, weight_decay=wd, amsgrad=amsgrad)
-
-
-CASES = [
-    *_sgd_grid(),
-    *_adam_grid(),
-    _case("SGD", lr=0.1, momentum=0.5, weight_decay=1e-2, maximize=True),
-    _case("Adam", lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=1e-2, maximize=True),
-    _case("AdamW", lr=0.05, betas=(0.5, 0.9), weight_decay=0.5, amsgrad=True, maximize=True),
-    # dtorch, against a NumPy transliteration of its SGD/Adam formulas (stated in the SGD docstring, keras_optx/torch.py).
-    _case("SGD", "dtorch", lr=0.1, momentum=0.9, dampening=0.9, dampen_first_step=True),
-    _case("SGD", "dtorch", lr=0.1, momentum=0.5, dampening=0.5, dampen_first_step=True),
-    _case("SGD", "dtorch", lr=0.1),
-    _case("Adam", "dtorch", lr=0.05, weight_decay=1e-2),
-]
-
-# Representative cases also run traced/compiled (the step-1 `where` on a traced t).
-COMPILED = [c for c in CASES if c.id in {
-    "torch.SGD(momentum=0.9,dampening=0.9,nesterov=False,weight_decay=0.01)",
-    "torch.SGD(momentum=0.9,dampening=0.0,nesterov=True,weight_decay=0.01)",
-    "torch.Adam(weight_decay=0.01,amsgrad=True)",
-    "torch.AdamW(weight_decay=0.01,amsgrad=True)",
-    "dtorch.SGD(momentum=0.9,dampening=0.9,dampen_first_step=True)",
-}]
 
 
 # The problem --------------------------------------------------------------------
@@ -99,21 +53,6 @@ def _problem(seed=0):
 
 
 # References ---------------------------------------------------------------------
-def _torch_trajectory(name, kwargs, x0, grads, lr_drop=None):
-    params = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in x0]
-    opt = getattr(torch.optim, name)(params, **kwargs)
-    out = []
-    for step, gs in enumerate(grads):
-        if lr_drop and step == lr_drop[0]:
-            for group in opt.param_groups:
-                group["lr"] = lr_drop[1]
-        for p, g in zip(params, gs):
-            p.grad = torch.tensor(g, dtype=torch.float64)
-        opt.step()
-        out.append([p.detach().numpy().copy() for p in params])
-    return out
-
-
 def _dtorch_sgd(x0, grads, lr, momentum=0.0, **_):
     """dtorch SGD: p ← p − lr·g; with momentum m: v ← m·v + (1−m)·g, p ← p − lr·v (v₀ = 0)."""
     x = [np.float64(a) for a in x0]
@@ -147,10 +86,10 @@ def _dtorch_adam(x0, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, 
     return out
 
 
-def _reference(name, kwargs, ref, x0, grads):
-    if ref == "torch":
-        return _torch_trajectory(name, kwargs, x0, grads)
-    return {"SGD": _dtorch_sgd, "Adam": _dtorch_adam}[name](x0, grads, **kwargs)
+def _reference(case, x0, grads):
+    if case.reference == "torch":
+        return torch_optim_trajectory(case.name, case.reference_kwargs, x0, grads)
+    return {"SGD": _dtorch_sgd, "Adam": _dtorch_adam}[case.name](x0, grads, **case.reference_kwargs)
 
 
 # Running keras_optx -------------------------------------------------------------
@@ -178,23 +117,23 @@ def _assert_same(ours, reference, what="", rtol=RTOL, atol=ATOL):
 
 
 # Tests --------------------------------------------------------------------------
-@pytest.mark.parametrize("name, kwargs, ref", CASES)
-def test_matches_reference_step_by_step(name, kwargs, ref):
+@pytest.mark.parametrize("case", COMPAT, ids=repr)
+def test_matches_reference_step_by_step(case):
     x0, grads = _problem()
-    ours = _trajectory(CLASSES[name](**kwargs), x0, grads)
-    reference = _reference(name, {k: v for k, v in kwargs.items() if k != "dampen_first_step"}, ref, x0, grads)
-    _assert_same(ours, reference, f"{name}({kwargs}) vs {ref}")
+    ours = _trajectory(case.make(), x0, grads)
+    reference = _reference(case, x0, grads)
+    _assert_same(ours, reference, f"{case.name}({case.kwargs}) vs {case.reference}")
     # The problem is not trivial: the variables moved well beyond the tolerance.
     assert np.abs(reference[-1][1] - x0[1]).max() > 100 * ATOL
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="torch runs the rule eagerly (t is a Python int): the eager test is its only path")
-@pytest.mark.parametrize("name, kwargs, ref", COMPILED)
-def test_matches_reference_compiled(name, kwargs, ref):
+@pytest.mark.parametrize("case", [c for c in COMPAT if c.compiled], ids=repr)
+def test_matches_reference_compiled(case):
     x0, grads = _problem(seed=1)
-    ours = _trajectory(CLASSES[name](**kwargs), x0, grads, compiled=True)
-    reference = _reference(name, {k: v for k, v in kwargs.items() if k != "dampen_first_step"}, ref, x0, grads)
-    _assert_same(ours, reference, f"compiled {name}({kwargs}) vs {ref}")
+    ours = _trajectory(case.make(), x0, grads, compiled=True)
+    reference = _reference(case, x0, grads)
+    _assert_same(ours, reference, f"compiled {case.name}({case.kwargs}) vs {case.reference}")
 
 
 @pytest.mark.parametrize(
@@ -207,8 +146,8 @@ def test_learning_rate_set_mid_training_as_torch(name, kwargs):
     # rate rescales the whole step (and AdamW's decay) from then on.
     x0, grads = _problem(seed=2)
     drop = (10, kwargs["lr"] / 10)
-    ours = _trajectory(CLASSES[name](**kwargs), x0, grads, lr_drop=drop)
-    _assert_same(ours, _torch_trajectory(name, kwargs, x0, grads, lr_drop=drop), name)
+    ours = _trajectory(TORCH_CLASSES[name](**kwargs), x0, grads, lr_drop=drop)
+    _assert_same(ours, torch_optim_trajectory(name, kwargs, x0, grads, lr_drop=drop), name)
 
 
 def test_dtorch_sgd_is_not_torch_dampening():
@@ -262,7 +201,7 @@ def test_fit_then_save_load_resumes(name, kwargs, tmp_path):
     y = (x @ rng.normal(size=(4, 1)) + 0.5).astype("float32")
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
-    model.compile(optimizer=CLASSES[name](**kwargs), loss="mse")
+    model.compile(optimizer=TORCH_CLASSES[name](**kwargs), loss="mse")
     def loss():  # eager, to avoid compiling an evaluate function
         return float(np.mean((keras.ops.convert_to_numpy(model(x)) - y) ** 2))
 
@@ -322,28 +261,3 @@ def test_learning_rate_alias_and_keras_attributes():
     assert repr(SGD(0.5, 0.9)) == (
         "SGD(lr=0.5, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False, dampen_first_step=False)"
     )
-
-
-INVALID = [
-    (lambda: SGD(-0.1), ValueError, r"`lr` must be .*≥ 0"),
-    (lambda: SGD(learning_rate=-0.1), ValueError, "lr"),
-    (lambda: Adam(0.1, learning_rate=0.2), ValueError, "once"),
-    (lambda: SGD(0.1, momentum=-0.5), ValueError, "momentum"),
-    (lambda: SGD(0.1, 0.9, dampening=1.5), ValueError, r"dampening.*\[0, 1\]"),
-    (lambda: SGD(0.1, weight_decay=-1e-4), ValueError, "weight_decay"),
-    (lambda: SGD(0.1, nesterov=True), ValueError, "nesterov.*momentum"),
-    (lambda: SGD(0.1, momentum=0.9, dampening=0.1, nesterov=True), ValueError, "nesterov.*dampening"),
-    (lambda: SGD(0.1, 0.9, nesterov=1), TypeError, "nesterov"),
-    (lambda: Adam(betas=(1.0, 0.999)), ValueError, r"betas\[0\].*\[0, 1\)"),
-    (lambda: Adam(betas=(0.9, -0.1)), ValueError, r"betas\[1\]"),
-    (lambda: Adam(betas=0.9), TypeError, "betas"),
-    (lambda: Adam(eps=-1e-8), ValueError, "eps"),
-    (lambda: Adam(amsgrad="yes"), TypeError, "amsgrad"),
-    (lambda: AdamW(weight_decay=-0.01), ValueError, "weight_decay"),
-]
-
-
-@pytest.mark.parametrize("make, error, match", INVALID, ids=[m for _, _, m in INVALID])
-def test_invalid_arguments(make, error, match):
-    with pytest.raises(error, match=match):
-        make()

@@ -1,38 +1,26 @@
 """keras_optx.torch param groups (`param_groups=[{"params": …, "lr": …}, …]`) against torch.optim's groups.
 
-Each case runs a few steps of random gradients on named variables and compares every step with
-torch.optim (float64) given the same groups; the variable no group matches uses the constructor's
-values. torch is installed in every backend's test environment; it is only the reference here.
+The configurations are tests/cases.py's `COMPAT_GROUPS`. Each case runs a few steps of random
+gradients on named variables and compares every step with torch.optim (float64) given the same
+groups; the variable no group matches uses the constructor's values. torch is installed in every
+backend's test environment; it is only the reference here (tests/_torch_optim.py).
 """
+
+import re
 
 import keras
 import numpy as np
 import pytest
-import torch
+from _torch_optim import torch_optim_trajectory
+from cases import COMPAT_GROUPS, GROUP_PATHS, TORCH_CLASSES
 from conftest import BACKEND
 from test_conformance import MODES, compiled_apply
 
 from keras_optx.torch import SGD, Adam, AdamW
 
 STEPS = 6
-NAMES = ["kernel", "bias", "head_kernel"]
+NAMES = list(GROUP_PATHS)
 SHAPES = [(3, 2), (2,), (2, 2)]
-CLASSES = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
-
-# (class, constructor kwargs, groups; "params" is a regex or a list of indices into NAMES)
-CASES = {
-    "SGD": ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=1e-2), [
-        {"params": "bias", "lr": 0.3, "momentum": 0.5, "weight_decay": 0.0, "dampening": 0.1},
-        {"params": "head", "nesterov": True},
-    ]),
-    "Adam": ("Adam", dict(lr=0.01, weight_decay=1e-2), [
-        {"params": [2], "lr": 0.05, "betas": (0.8, 0.99), "eps": 1e-6},
-    ]),
-    "AdamW": ("AdamW", dict(lr=0.01, weight_decay=0.1), [
-        {"params": "bias", "weight_decay": 0.0},
-        {"params": [2, 1], "lr": 0.03, "amsgrad": True},  # bias is already in the first group
-    ]),
-}
 LR_DROP = (3, 0.002)  # at step 3, `opt.learning_rate = 0.002`, as LearningRateScheduler does
 
 
@@ -47,50 +35,33 @@ def _keras_groups(groups, variables):
     return [dict(g, params=g["params"] if isinstance(g["params"], str) else [variables[i] for i in g["params"]]) for g in groups]
 
 
-def _lr_drop(t, torch_groups, specs):
-    """`opt.learning_rate = …` at step LR_DROP[0]: Keras's rate is the default group's, shared by groups without their own."""
-    if t == LR_DROP[0]:
-        for group, spec in zip(torch_groups, specs):
-            if "lr" not in spec:
-                group["lr"] = LR_DROP[1]
-
-
-def _torch_trajectory(name, kwargs, groups, x0, grads, change=_lr_drop, clip=None):
+def _torch_trajectory(name, kwargs, groups, x0, grads, clip=None):
     """torch.optim with the same groups: first match wins, the rest in a group of the defaults.
+    At step LR_DROP[0] `opt.learning_rate = …`: Keras's rate is the default group's, shared by
+    groups without their own. `clip`: torch's `clip_grad_norm_(params, clip)` first."""
 
-    `change(t, opt.param_groups, the groups' specs)` runs before step t (0-based); `clip`: the
-    gradients pass through `torch.nn.utils.clip_grad_norm_(params, clip)` first."""
-    import re
+    def torch_groups(params):
+        taken, out = set(), []
+        for g in groups:
+            match = (lambda i, p=g["params"]: re.search(p, NAMES[i])) if isinstance(g["params"], str) else (lambda i, p=g["params"]: i in p)
+            members = [i for i in range(len(params)) if i not in taken and match(i)]
+            taken |= set(members)
+            out.append(dict({k: v for k, v in g.items() if k != "params"}, params=[params[i] for i in members]))
+        out.append({"params": [params[i] for i in range(len(params)) if i not in taken]})
+        assert out[-1]["params"], "each case leaves a variable to the defaults"
+        return out
 
-    params = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in x0]
-    taken, torch_groups = set(), []
-    for g in groups:
-        match = (lambda i, p=g["params"]: re.search(p, NAMES[i])) if isinstance(g["params"], str) else (lambda i, p=g["params"]: i in p)
-        members = [i for i in range(len(params)) if i not in taken and match(i)]
-        taken |= set(members)
-        torch_groups.append(dict({k: v for k, v in g.items() if k != "params"}, params=[params[i] for i in members]))
-    torch_groups.append({"params": [params[i] for i in range(len(params)) if i not in taken]})
-    assert torch_groups[-1]["params"], "each case leaves a variable to the defaults"
-    opt = getattr(torch.optim, name)(torch_groups, **kwargs)
-    out = []
-    for step, gs in enumerate(grads):
-        change(step, opt.param_groups, groups + [{}])
-        for p, g in zip(params, gs):
-            p.grad = torch.tensor(g, dtype=torch.float64)
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        out.append([p.detach().numpy().copy() for p in params])
-    return out
+    own_rate = {i for i, spec in enumerate(groups) if "lr" in spec}
+    return torch_optim_trajectory(name, kwargs, x0, grads, torch_groups, LR_DROP, own_rate, clip)
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", COMPAT_GROUPS)
 def test_groups_match_torch_optim_step_by_step(case, mode):
-    name, kwargs, groups = CASES[case]
+    name, kwargs, groups = COMPAT_GROUPS[case]
     x0, grads = _problem()
     variables = [keras.Variable(x, name=n) for x, n in zip(x0, NAMES)]
-    opt = CLASSES[name](param_groups=_keras_groups(groups, variables), **kwargs)
+    opt = TORCH_CLASSES[name](param_groups=_keras_groups(groups, variables), **kwargs)
     step = compiled_apply(opt, variables) if mode == "compiled" else (lambda gs: opt.apply(gs, variables))
     reference = _torch_trajectory(name, kwargs, groups, x0, grads)
     for t, gs in enumerate(grads):
@@ -282,12 +253,12 @@ def test_weight_decay_schedule_matches_torch_optim(case, mode):
 def test_grouped_optimizer_in_a_chain_matches_torch_with_clip_grad_norm(mode):
     """`Optimiser(ClipGlobalNorm(c), AdamW(..., param_groups=…))` = torch's clip_grad_norm_(params, c)
     then AdamW with the same groups; the chain's `learning_rate` steers the default group."""
-    name, kwargs, groups = CASES["AdamW"]
+    name, kwargs, groups = COMPAT_GROUPS["AdamW"]
     x0, grads = _problem()
     variables = _variables(x0)
     from keras_optx import ClipGlobalNorm, Optimiser
 
-    chain = Optimiser(ClipGlobalNorm(1.0), CLASSES[name](param_groups=_keras_groups(groups, variables), **kwargs))
+    chain = Optimiser(ClipGlobalNorm(1.0), TORCH_CLASSES[name](param_groups=_keras_groups(groups, variables), **kwargs))
     reference = _torch_trajectory(name, kwargs, groups, x0, grads, clip=1.0)
 
     def change(t, opt):
