@@ -35,10 +35,11 @@ def _keras_groups(groups, variables):
     return [dict(g, params=g["params"] if isinstance(g["params"], str) else [variables[i] for i in g["params"]]) for g in groups]
 
 
-def _torch_trajectory(name, kwargs, groups, x0, grads, clip=None):
+def _torch_trajectory(name, kwargs, groups, x0, grads, clip=None, lr_drop=LR_DROP, change=None):
     """torch.optim with the same groups: first match wins, the rest in a group of the defaults.
-    At step LR_DROP[0] `opt.learning_rate = …`: Keras's rate is the default group's, shared by
-    groups without their own. `clip`: torch's `clip_grad_norm_(params, clip)` first."""
+    At step lr_drop[0] `opt.learning_rate = …`: Keras's rate is the default group's, shared by
+    groups without their own. `clip`: torch's `clip_grad_norm_(params, clip)` first. `change(step,
+    opt.param_groups)` before each step."""
 
     def torch_groups(params):
         taken, out = set(), []
@@ -52,7 +53,7 @@ def _torch_trajectory(name, kwargs, groups, x0, grads, clip=None):
         return out
 
     own_rate = {i for i, spec in enumerate(groups) if "lr" in spec}
-    return torch_optim_trajectory(name, kwargs, x0, grads, torch_groups, LR_DROP, own_rate, clip)
+    return torch_optim_trajectory(name, kwargs, x0, grads, torch_groups, lr_drop, own_rate, clip, change)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -190,13 +191,13 @@ WEIGHT_DECAY = {  # class, constructor kwargs, groups that set their own weight_
 WD_SET = {2: 0.3, 4: 0.0}  # before step t (0-based): the optimizer's weight_decay becomes this
 
 
-def _set_weight_decay(values):
-    """torch.optim's side: `group["weight_decay"] = value(t)` before step t, in the groups without their own."""
+def _set_weight_decay(values, groups):
+    """torch.optim's side: `group["weight_decay"] = values(t)` before step t, in the groups without their own."""
 
-    def change(t, torch_groups, specs):
+    def change(t, torch_groups):
         value = values(t)
         if value is not None:
-            for group, spec in zip(torch_groups, specs):
+            for group, spec in zip(torch_groups, groups + [{}]):
                 if "weight_decay" not in spec:
                     group["weight_decay"] = value
 
@@ -213,8 +214,8 @@ def test_weight_decay_assigned_mid_run_matches_torch_optim(case, grouped, mode):
     groups = groups if grouped else []
     x0, grads = _problem()
     variables = _variables(x0)
-    opt = CLASSES[name](param_groups=_keras_groups(groups, variables) if grouped else None, **kwargs)
-    reference = _torch_trajectory(name, kwargs, groups, x0, grads, change=_set_weight_decay(WD_SET.get))
+    opt = TORCH_CLASSES[name](param_groups=_keras_groups(groups, variables) if grouped else None, **kwargs)
+    reference = _torch_trajectory(name, kwargs, groups, x0, grads, lr_drop=None, change=_set_weight_decay(WD_SET.get, groups))
 
     def change(t, opt):
         if t == 2:
@@ -226,7 +227,7 @@ def test_weight_decay_assigned_mid_run_matches_torch_optim(case, grouped, mode):
     assert opt.weight_decay == 0.0
     if grouped:
         assert opt._partition.rules[0].weight_decay == groups[0]["weight_decay"]  # its own, untouched
-    unchanged = _torch_trajectory(name, kwargs, groups, x0, grads, change=lambda *args: None)
+    unchanged = _torch_trajectory(name, kwargs, groups, x0, grads, lr_drop=None)
     assert max(np.abs(a - b).max() for a, b in zip(unchanged[-1], reference[-1])) > 1e-4  # the change mattered
 
 
@@ -243,9 +244,9 @@ def test_weight_decay_schedule_matches_torch_optim(case, mode):
     x0, grads = _problem()
     variables = _variables(x0)
     schedule = keras.optimizers.schedules.ExponentialDecay(0.2, 2, 0.5, staircase=True)
-    opt = CLASSES[name](param_groups=_keras_groups(groups, variables), **dict(kwargs, weight_decay=schedule))
-    reference = _torch_trajectory(name, dict(kwargs, weight_decay=_wd_formula(0)), groups, x0, grads,
-                                  change=_set_weight_decay(_wd_formula))
+    opt = TORCH_CLASSES[name](param_groups=_keras_groups(groups, variables), **dict(kwargs, weight_decay=schedule))
+    reference = _torch_trajectory(name, dict(kwargs, weight_decay=_wd_formula(0)), groups, x0, grads, lr_drop=None,
+                                  change=_set_weight_decay(_wd_formula, groups))
     _follow(opt, variables, grads, reference, mode, lambda t, opt: None, case)
 
 
