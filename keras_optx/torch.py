@@ -19,7 +19,9 @@ equal the formulas below).
 `weight_decay` has torch's meaning (coupled L2 for SGD and Adam, lr-scaled and
 decoupled for AdamW), as keyword and as attribute: `opt.weight_decay` reads and sets torch's
 λ, a hyperparameter like the others (a number, a schedule or a callable; assigned or
-`adjust`ed, it acts at the next step). Keras's own `weight_decay` of
+`adjust`ed, it acts at the next step). A `weight_decay` of 0 when the optimizer is built makes
+steps without a decay term (a pass over the variables less) and stays 0, as torch's momentum 0
+keeps no buffer: construct with λ > 0 or a schedule to change it during training. Keras's own `weight_decay` of
 `keras.optimizers.Optimizer`, which shares the name, is therefore not available here: Keras's
 decay never runs for these classes.
 
@@ -63,8 +65,7 @@ class _WeightDecay(_Hyper):
 
 
 def _may_decay(wd):
-    """Whether a step reads a weight decay: not for a number 0 (eager torch, where constants are
-    Python floats); always for a value read in a compiled step, which may change without a retrace."""
+    """Whether `weight_decay` set to `wd` makes a decay term: not for a number 0."""
     return not (isinstance(wd, (int, float)) and wd == 0)
 
 
@@ -150,6 +151,8 @@ class _TorchRule(Rule):
             members = [m for m, g in zip(partition.rules, self.param_groups + [{}]) if name not in g]
             for member in members:
                 _validated(member, name, value)  # all checked before any is set
+                if name == "weight_decay":
+                    member._refuse_decay_switch(value)
             for member in members:
                 setattr(member, name, value)
         super().__setattr__(name, value)
@@ -168,6 +171,30 @@ class _TorchRule(Rule):
         if self._partition is not None:
             made += self._partition._build_state(variables)
         return made
+
+    def _build_hyper(self):
+        # Whether steps have a decay term is fixed at build: a `weight_decay` of 0 then compiles
+        # none (a pass over x less; on jax and tensorflow a value read from the hyperparameter
+        # variable would otherwise cost that pass at every step), as torch's momentum 0 keeps no buffer.
+        if "_decay_term" not in self.__dict__:
+            object.__setattr__(self, "_decay_term", _may_decay(self._static("weight_decay")))
+        return super()._build_hyper()
+
+    def _decays(self):
+        """Whether this step has a decay term (see `_build_hyper`)."""
+        term = self.__dict__.get("_decay_term")
+        return _may_decay(self._static("weight_decay")) if term is None else term
+
+    def _hyper_check(self, name, value):
+        if name == "weight_decay":
+            self._refuse_decay_switch(value)
+
+    def _refuse_decay_switch(self, value):
+        if self.__dict__.get("_decay_term") is False and _may_decay(value):
+            raise ValueError(
+                f"`weight_decay` was 0 when the optimizer was built, so its steps have no decay term; it cannot "
+                f"become {value!r} now. Construct it with the weight_decay (or a schedule) to adjust during training."
+            )
 
     def _transform(self, g, x, state, t, step):
         if self._partition is None:
@@ -326,6 +353,7 @@ class SGD(_TorchRule):
             )
 
     def _hyper_check(self, name, value):
+        super()._hyper_check(name, value)
         # After build: the momentum buffer exists or not (momentum > 0 or 0 at build), as in torch.
         momentum = value if name == "momentum" else self._static("momentum")
         dampening = value if name == "dampening" else self._static("dampening")
@@ -349,9 +377,8 @@ class SGD(_TorchRule):
     def delta(self, ops, g, x, s, t, lr):
         if self.maximize:
             g = -g
-        wd = self.weight_decay
-        if _may_decay(wd):
-            g = _plus_decay(g, x, wd, self._decay_mask())
+        if self._decays():
+            g = _plus_decay(g, x, self.weight_decay, self._decay_mask())
         if "momentum_buffer" not in s:  # momentum 0 when built: no buffer
             return lr * g, {}
         keep = 1.0 - self.dampening
@@ -387,7 +414,7 @@ class _Adam(_TorchRule):
     def delta(self, ops, g, x, s, t, lr):
         b1, b2 = self.betas
         wd = self.weight_decay
-        decays = _may_decay(wd)
+        decays = self._decays()
         if self.maximize:
             g = -g
         mask = self._decay_mask() if decays else None

@@ -185,7 +185,7 @@ def _follow(opt, variables, grads, reference, mode, change, what):
 
 WEIGHT_DECAY = {  # class, constructor kwargs, groups that set their own weight_decay (which an assignment leaves alone)
     "SGD": ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=1e-2), [{"params": "bias", "weight_decay": 0.0}]),
-    "Adam(from 0)": ("Adam", dict(lr=0.01), [{"params": "head", "weight_decay": 0.5}]),
+    "Adam": ("Adam", dict(lr=0.01, weight_decay=1e-3), [{"params": "head", "weight_decay": 0.5}]),
     "AdamW": ("AdamW", dict(lr=0.01, weight_decay=0.1), [{"params": "bias", "weight_decay": 0.0}]),
 }
 WD_SET = {2: 0.3, 4: 0.0}  # before step t (0-based): the optimizer's weight_decay becomes this
@@ -229,6 +229,25 @@ def test_weight_decay_assigned_mid_run_matches_torch_optim(case, grouped, mode):
         assert opt._partition.rules[0].weight_decay == groups[0]["weight_decay"]  # its own, untouched
     unchanged = _torch_trajectory(name, kwargs, groups, x0, grads, lr_drop=None)
     assert max(np.abs(a - b).max() for a, b in zip(unchanged[-1], reference[-1])) > 1e-4  # the change mattered
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "groups"])
+def test_weight_decay_zero_at_build_cannot_become_nonzero(grouped):
+    """A `weight_decay` of 0 at build makes steps without a decay term (as torch's momentum 0 keeps no
+    buffer): a non-zero value later is refused by name, before anything is changed."""
+    x0, grads = _problem()
+    variables = _variables(x0)
+    groups = [{"params": "head", "weight_decay": 0.5}] if grouped else []
+    opt = Adam(0.01, param_groups=_keras_groups(groups, variables) if grouped else None)
+    opt.apply(grads[0], variables)
+    for assign in (lambda: setattr(opt, "weight_decay", 0.3), lambda: opt.adjust(weight_decay=0.3)):
+        with pytest.raises(ValueError, match="`weight_decay` was 0 when the optimizer was built"):
+            assign()
+    assert opt.weight_decay == 0.0
+    if grouped:
+        assert [rule.weight_decay for rule in opt._partition.rules] == [0.5, 0.0]
+    opt.weight_decay = 0.0  # 0 stays assignable
+    opt.apply(grads[1], variables)
 
 
 def _wd_formula(step):  # ExponentialDecay(0.2, 2, 0.5, staircase=True)
