@@ -1,5 +1,5 @@
-"""Saved-format stability: `.keras` files written by keras_optx (tests/fixtures/checkpoints/, one folder
-per backend that wrote them, regenerated only by tests/fixtures/make_checkpoints.py) load on this
+"""Saved-format stability: `.keras` files written by keras_optx (tests/fixtures/checkpoints/v<format>/<backend>/,
+one folder per format version and backend that wrote them, by tests/fixtures/make_checkpoints.py) load on this
 backend and continue training to the trajectory recorded when they were saved.
 
 A change that adds, removes or reorders optimizer variables or renames a config key must raise
@@ -25,13 +25,20 @@ sys.path.insert(0, os.path.join(HERE, "fixtures"))
 import make_checkpoints as fixtures  # noqa: E402
 
 BACKEND = keras.backend.backend()
+VERSIONS = sorted(int(folder[1:]) for folder in os.listdir(FIXTURES) if folder.startswith("v"))
 FILES = sorted(
-    (saved_on, name[: -len(".keras")])
-    for saved_on in os.listdir(FIXTURES)
-    if os.path.isdir(os.path.join(FIXTURES, saved_on))
-    for name in os.listdir(os.path.join(FIXTURES, saved_on))
+    (version, saved_on, name[: -len(".keras")])
+    for version in VERSIONS
+    for saved_on in os.listdir(os.path.join(FIXTURES, f"v{version}"))
+    if os.path.isdir(os.path.join(FIXTURES, f"v{version}", saved_on))
+    for name in os.listdir(os.path.join(FIXTURES, f"v{version}", saved_on))
     if name.endswith(".keras")
 )
+FIRST = os.path.join(FIXTURES, "v1", BACKEND)  # this backend's files of format 1, the first committed
+
+
+def _path(version, saved_on, name, ext=".keras"):
+    return os.path.join(FIXTURES, f"v{version}", saved_on, name + ext)
 
 
 def _continue(model, recorded, version):
@@ -72,19 +79,23 @@ def _expected(recorded, step):
     return [recorded[f"step{step}/{j}"] for j in range(n)]
 
 
-def test_every_case_and_backend_has_a_fixture():
+def test_every_format_case_and_backend_has_a_fixture():
+    """Format 1 (the first committed) and today's at least; raising FORMAT_VERSION needs its files
+    (`python tests/fixtures/make_checkpoints.py`), and the older folders stay."""
     import keras_optx.torch  # noqa: F401  the torch-compatible case needs it importable here
 
-    assert {saved_on for saved_on, _ in FILES} == set(fixtures.BACKENDS)
-    for backend in fixtures.BACKENDS:
-        assert {name for saved_on, name in FILES if saved_on == backend} == set(fixtures.cases())
+    assert {1, FORMAT_VERSION} <= set(VERSIONS)
+    for version in VERSIONS:
+        assert {saved_on for v, saved_on, _ in FILES if v == version} == set(fixtures.BACKENDS), version
+        for backend in fixtures.BACKENDS:
+            assert {name for v, saved_on, name in FILES if (v, saved_on) == (version, backend)} == set(fixtures.cases())
 
 
-@pytest.mark.parametrize("saved_on,name", FILES, ids=[f"{b}/{n}" for b, n in FILES])
-def test_saved_file_loads_and_continues_the_recorded_trajectory(saved_on, name):
-    path = os.path.join(FIXTURES, saved_on, f"{name}.keras")
+@pytest.mark.parametrize("folder,saved_on,name", FILES, ids=[f"v{v}/{b}/{n}" for v, b, n in FILES])
+def test_saved_file_loads_and_continues_the_recorded_trajectory(folder, saved_on, name):
+    path = _path(folder, saved_on, name)
     model = keras.saving.load_model(path)
-    with np.load(os.path.join(FIXTURES, saved_on, f"{name}.npz")) as recorded:
+    with np.load(_path(folder, saved_on, name, ".npz")) as recorded:
         recorded = {k: recorded[k] for k in recorded.files}
 
     class Recorded(dict):
@@ -120,16 +131,16 @@ def _rewrite(path, out, edit):
 
 
 def test_configs_carry_the_format_version():
-    for saved_on, name in FILES:
-        optimizer = _config(os.path.join(FIXTURES, saved_on, f"{name}.keras"))["compile_config"]["optimizer"]
-        assert optimizer["config"]["format_version"] == 1, (saved_on, name)
+    for version, saved_on, name in FILES:
+        optimizer = _config(_path(version, saved_on, name))["compile_config"]["optimizer"]
+        assert optimizer["config"]["format_version"] == version, (version, saved_on, name)
     for make in fixtures.cases().values():
         assert make().get_config()["format_version"] == FORMAT_VERSION
 
 
 def test_file_without_format_version_loads_as_version_0(tmp_path):
     """Files written before format versions existed have today's layout: they load via the migration hook."""
-    source = os.path.join(FIXTURES, BACKEND, "chain_ClipNorm_WeightDecay_ADAM.keras")
+    source = os.path.join(FIRST, "chain_ClipNorm_WeightDecay_ADAM.keras")
 
     def strip(config):
         config.pop("format_version")
@@ -155,7 +166,7 @@ def test_file_without_format_version_loads_as_version_0(tmp_path):
 
 
 def test_file_from_a_newer_format_is_refused(tmp_path):
-    source = os.path.join(FIXTURES, BACKEND, "rule_ADAM.keras")
+    source = os.path.join(FIRST, "rule_ADAM.keras")
     out = _rewrite(source, str(tmp_path / "future.keras"), lambda c: c.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(Exception, match="newer keras_optx"):
         keras.saving.load_model(out)
@@ -164,7 +175,7 @@ def test_file_from_a_newer_format_is_refused(tmp_path):
 def test_saved_state_of_another_size_is_refused_not_dropped(tmp_path):
     """Keras only warns when the saved optimizer has another number of variables, and trains on from
     zeros; a keras_optx optimizer refuses."""
-    source = os.path.join(FIXTURES, BACKEND, "rule_ADAM.keras")
+    source = os.path.join(FIRST, "rule_ADAM.keras")
     original = ox.ADAM._migrate_variables
     ox.ADAM._migrate_variables = lambda self, arrays, version: arrays[:-1]
     try:
