@@ -256,10 +256,14 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
 
     def _root(self):
         """The optimizer that runs the steps: the outermost owner of this rule (itself if none)."""
-        rule = self
-        while getattr(rule, "_owner", None) is not None and rule._owner() is not None:
-            rule = rule._owner()
-        return rule
+        return self._owners()[-1]
+
+    def _owners(self):
+        """This rule, then the chain or Partition holding it, and so on outwards."""
+        rules = [self]
+        while getattr(rules[-1], "_owner", None) is not None and rules[-1]._owner() is not None:
+            rules.append(rules[-1]._owner())
+        return rules
 
     def _steers_rate(self):
         """Whether `learning_rate` is a rate this rule's update uses (a chain or Partition reads the
@@ -297,10 +301,7 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
     def _decay_mask(self):
         """For the variables of the step in progress: whether each decays (not excluded by this rule
         or any chain holding it); None when every one does."""
-        rules = [self]
-        while rules[-1]._owner is not None and rules[-1]._owner() is not None:
-            rules.append(rules[-1]._owner())
-        excluding = [r for r in rules if getattr(r, "_exclude_from_weight_decay", None)
+        excluding = [r for r in self._owners() if getattr(r, "_exclude_from_weight_decay", None)
                      or getattr(r, "_exclude_from_weight_decay_pattern", None) is not None]
         if not excluding:
             return None

@@ -99,7 +99,7 @@ class _Hyper:
         return rule._hyper_in_step(self.name, value, root)
 
     def __set__(self, rule, value):
-        value = _validated(rule, self.name, value)
+        value = _checked(rule, self.name, value)
         values = rule.__dict__.setdefault("_hyper_values", {})
         plain = rule.__dict__.setdefault("_hyper_plain", set())
         entries = _entries(value)
@@ -108,16 +108,22 @@ class _Hyper:
             plain.add(self.name)
         else:
             plain.discard(self.name)
-        layout = rule.__dict__.get("_hyper_layout")
-        if layout is not None and self.name in layout:
-            _check_kind(self.name, values[self.name], value)
-            rule._hyper_check(self.name, value)
-            values[self.name] = value
+        values[self.name] = value
+        if self.name in rule.__dict__.get("_hyper_layout", {}):
             rule._write_hyper_variable()
-        else:
-            if layout is not None:
-                rule._hyper_check(self.name, value)
-            values[self.name] = value
+
+
+def _checked(rule, name, value):
+    """`value` as `rule.<name>` takes it, or an error before anything is set: validated and, once
+    the rule is built, of the kind it had at build and allowed by the rule's structure (`_hyper_check`).
+    What assignment, `adjust` and torch's param groups check before any write."""
+    value = _validated(rule, name, value)
+    layout = rule.__dict__.get("_hyper_layout")
+    if layout is not None:
+        if name in layout:
+            _check_kind(name, rule.__dict__["_hyper_values"][name], value)
+        rule._hyper_check(name, value)
+    return value
 
 
 def _check_kind(name, old, new):
@@ -270,7 +276,7 @@ def adjust(optimizer, **values):
             raise ValueError(f"adjust: no rule in {optimizer!r} has a hyperparameter `{name}`; known: {known}.")
         for rule in found:
             if name != "learning_rate" and name in getattr(rule, "hyperparameters", {}):
-                _validated(rule, name, value)  # all checked before any is set
+                _checked(rule, name, value)  # all checked before any is set
         targets[name] = found
     for name, found in targets.items():
         for rule in found:

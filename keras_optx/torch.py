@@ -146,13 +146,11 @@ class _TorchRule(Rule):
         # group's: it reaches every group that does not set its own, as the rate does.
         partition = self.__dict__.get("_partition")
         if partition is not None and name in self.hyperparameters:
-            from ._hyper import _validated
+            from ._hyper import _checked
 
             members = [m for m, g in zip(partition.rules, self.param_groups + [{}]) if name not in g]
             for member in members:
-                _validated(member, name, value)  # all checked before any is set
-                if name == "weight_decay":
-                    member._refuse_decay_switch(value)
+                _checked(member, name, value)  # all checked before any is set
             for member in members:
                 setattr(member, name, value)
         super().__setattr__(name, value)
@@ -186,11 +184,7 @@ class _TorchRule(Rule):
         return _may_decay(self._static("weight_decay")) if term is None else term
 
     def _hyper_check(self, name, value):
-        if name == "weight_decay":
-            self._refuse_decay_switch(value)
-
-    def _refuse_decay_switch(self, value):
-        if self.__dict__.get("_decay_term") is False and _may_decay(value):
+        if name == "weight_decay" and self.__dict__.get("_decay_term") is False and _may_decay(value):
             raise ValueError(
                 f"`weight_decay` was 0 when the optimizer was built, so its steps have no decay term; it cannot "
                 f"become {value!r} now. Construct it with the weight_decay (or a schedule) to adjust during training."

@@ -236,6 +236,12 @@ def test_refusals_name_the_argument_and_write_nothing():
     with pytest.raises(ValueError, match="thresh"):
         chain.adjust(rho=0.5, thresh=-1.0)
     assert chain[1].rho == 0.9  # nothing set when one value is refused
+    # Likewise when a built member cannot take it (its rho was a schedule at build): the first keeps its own.
+    both = ox.Optimiser(ox.Momentum(0.1, 0.8), ox.Momentum(0.1, _RhoSchedule()))
+    both.build([keras.Variable(np.ones(3, "float32"), name="w")])
+    with pytest.raises(ValueError, match="part of the compiled step"):
+        both.adjust(rho=0.5)
+    assert both[0].rho == 0.8
     with pytest.raises(TypeError, match="nesterov"):
         from keras_optx.torch import SGD
 
