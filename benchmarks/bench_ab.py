@@ -43,9 +43,19 @@ def factories(ox):
         "torch.Adam": lambda: ox.torch.Adam(),
         "torch.AdamW": lambda: ox.torch.AdamW(weight_decay=0.1),
         "chain": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM()),
+        "ClipNorm>NADAM": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.NADAM()),
+        "ClipValue>ADADelta": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.ADADelta()),
     }
-    return {name: make if hasattr(ox, name.split(".")[0].replace("chain", "Optimiser")) else None
-            for name, make in made.items()}
+    return {name: _available(make) for name, make in made.items()}
+
+
+def _available(make):
+    """`make`, or None where that version of the package lacks a name it uses."""
+    try:
+        make()
+    except AttributeError:
+        return None
+    return make
 
 
 NAMES = list(factories(None))

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_memory.py --backend jax      # one backend
     .venv/bin/python benchmarks/bench_memory.py --quick            # small model, few rounds (the test suite)
 
-For every keras_optx rule (and a chain, and keras_optx.torch's optimizers), on a model of
+For every keras_optx rule (and four chains, and keras_optx.torch's optimizers), on a model of
 `count` float32 variables, after a few steps:
 
 - **state B/param**: bytes of every optimizer variable (slots, `iterations`, rates) over the
@@ -82,12 +82,15 @@ def rule_table(quick):
         "chain(ClipNorm,WeightDecay,ADAM)": (
             lambda **k: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM(), **k), None, None, None),
         "chain(ClipNorm,RMSProp)": (lambda **k: ox.Optimiser(ox.ClipNorm(1.0), ox.RMSProp(), **k), None, None, None),
+        "chain(ClipNorm,NADAM)": (lambda **k: ox.Optimiser(ox.ClipNorm(1.0), ox.NADAM(), **k), None, None, None),
+        "chain(ClipValue,ADADelta)": (lambda **k: ox.Optimiser(ox.ClipValue(0.5), ox.ADADelta(), **k), None, None, None),
         "torch.SGD(momentum)": (lambda **k: ox.torch.SGD(0.01, momentum=0.9, **k), None, None, None),
         "torch.Adam": (lambda **k: ox.torch.Adam(**k), None, None, None),
         "torch.AdamW": (lambda **k: ox.torch.AdamW(**k), None, None, None),
     }
     if quick:
-        rules = {k: v for k, v in rules.items() if k in ("Momentum", "ADAM", "ADADelta", "chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)", "torch.Adam")}
+        rules = {k: v for k, v in rules.items() if k in ("Momentum", "ADAM", "ADADelta", "chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)",
+                                                       "chain(ClipNorm,NADAM)", "chain(ClipValue,ADADelta)", "torch.Adam")}
     return rules
 
 

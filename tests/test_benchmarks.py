@@ -91,7 +91,7 @@ def test_memory_benchmark_reports_state_bytes_per_parameter():
         assert adam[4] == "–"
     if BACKEND == "torch":
         assert table[("ADAM", "torch.optim.Adam")][2] == "8.00"
-        for chain in ("chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)"):
+        for chain in ("chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)", "chain(ClipNorm,NADAM)", "chain(ClipValue,ADADelta)"):
             assert float(table[(chain, "keras_optx")][5]) <= 1.0, table[(chain, "keras_optx")]  # one kept buffer at most
         for (name, implementation), row in table.items():  # every rule, small tensors (ADADelta's packed path)
             if implementation == "keras_optx":

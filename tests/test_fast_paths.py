@@ -83,14 +83,14 @@ def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
 
 
-# Over 32768 elements on average, AdaMax, ADADelta and NADAM run block by block on CPU (`buffers.in_blocks`,
-# ≤ 2^18 elements a block): a tensor of several blocks with a partial last one, one of exactly one
+# Over 32768 elements on average, AdaMax, ADADelta, OADAM and AdaBelief run block by block on CPU
+# (`buffers.in_blocks`, `buffers.flat_blocks`: ≤ 2^18 elements a block): a tensor of several blocks with a partial last one, one of exactly one
 # block, and runs of smaller tensors sharing a block (the last two and the first three).
 BLOCK_SHAPES = [(5,), (3, 7), (100000,), (700, 800), (1 << 18,), (200000,), (70000,)]
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM])
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF])
 def test_fast_path_matches_formula_in_cache_blocks(name):
     _compare_fast_and_generic(name, BLOCK_SHAPES, 4)
 
@@ -165,6 +165,48 @@ def test_adadelta_kernel_declines_an_epsilon_its_scaled_buffer_cannot_take(epsil
     assert calls == [False] * 3
 
 
+@torch_only
+@pytest.mark.parametrize("shapes", [[(3, 4), (7,), (5,)], [(40000,), (300, 200), (70001,)]], ids=["small", "large"])
+@pytest.mark.parametrize("name", [ADADELTA, NADAM, ADAMAX])
+def test_fast_path_matches_formula_over_float32_and_float64_variables(name, shapes):
+    # One list, two dtypes: no packed buffer, and each tensor's temporaries in its own dtype.
+    rng = np.random.default_rng(22)
+    dtypes = ["float32", "float64", "float32"]
+    fast, calls = _counting(FAST[name]())
+    slow = _generic(FAST[name]())
+    xs_fast, xs_slow = ([keras.Variable(np.random.default_rng(23).normal(size=s), dtype=d) for s, d in zip(shapes, dtypes)]
+                        for _ in range(2))
+    for _ in range(4):
+        grads = [rng.normal(size=s).astype(d) for s, d in zip(shapes, dtypes)]
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+    for a, b in zip([*xs_fast, *_slots(fast).values()], [*xs_slow, *_slots(slow).values()]):
+        assert a.dtype == b.dtype
+        tight = a.dtype == "float64"  # float64 all the way: nothing rounded to float32 on the way
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
+                                   rtol=1e-12 if tight else 2e-5, atol=1e-13 if tight else 2e-6)
+    assert calls == [True] * 4
+
+
+@torch_only
+@pytest.mark.parametrize("beta1, runs", [(0.0, True), (0.3, True), (0.2, False), (0.01, False)])
+def test_nadam_kernel_declines_a_beta1_whose_first_moment_it_would_round_coarsely(beta1, runs):
+    # NADAM's kernel (torch's fused Adam) recovers m from β₁'·m + (1−β₁')·g, magnifying its rounding
+    # by β₁/β₁' (about 1/β₁): it runs up to 4 (β₁ ≥ 0.25 once t is large; β₁ = 0 is exact), else it
+    # declines before writing anything and the formula runs. Either way, the formula's trajectory.
+    rng = np.random.default_rng(20)
+    fast, calls = _counting(ox.NADAM(0.01, (beta1, 0.99)))
+    slow = _generic(ox.NADAM(0.01, (beta1, 0.99)))
+    xs_fast, xs_slow = _variables(np.random.default_rng(21)), _variables(np.random.default_rng(21))
+    for _ in range(6):
+        grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+    for a, b in zip([*xs_fast, *_slots(fast).values()], [*xs_slow, *_slots(slow).values()]):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6)
+    assert calls[1:] == [runs] * 5  # at t = 1 the bias corrections move β₁' (β₁ = 0.2 still runs there)
+
+
 # Besides its slots, an optimizer keeps at most one parameter-sized scratch buffer on torch (what
 # benchmarks/bench_memory.py reports): over small tensors (packed), large ones (one block: fewer
 # parameters than `buffers.BLOCK`) and several blocks; chains (one buffer for the chain and its
@@ -189,9 +231,10 @@ def test_kept_scratch_is_at_most_one_parameter_sized_buffer(shapes):
         assert kept_bytes(opt, xs) <= parameter_bytes, (name, kept_bytes(opt, xs) / parameter_bytes)
 
 
-# Chains whose last member's kernel reads g before it writes its buffer: it writes the chain's
-# buffer (which may hold g), nested chains included; ClipNorm(1e3) hands the caller's gradients
-# through, so the member writes the chain's buffer from them. Each against its formula.
+# Chains whose last member's kernel writes a buffer: the chain's (which may hold g), nested chains
+# included; ClipNorm(1e3) hands the caller's gradients through, so the member writes the chain's
+# buffer from them (ADADelta over small tensors copies them in); NADAM's kernel keeps no buffer.
+# Each against its formula.
 SHARED_BUFFER = {
     "ClipNorm>AdaMax": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.AdaMax(0.002)),
     "ClipNorm(1e3)>AdaMax": lambda: ox.Optimiser(ox.ClipNorm(1e3), ox.AdaMax(0.002)),
@@ -199,6 +242,11 @@ SHARED_BUFFER = {
     "ClipValue>AdaBelief": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.AdaBelief(0.002)),
     "ClipValue>(ClipNorm>RMSProp)": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.Optimiser(ox.ClipNorm(1.0), ox.RMSProp(0.002))),
     "ClipValue>(WeightDecay>AdaMax)": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.Optimiser(ox.WeightDecay(1e-2), ox.AdaMax(0.002))),
+    "ClipValue>ADADelta": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.ADADelta(0.89)),
+    "ClipNorm(1e3)>ADADelta": lambda: ox.Optimiser(ox.ClipNorm(1e3), ox.ADADelta(0.89)),
+    "ClipNorm>(WeightDecay>ADADelta)": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.Optimiser(ox.WeightDecay(1e-2), ox.ADADelta(0.89))),
+    "ClipNorm>NADAM": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.NADAM(0.002, (0.89, 0.995))),
+    "ClipValue>NADAM": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.NADAM(0.002, (0.89, 0.995))),
 }
 
 

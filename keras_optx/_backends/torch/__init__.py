@@ -21,8 +21,10 @@ The kernel contract (tests/test_fast_paths.py holds each kernel to its rule's fo
   in `xs`'s order, to update in place; `t`: the update count 1, 2, … (int); `lr`: the rate (float).
 - Returns True once it applied the update. It may decline, returning False *before writing
   anything*, for settings it does not cover (e.g. Momentum with ρ = 0); the formula then runs.
-- Temporaries go in kept buffers (`buffers.scratch`, `buffers.into`, `buffers.in_blocks`), not fresh
-  tensors; slot-only steps may run on a slot's packed buffer (`buffers.whole`).
+- Temporaries go in kept buffers (`buffers.scratch`, `buffers.into`, `buffers.in_blocks`) or in
+  block-sized ones made for the step (`buffers.flat_blocks`), not fresh parameter-sized tensors; at most
+  one parameter-sized kept buffer per optimizer or chain (`transforms.buffer_owner`); slot-only steps
+  may run on a slot's packed buffer (`buffers.whole`).
 - `register_kernel(..., weight_decay=True)`: the kernel also takes `weight_decay=λ` and adds the
   coupled decay g + λ·x itself. A chain whose last member has such a kernel, right after a
   `WeightDecay(λ)`, hands λ to the kernel instead of running the decay as a pass of its own.

@@ -4,7 +4,7 @@
 - Packed buffers (`pack_slots`, `whole`): each slot's variables are views of one contiguous buffer.
 - Kept scratch (`scratch`, `into`): temporaries live between steps instead of being re-allocated
   (`kept_bytes` measures them).
-- Cache blocks (`in_blocks`): on CPU, a rule's in-place steps run block by block over large tensors.
+- Cache blocks (`in_blocks`, `flat_blocks`): on CPU, a rule's in-place steps run block by block over large tensors.
 
 Each is a measured speed-up on this project's CPU benchmarks (benchmarks/RESULTS.md); none changes
 a result: the kernels using them are tested against the formulas (tests/test_fast_paths.py).
@@ -232,8 +232,8 @@ def in_blocks(owner, lists, scratch_lists=0):
     keeps for `xs` already (a chain's, `scratch`); else the whole lists once, with `scratch`.
 
     A rule's sequence of elementwise in-place ops then reads each element from memory once per
-    block instead of once per op. Measured over 4×2.5M parameters (benchmarks/RESULTS.md): AdaMax
-    22.9 → 14.5 ms, ADADelta 32.8 → 22.6 ms, NADAM 26.0 → 22.7 ms (medians)."""
+    block instead of once per op. Measured over 4×2.5M parameters: AdaMax 22.9 → 14.5 ms (medians).
+    (`flat_blocks` is the same idea where the temporaries need not be kept.)"""
     xs = lists[0]
     dtype = xs[0].dtype
     if (
@@ -277,3 +277,39 @@ def in_blocks(owner, lists, scratch_lists=0):
 
 
 BLOCK = 1 << 18  # elements per block: a few lists of 1 MiB stay in this machine's 32 MiB L3 (measured best of 2^16–2^21)
+DEVICE_BLOCK = 1 << 22  # on a GPU a block is for memory only (16 MiB of float32 while a step runs), not for a cache
+
+
+def flat_blocks(lists, scratch_lists=0):
+    """Yield matching flat pieces of ≤ `BLOCK` elements (`DEVICE_BLOCK` on a device) of `lists` (each a
+    list of contiguous tensors shaped like the first; one piece list per packed buffer where they are
+    `whole`), plus `scratch_lists` pieces of buffers made for this call, of the piece's dtype.
+
+    For temporaries that need not outlive the step: none is kept, and while the step runs they take at
+    most a block of memory each. (Measured over 200×1k: ADADelta with a parameter-sized buffer and its
+    per-tensor views made each step took 1.7x the step with a kept one; with a block made each step, 1.0x.)"""
+    lists = whole(*lists)
+    first = lists[0][0]
+    size = min(BLOCK if first.device.type == "cpu" else DEVICE_BLOCK, max(t.numel() for t in lists[0]))
+    temporaries = {}
+    for tensors in zip(*lists):
+        flat = [t.view(-1) for t in tensors]
+        dtype = flat[0].dtype
+        if dtype not in temporaries:
+            temporaries[dtype] = [torch.empty(size, dtype=dtype, device=first.device) for _ in range(scratch_lists)]
+        for start in range(0, flat[0].numel(), size):
+            pieces = [f[start:start + size] for f in flat]
+            yield (*pieces, *(temporary[: pieces[0].numel()] for temporary in temporaries[dtype]))
+
+
+def gradients_into(buffer, gs):
+    """Copy into the kept buffer list `buffer` the gradients that are not in it already (a chain's
+    transforms may have written some or all there): it then holds g, for a kernel to overwrite."""
+    pack = pack_of(buffer)
+    if pack is not None and not any(map(operator.is_, gs, buffer)):
+        gather(pack, gs)  # one op
+        return
+    passed = [i for i, (g, b) in enumerate(zip(gs, buffer)) if g is not b]
+    if passed:
+        torch._foreach_copy_([buffer[i] for i in passed], [gs[i] for i in passed])
+
