@@ -137,6 +137,8 @@ class _Ops:
     @staticmethod
     def clip(x, low, high):
         """Clamp every element into [low, high] (scalars)."""
+        if isinstance(x, Many):
+            return backend.clip(x, low, high)
         return _Ops.minimum(_Ops.maximum(x, low), high)
 
     @staticmethod

@@ -24,6 +24,7 @@ backend is here, behind one small interface. `current` is the module for the run
   `other` a `Many` or a scalar; `unary(name, many)`: neg, reciprocal, sqrt, abs, sign.
   `default.py`: one `keras.ops` call per tensor. torch: one `torch._foreach_*` call, a product with a
   Python number kept pending as `Many(items, scale)` (`torch/many.py`).
+- `clip(many, low, high)`: each tensor clamped into [low, high] (scalars); NaN stays NaN.
 - `scale_items(items, scale)`: a pending scale applied (what reading `Many.items` calls).
 - `norms(items)`: each tensor's L2 norm; `global_norm(norms)`: all together, from those norms.
 

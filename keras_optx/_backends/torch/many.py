@@ -72,6 +72,11 @@ def unary(name, many):
     return type(many)(getattr(torch, f"_foreach_{name}")(many.items))
 
 
+def clip(many, low, high):
+    """Each tensor of `many` clamped into [low, high] (scalars): maximum, then minimum."""
+    return binary("minimum", binary("maximum", many, low), high)
+
+
 def norms(items):
     """The L2 norm of each tensor: one `_foreach_norm`."""
     return torch._foreach_norm(items)
