@@ -45,6 +45,7 @@ def factories(ox):
         "chain": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM()),
         "ClipNorm>NADAM": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.NADAM()),
         "ClipValue>ADADelta": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.ADADelta()),
+        "ClipValue>ADAM": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.ADAM()),
     }
     return {name: _available(make) for name, make in made.items()}
 
