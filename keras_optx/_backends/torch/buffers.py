@@ -255,25 +255,7 @@ def in_blocks(owner, lists, scratch_lists=0):
             kept = owner._torch_block_scratch = [torch.zeros(elements, dtype=dtype) for _ in range(scratch_lists)]
         kept = kept[:scratch_lists]
 
-    def run_block(run):  # whole tensors; their scratch: consecutive views of the kept buffers
-        offsets = list(itertools.accumulate((xs[i].numel() for i in run), initial=0))
-        shaped = [[k[a:b].view(xs[i].shape) for i, a, b in zip(run, offsets, offsets[1:])] for k in kept]
-        return (*([tensors[i] for i in run] for tensors in lists), *shaped)
-
-    run, filled = [], 0
-    for i, x in enumerate(xs):
-        size = x.numel()
-        if run and (filled + size > BLOCK or size > BLOCK):
-            yield run_block(run)
-            run, filled = [], 0
-        if size > BLOCK:
-            for pieces in zip(*(torch.split(tensors[i].view(-1), BLOCK) for tensors in lists)):
-                yield (*([p] for p in pieces), *([k[: pieces[0].numel()]] for k in kept))
-        else:
-            run.append(i)
-            filled += size
-    if run:
-        yield run_block(run)
+    yield from _blocks(lists, kept, BLOCK)
 
 
 BLOCK = 1 << 18  # elements per block: a few lists of 1 MiB stay in this machine's 32 MiB L3 (measured best of 2^16–2^21)
@@ -281,25 +263,50 @@ DEVICE_BLOCK = 1 << 22  # on a GPU a block is for memory only (16 MiB of float32
 
 
 def flat_blocks(lists, scratch_lists=0):
-    """Yield matching flat pieces of ≤ `BLOCK` elements (`DEVICE_BLOCK` on a device) of `lists` (each a
-    list of contiguous tensors shaped like the first; one piece list per packed buffer where they are
-    `whole`), plus `scratch_lists` pieces of buffers made for this call, of the piece's dtype.
+    """Yield `lists` (each a list of contiguous tensors shaped like the first) in blocks of ≤ `BLOCK`
+    elements (`DEVICE_BLOCK` on a device), as lists of tensors: pieces of the packed buffers where the
+    lists are packed alike (`whole`: one op a block), else runs of consecutive tensors or pieces of a
+    larger one (as `in_blocks`); plus `scratch_lists` block-sized buffers made for this call, in each
+    block's dtype.
 
     For temporaries that need not outlive the step: none is kept, and while the step runs they take at
     most a block of memory each. (Measured over 200×1k: ADADelta with a parameter-sized buffer and its
     per-tensor views made each step took 1.7x the step with a kept one; with a block made each step, 1.0x.)"""
     lists = whole(*lists)
-    first = lists[0][0]
-    size = min(BLOCK if first.device.type == "cpu" else DEVICE_BLOCK, max(t.numel() for t in lists[0]))
-    temporaries = {}
-    for tensors in zip(*lists):
-        flat = [t.view(-1) for t in tensors]
-        dtype = flat[0].dtype
-        if dtype not in temporaries:
-            temporaries[dtype] = [torch.empty(size, dtype=dtype, device=first.device) for _ in range(scratch_lists)]
-        for start in range(0, flat[0].numel(), size):
-            pieces = [f[start:start + size] for f in flat]
-            yield (*pieces, *(temporary[: pieces[0].numel()] for temporary in temporaries[dtype]))
+    device = lists[0][0].device
+    block = BLOCK if device.type == "cpu" else DEVICE_BLOCK
+    for dtype in dict.fromkeys(t.dtype for t in lists[0]):  # a block is of one dtype
+        positions = [i for i, t in enumerate(lists[0]) if t.dtype == dtype]
+        sub = [[tensors[i] for i in positions] for tensors in lists]
+        size = min(block, sum(t.numel() for t in sub[0]))
+        made = [torch.empty(size, dtype=dtype, device=device) for _ in range(scratch_lists)]
+        yield from _blocks(sub, made, size)
+
+
+def _blocks(lists, kept, size):
+    """`lists` in blocks of ≤ `size` elements, each with its pieces of the flat buffers `kept`: a run of
+    consecutive tensors (scratch: consecutive views of `kept`), or one piece of a larger tensor."""
+    xs = lists[0]
+
+    def run_block(run):
+        offsets = list(itertools.accumulate((xs[i].numel() for i in run), initial=0))
+        shaped = [[k[a:b].view(xs[i].shape) for i, a, b in zip(run, offsets, offsets[1:])] for k in kept]
+        return (*([tensors[i] for i in run] for tensors in lists), *shaped)
+
+    run, filled = [], 0
+    for i, x in enumerate(xs):
+        elements = x.numel()
+        if run and (filled + elements > size or elements > size):
+            yield run_block(run)
+            run, filled = [], 0
+        if elements > size:
+            for pieces in zip(*(torch.split(tensors[i].view(-1), size) for tensors in lists)):
+                yield (*([p] for p in pieces), *([k[: pieces[0].numel()]] for k in kept))
+        else:
+            run.append(i)
+            filled += elements
+    if run:
+        yield run_block(run)
 
 
 def gradients_into(buffer, gs):
@@ -312,4 +319,3 @@ def gradients_into(buffer, gs):
     passed = [i for i, (g, b) in enumerate(zip(gs, buffer)) if g is not b]
     if passed:
         torch._foreach_copy_([buffer[i] for i in passed], [gs[i] for i in passed])
-

@@ -85,33 +85,36 @@ def adagrad(rule, xs, gs, slots, t, lr, weight_decay=0.0):
 def adadelta(rule, xs, gs, slots, t, lr):
     # In place on the slots, block by block with a block of scratch r made for the step
     # (`flat_blocks`). With r = 1/(a + ϵ): r ← r + r·d/ϵ = (d + ϵ)/((a + ϵ)·ϵ), then Δ/√ϵ = g·√r, so
-    # d ← ρ·d + (1−ρ)·ϵ·(Δ/√ϵ)² and x ← x − η·√ϵ·(Δ/√ϵ): one square root. Large tensors: Δ/√ϵ in r,
-    # nothing kept. Small ones: g in a kept packed buffer (in a chain, the chain's, which may hold it
-    # already: `buffer_owner`) so each step but x's is one op, Δ/√ϵ there.
+    # d ← ρ·d + (1−ρ)·ϵ·(Δ/√ϵ)² and x ← x − η·√ϵ·(Δ/√ϵ): one square root. Large tensors on CPU: cache
+    # blocks, Δ/√ϵ in r, nothing kept. Else g goes into a kept packed buffer (in a chain, the chain's,
+    # which may hold it already: `buffer_owner`), so each step but x's is one op a block, Δ/√ϵ there.
     rho, eps = rule.rho, rule.epsilon
     if not eps >= _ADADELTA_MIN_EPSILON:
         return False
     step = -lr * eps**0.5
-    if large(xs):
+    if large(xs) and xs[0].device.type == "cpu":
         for x, g, a, d, r in flat_blocks((xs, gs, slots["acc"], slots["acc_delta"]), scratch_lists=1):
-            _adadelta_piece(rho, eps, a, d, g, r, out=r)
-            x.add_(r, alpha=step)
+            _adadelta_block(rho, eps, a, d, g, r, out=r)
+            torch._foreach_add_(x, r, alpha=step)
         return True
     (buffer,) = scratch(buffer_owner(rule), xs)
     gradients_into(buffer, gs)
     for a, d, b, r in flat_blocks((slots["acc"], slots["acc_delta"], buffer), scratch_lists=1):
-        _adadelta_piece(rho, eps, a, d, b, r, out=b)
+        _adadelta_block(rho, eps, a, d, b, r, out=b)
     torch._foreach_add_(xs, buffer, alpha=step)
     return True
 
 
-def _adadelta_piece(rho, eps, a, d, g, r, out):
-    """`adadelta` on one piece: a and d updated, out ← Δ/√ϵ (out is g or r)."""
-    a.mul_(rho).addcmul_(g, g, value=1 - rho)  # a ← ρ·a + (1−ρ)·g²
-    torch.add(a, eps, out=r).reciprocal_()
-    r.addcmul_(r, d, value=1 / eps).sqrt_()
-    torch.mul(g, r, out=out)
-    d.mul_(rho).addcmul_(out, out, value=(1 - rho) * eps)
+def _adadelta_block(rho, eps, a, d, g, r, out):
+    """`adadelta` on one block (lists of tensors): a and d updated, out ← Δ/√ϵ (out is g or r)."""
+    torch._foreach_mul_(a, rho)
+    torch._foreach_addcmul_(a, g, g, value=1 - rho)  # a ← ρ·a + (1−ρ)·g²
+    torch._foreach_reciprocal_(into(r, "add", a, eps))
+    torch._foreach_addcmul_(r, r, d, value=1 / eps)
+    torch._foreach_sqrt_(r)
+    torch._foreach_mul_(out, r if out is g else g)
+    torch._foreach_mul_(d, rho)
+    torch._foreach_addcmul_(d, out, out, value=(1 - rho) * eps)
 
 
 # The smallest ϵ `adadelta` takes: its buffer, up to d/ϵ², stays finite in float32 (and float64)
