@@ -5,6 +5,8 @@ tested to equal its rule's formula (tests/test_fast_paths.py). Where torch has a
 the same update, the rule's parameters are mapped onto it (the mapping is written next to it).
 """
 
+import operator
+
 import torch
 
 from ... import torch as compat
@@ -86,8 +88,8 @@ def adadelta(rule, xs, gs, slots, t, lr):
     # In place on the slots, block by block with a block of scratch r made for the step
     # (`flat_blocks`). With r = 1/(a + ϵ): r ← r + r·d/ϵ = (d + ϵ)/((a + ϵ)·ϵ), then Δ/√ϵ = g·√r, so
     # d ← ρ·d + (1−ρ)·ϵ·(Δ/√ϵ)² and x ← x − η·√ϵ·(Δ/√ϵ): one square root. Large tensors on CPU: cache
-    # blocks, Δ/√ϵ in r, nothing kept. Else g goes into a kept packed buffer (in a chain, the chain's,
-    # which may hold it already: `buffer_owner`), so each step but x's is one op a block, Δ/√ϵ there.
+    # blocks, Δ/√ϵ in r, nothing kept. Else a kept packed buffer (in a chain, the chain's: `buffer_owner`)
+    # holds r and then Δ/√ϵ; where the chain's transforms wrote g there, g stays there and r is in blocks.
     rho, eps = rule.rho, rule.epsilon
     if not eps >= _ADADELTA_MIN_EPSILON:
         return False
@@ -98,23 +100,29 @@ def adadelta(rule, xs, gs, slots, t, lr):
             torch._foreach_add_(x, r, alpha=step)
         return True
     (buffer,) = scratch(buffer_owner(rule), xs)
-    gradients_into(buffer, gs)
-    for a, d, b, r in flat_blocks((slots["acc"], slots["acc_delta"], buffer), scratch_lists=1):
-        _adadelta_block(rho, eps, a, d, b, r, out=b)
+    if not any(map(operator.is_, gs, buffer)):  # g is elsewhere: r in the buffer, then Δ/√ϵ = g·√r there
+        _adadelta_block(rho, eps, slots["acc"], slots["acc_delta"], gs, buffer, out=buffer)
+    else:  # g (some of it) in a chain's buffer: the rest copied in, r in blocks made for the step
+        gradients_into(buffer, gs)
+        for a, d, b, r in flat_blocks((slots["acc"], slots["acc_delta"], buffer), scratch_lists=1):
+            _adadelta_block(rho, eps, a, d, b, r, out=b)
     torch._foreach_add_(xs, buffer, alpha=step)
     return True
 
 
 def _adadelta_block(rho, eps, a, d, g, r, out):
-    """`adadelta` on one block (lists of tensors): a and d updated, out ← Δ/√ϵ (out is g or r)."""
-    torch._foreach_mul_(a, rho)
+    """`adadelta` on one block (lists of tensors): a and d updated, out ← Δ/√ϵ (out is g or r). Steps on
+    slots and buffers alone are one op on their packed buffers where they are views of them (`whole`)."""
+    torch._foreach_mul_(whole(a)[0], rho)
     torch._foreach_addcmul_(a, g, g, value=1 - rho)  # a ← ρ·a + (1−ρ)·g²
-    torch._foreach_reciprocal_(into(r, "add", a, eps))
-    torch._foreach_addcmul_(r, r, d, value=1 / eps)
-    torch._foreach_sqrt_(r)
+    whole_r, whole_d = whole(into(r, "add", a, eps), d)
+    torch._foreach_reciprocal_(whole_r)
+    torch._foreach_addcmul_(whole_r, whole_r, whole_d, value=1 / eps)
+    torch._foreach_sqrt_(whole_r)
     torch._foreach_mul_(out, r if out is g else g)
-    torch._foreach_mul_(d, rho)
-    torch._foreach_addcmul_(d, out, out, value=(1 - rho) * eps)
+    whole_out, whole_d = whole(out, d)
+    torch._foreach_mul_(whole_d, rho)
+    torch._foreach_addcmul_(whole_d, whole_out, whole_out, value=(1 - rho) * eps)
 
 
 # The smallest ϵ `adadelta` takes: its buffer, up to d/ϵ², stays finite in float32 (and float64)
