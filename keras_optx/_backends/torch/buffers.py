@@ -311,11 +311,7 @@ def _blocks(lists, kept, size):
 
 def gradients_into(buffer, gs):
     """Copy into the kept buffer list `buffer` the gradients that are not in it already (a chain's
-    transforms may have written some or all there): it then holds g, for a kernel to overwrite."""
-    pack = pack_of(buffer)
-    if pack is not None and not any(map(operator.is_, gs, buffer)):
-        gather(pack, gs)  # one op
-        return
+    transforms wrote the others there): it then holds g, for a kernel to overwrite."""
     passed = [i for i, (g, b) in enumerate(zip(gs, buffer)) if g is not b]
     if passed:
         torch._foreach_copy_([buffer[i] for i in passed], [gs[i] for i in passed])

@@ -85,11 +85,11 @@ def adagrad(rule, xs, gs, slots, t, lr, weight_decay=0.0):
 
 @register_kernel(ADADelta)
 def adadelta(rule, xs, gs, slots, t, lr):
-    # In place on the slots, block by block with a block of scratch r made for the step
-    # (`flat_blocks`). With r = 1/(a + ϵ): r ← r + r·d/ϵ = (d + ϵ)/((a + ϵ)·ϵ), then Δ/√ϵ = g·√r, so
-    # d ← ρ·d + (1−ρ)·ϵ·(Δ/√ϵ)² and x ← x − η·√ϵ·(Δ/√ϵ): one square root. Large tensors on CPU: cache
-    # blocks, Δ/√ϵ in r, nothing kept. Else a kept packed buffer (in a chain, the chain's: `buffer_owner`)
-    # holds r and then Δ/√ϵ; where the chain's transforms wrote g there, g stays there and r is in blocks.
+    # In place on the slots, no fresh parameter-sized tensors. With r = 1/(a + ϵ): r ← r + r·d/ϵ =
+    # (d + ϵ)/((a + ϵ)·ϵ), then Δ/√ϵ = g·√r, so d ← ρ·d + (1−ρ)·ϵ·(Δ/√ϵ)² and x ← x − η·√ϵ·(Δ/√ϵ): one
+    # square root. Large tensors on CPU: cache blocks with r in a block made for the step (`flat_blocks`),
+    # nothing kept. Else a kept packed buffer (in a chain, the chain's: `buffer_owner`) holds r and then
+    # Δ/√ϵ; where the chain's transforms wrote g there, g stays there and r is in blocks made for the step.
     rho, eps = rule.rho, rule.epsilon
     if not eps >= _ADADELTA_MIN_EPSILON:
         return False

@@ -106,12 +106,12 @@ def buffer_owner(rule):
     """Who keeps the parameter-sized buffer `rule`'s kernel writes into: the outermost chain that runs
     `rule` as its last member (its transforms wrote the gradient into that buffer, and a kernel that
     reads g before it writes may write there too: one kept buffer per chain), else `rule`."""
-    owner = rule
-    while True:
-        parent = owner._owner() if getattr(owner, "_owner", None) is not None else None
+    owner, *outwards = rule._owners()
+    for parent in outwards:
         if not isinstance(parent, Optimiser) or parent._members[-1] is not owner:
-            return owner
+            break
         owner = parent
+    return owner
 
 
 @register_kernel(Optimiser)
