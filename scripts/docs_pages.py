@@ -6,7 +6,7 @@
 - tutorials/: every notebook in tutorials/ executed (one kernel each, backend DOCS_BACKEND) and
   written as Markdown with its printed output and figures.
 - gallery.md and gallery/*.png: `python -m keras_optx.gallery` on DOCS_BACKEND.
-- benchmarks.md: benchmarks/RESULTS.md.
+- benchmarks.md: benchmarks/RESULTS.md (the method and the full tables are hand-written pages in docs/).
 
 The Keras backend for the tutorials and the gallery is the environment's `KERAS_OPTX_DOCS_BACKEND`,
 default torch (the fastest here for the gallery's tiny steps). Progress goes to stderr.
@@ -68,7 +68,8 @@ SITE_PAGES = {"benchmarks/RESULTS.md": "benchmarks.md", "README.md": "index.md"}
 
 
 def relink(text, source):
-    """Point `[text](path)` links at site pages; a link to another repository file keeps its text only."""
+    """Point `[text](path)` links at site pages (README.md, benchmarks/RESULTS.md, docs/*.md); a link to another
+    repository file keeps its text only."""
 
     def replace(match):
         label, target = match.group(1), match.group(2)
@@ -78,6 +79,8 @@ def relink(text, source):
         resolved = os.path.normpath(os.path.join(os.path.dirname(source), path))
         if resolved in SITE_PAGES:
             return f"[{label}]({SITE_PAGES[resolved]}{'#' + anchor if anchor else ''})"
+        if resolved.startswith("docs/") and (ROOT / resolved).is_file():  # a hand-written page of the site
+            return f"[{label}]({resolved.removeprefix('docs/')}{'#' + anchor if anchor else ''})"
         return label
 
     return re.sub(r"\[([^\]]*)\]\(([^)\s]+)\)", replace, text)
