@@ -119,3 +119,16 @@ def test_home_porting_and_benchmark_pages(site):
         assert f"api/{name}.html" in {link.split("#")[0] for link in porting.links}, name
     title = (ROOT / "benchmarks/RESULTS.md").read_text().splitlines()[0].lstrip("# ")
     assert title in _Page(site / "benchmarks.html").text
+
+
+def test_every_topic_page_is_built_and_linked_from_home(site):
+    home = _Page(site / "index.html")
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        built = site / f"{page.stem}.html"
+        assert built.exists(), page.name
+        title = page.read_text().splitlines()[0].lstrip("# ").strip()
+        assert _words(title) in _words(_Page(built).text), page.name
+    for topic in ("composition", "control", "porting", "scale", "reliability", "speed", "custom-rules", "rules"):
+        assert f"{topic}.html" in home.links, topic
+    method = _Page(site / "benchmark-method.html")
+    assert "memory floor" in method.text and "benchmark-method.html" in _Page(site / "benchmarks.html").links
