@@ -5,6 +5,7 @@ process per page with a timeout, in a scratch folder (files they write land ther
 marked by an HTML comment on the line before its fence, with the reason: `<!-- norun: needs 8 devices -->`.
 """
 
+import json
 import os
 import pathlib
 import re
@@ -72,9 +73,8 @@ def test_page_examples_run(page, tmp_path):
         assert reason is None or reason.strip(), f"{page.name}:{line}: a norun marker needs its reason"
     runnable = [(line, code) for line, code, reason in found if reason is None]
     assert runnable, f"{page.name}: every block is marked norun"
-    import json
-
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     result = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(runnable), cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{page.name}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
