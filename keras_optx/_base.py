@@ -17,7 +17,7 @@ import keras
 from . import _checks as check
 from . import _scale
 from ._backends import current as backend
-from ._hyper import HyperMixin, _in_step, deserialize_value, serialize_value
+from ._hyper import HyperMixin, _in_step, attach, deserialize_value, serialize_value
 from ._identity import _same, _set_cache
 from ._tensors import Many, ops
 
@@ -138,6 +138,56 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         """The rules whose slots this one owns, keyed `<position>_<slot>` (a chain's members, a
         Partition's rules); None for a rule that owns only its own `slots`."""
         return None
+
+    @property
+    def shard_state(self):
+        return self.__dict__["_shard_state"]
+
+    @shard_state.setter
+    def shard_state(self, value):
+        value = _scale.check_shard_state(value)
+        if "_shard_state" in self.__dict__:  # after construction: the constructor's checks, and only before build
+            self._refuse_layout_change("shard_state", value)
+            owner = self._owners()[1] if len(self._owners()) > 1 else None
+            if value and owner is not None and not owner.shard_state:
+                raise ValueError(
+                    f"{self!r} is a member of {owner.name}, which keeps its state: set shard_state=True on the "
+                    f"{type(owner).__name__} instead."
+                )
+            if value and getattr(self, "optimizer", None) is not None and not self.slots:
+                raise ValueError(
+                    f"{type(self).__name__} wrapping {type(self.optimizer).__name__} keeps no state of its own; "
+                    "`shard_state=True` cannot reach its slots. Use a keras_optx chain instead."
+                )
+        object.__setattr__(self, "_shard_state", value)
+
+    @property
+    def state_dtype(self):
+        return self.__dict__["_state_dtype"]
+
+    @state_dtype.setter
+    def state_dtype(self, value):
+        value = _scale.check_state_dtype(value)
+        if "_state_dtype" not in self.__dict__:  # the constructor's: checked once the members are known
+            object.__setattr__(self, "_state_dtype", value)
+            return
+        self._refuse_layout_change("state_dtype", value)
+        old = self.__dict__["_state_dtype"]
+        object.__setattr__(self, "_state_dtype", value)
+        try:
+            for rule in self._owners():  # this rule's refusal, and its owners' (a chain holding it)
+                rule._check_state_dtype()
+        except ValueError:
+            object.__setattr__(self, "_state_dtype", old)
+            raise
+
+    def _refuse_layout_change(self, name, value):
+        root = self._root()
+        if root.built and getattr(self, name) != value:
+            raise ValueError(
+                f"`{name}` of {self.name} cannot change once {root.name} is built: its slots already exist "
+                f"(with {name}={getattr(self, name)!r}). Set {name}={value!r} when constructing the optimizer."
+            )
 
     def _check_state_dtype(self):
         """Refuse a `state_dtype` that no slot of this rule may take (by the rule's name and why)."""
@@ -327,6 +377,9 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         _set_cache(self, "_known_cache", source=self._trainable_variables_indices, variables=list(variables))
 
     def _update(self, grads, variables):
+        if backend.EAGER:  # the torch step reads Python numbers: those of a restored vector
+            for rule in _hyper_owners(self):
+                rule._refresh_hyper()
         with _step_variables(variables), _in_step(self):
             self._update_step(grads, variables)
 
@@ -366,6 +419,8 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         return backend.step_numbers(self)
 
     def get_config(self):
+        for rule in _hyper_owners(self):
+            rule._refresh_hyper()
         config = super().get_config()
         if not self.has_learning_rate:
             config.pop("learning_rate")
@@ -437,8 +492,7 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
                 f"{type(self).__name__} has {len(variables)}. Load it with the same optimizer configuration "
                 f"it was saved with (saved format version {version}, this keras_optx reads {FORMAT_VERSION})."
             )
-        for variable, value in zip(variables, arrays):
-            variable.assign(value)
+        _assign_checked(self, variables, arrays)
 
     def _claim(self, owner):
         """Mark this rule as a member of `owner`: one rule, one chain, one set of slots."""
@@ -699,8 +753,33 @@ def _set_all(optimizer, weights):
                 f"Optimizer variable {_variable_path(variable)} has shape {tuple(variable.shape)}; received an "
                 f"array of shape {tuple(weight.shape)}."
             )
-    for variable, weight in zip(variables, weights):
-        variable.assign(weight)
+    _assign_checked(optimizer, variables, weights)
+
+
+def _assign_checked(optimizer, variables, arrays):
+    """Write `arrays` into `variables`, the hyperparameter vectors among them checked as an
+    assignment checks each value, before any write; the values the step reads follow."""
+    owners = []
+    for variable, array in zip(variables, arrays):
+        owner = getattr(variable, "_keras_optx_owner", None)
+        if owner is not None and owner() is not None:
+            owner()._check_hyper_vector(keras.ops.convert_to_numpy(array).reshape(-1).tolist())
+            owners.append(owner())
+    attach(optimizer)
+    for variable, array in zip(variables, arrays):
+        variable.assign(array)
+    for rule in owners:
+        rule._refresh_hyper()
+
+
+def _hyper_owners(optimizer):
+    """The rules whose hyperparameter vectors are among `optimizer.variables`, cached per variable count."""
+    cache = optimizer.__dict__.get("_hyper_owner_cache")
+    count = len(optimizer._variables)
+    if cache is None or cache.count != count:
+        rules = [v._keras_optx_owner() for v in optimizer.variables if getattr(v, "_keras_optx_owner", None) is not None]
+        cache = _set_cache(optimizer, "_hyper_owner_cache", count=count, rules=[r for r in rules if r is not None])
+    return cache.rules
 
 
 def _plus_decay(a, x, factor, mask):
