@@ -28,11 +28,14 @@ EPSILON = 1e-8
 # "format_version". Raise it when a change adds, removes or reorders an optimizer's variables or
 # renames a config key, and teach `Rule._migrate_config`/`_migrate_variables` to read the old one:
 # tests/fixtures/checkpoints (files saved by earlier versions) must keep loading.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Format 2 added one variable per rule with numeric hyperparameters (its "hyperparameters" vector,
 # made at build); `Rule._migrate_variables` fills it from the config for files of format ≤ 1.
 # Format 3: keras_optx.torch's SGD/Adam/AdamW hold `weight_decay` in that vector (one entry more);
 # a format-2 vector of another length takes the values of the loaded config.
+# Format 4: each param group of keras_optx.torch's rules saves its own rate (a variable, after the
+# others; older files: the loaded config's), and a group given as variables saves their positions in
+# the list the optimizer was built with ({"positions": [...]}, not a regex of their paths).
 
 
 # Keras optimizer keywords that change the update, with their defaults. A chain member's update is
@@ -294,7 +297,17 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
     @learning_rate.setter
     def learning_rate(self, value):
         # The constructor's check, so a negative rate set later (by hand or a callback) is refused too.
-        keras.optimizers.Optimizer.learning_rate.fset(self, _checked_rate(value))
+        value = _checked_rate(value)
+        attach(self)
+        keras.optimizers.Optimizer.learning_rate.fset(self, value)
+        from ._hyper import _walk
+
+        for rule in _walk(self):  # this rate's owner inside (a chain's is its last member's) passes it on
+            if getattr(rule, "_learning_rate", None) is self._learning_rate:
+                rule._follow_rate(value)
+
+    def _follow_rate(self, value):
+        """The rate was set to `value`: pass it to what follows it (torch param groups without their own)."""
 
     def _get_current_learning_rate(self):
         # A schedule reads the update count of the optimizer that runs the steps: a chain member's or
@@ -455,26 +468,18 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         FORMAT_VERSION) in the order and number of today's `self.variables`.
 
         Format ≤ 1 had no hyperparameter vectors: each takes the values of the loaded config.
-        Format 2's vectors of keras_optx.torch's rules lacked `weight_decay`: likewise."""
-        if version < 2:
-            arrays, out = iter(arrays), []
-            for variable in self.variables:
-                if getattr(variable, "_keras_optx_hyperparameters", False):
-                    out.append(keras.ops.convert_to_numpy(variable.value))
-                else:
-                    out.append(next(arrays, None))
-            rest = list(arrays)
-            if rest or any(a is None for a in out):
-                return [a for a in out if a is not None] + rest  # a count mismatch: refused below
-            return out
-        if version < 3 and len(arrays) == len(self.variables):
-            arrays = [
-                keras.ops.convert_to_numpy(v.value)
-                if getattr(v, "_keras_optx_hyperparameters", False) and tuple(a.shape) != tuple(v.shape)
-                else a
-                for v, a in zip(self.variables, arrays)
-            ]
-        return arrays
+        Format 2's vectors of keras_optx.torch's rules lacked `weight_decay`: likewise.
+        Format ≤ 3 lacked the variables marked `_keras_optx_added_in` (each torch param group's
+        rate): each keeps its value from the loaded config."""
+        variables = [v for v in self.variables if getattr(v, "_keras_optx_added_in", 0) <= version]
+        arrays = _migrate_saved(variables, arrays, version)
+        if len(arrays) != len(variables) or len(variables) == len(self.variables):
+            return arrays  # a count mismatch is refused by the caller
+        saved = iter(arrays)
+        return [
+            next(saved) if getattr(v, "_keras_optx_added_in", 0) <= version else keras.ops.convert_to_numpy(v.value)
+            for v in self.variables
+        ]
 
     def load_own_variables(self, store):
         arrays = [store[str(i)] for i in range(len(store.keys()))]
@@ -643,6 +648,29 @@ def _current_variables():
     if variables is None:
         raise RuntimeError("A Partition's update needs its variables; it runs inside an optimizer's `apply`.")
     return variables
+
+
+def _migrate_saved(variables, arrays, version):
+    """`arrays` saved with format `version` ≤ 2 for `variables` (those of today's, less the ones added later)."""
+    if version < 2:
+        arrays, out = iter(arrays), []
+        for variable in variables:
+            if getattr(variable, "_keras_optx_hyperparameters", False):
+                out.append(keras.ops.convert_to_numpy(variable.value))
+            else:
+                out.append(next(arrays, None))
+        rest = list(arrays)
+        if rest or any(a is None for a in out):
+            return [a for a in out if a is not None] + rest  # a count mismatch: refused below
+        return out
+    if version < 3 and len(arrays) == len(variables):
+        arrays = [
+            keras.ops.convert_to_numpy(v.value)
+            if getattr(v, "_keras_optx_hyperparameters", False) and tuple(a.shape) != tuple(v.shape)
+            else a
+            for v, a in zip(variables, arrays)
+        ]
+    return arrays
 
 
 def _versioned(cls, config):

@@ -37,11 +37,13 @@ group's, shared by groups without their own "lr"), and a hyperparameter set on t
 
 import numbers
 import re
+from collections.abc import Mapping, MutableMapping
 
 import keras
+import numpy as np
 
 from . import _checks as check
-from ._base import Rule, _adopt_rate, _plus_decay
+from ._base import Rule, _plus_decay
 from ._hyper import _Hyper, deserialize_value, serialize_value
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -90,10 +92,37 @@ class _TorchRule(Rule):
             lr = check.nonnegative("lr", lr)
         hyper = {k: kwargs[k] for k in self.hyperparameters if k in kwargs}
         super().__init__(lr, **kwargs)
-        self.param_groups = None
+        object.__setattr__(self, "_group_specs", None)  # past Keras's tracker: it would adopt the variables listed
         self._partition = None
         if param_groups is not None:
             self._group(param_groups, {"lr": lr, **hyper})
+
+    @property
+    def param_groups(self):
+        """torch's `optimizer.param_groups`: one live dict per group (the groups given, then the
+        variables no group matches, whose values are the optimizer's own; one group without
+        `param_groups=`). Reading a key reads the value the step uses; writing one
+        (`g["lr"] *= 0.1`) is the checked write of `opt.<name> = …` on that group: refused before
+        anything is written, acting at the next step, saved."""
+        specs = self._group_specs or []
+        return [ParamGroup(self, i) for i in range(len(specs))] + [ParamGroup(self, None)]
+
+    @property
+    def lr(self):
+        """torch's name of the rate: `learning_rate`."""
+        return self.learning_rate
+
+    @lr.setter
+    def lr(self, value):
+        self.learning_rate = value
+
+    def _follow_rate(self, value):
+        # The defaults' rate reaches every group without its own "lr", as hyperparameters do.
+        partition = self.__dict__.get("_partition")
+        if partition is not None:
+            for member, spec in zip(partition.rules, self._group_specs + [{}]):
+                if "lr" not in spec:
+                    member.learning_rate = value
 
     @property
     def torch_weight_decay(self):
@@ -115,6 +144,7 @@ class _TorchRule(Rule):
             )
         accepted = ["params", *defaults]
         groups, pairs = [], []
+        object.__setattr__(self, "_resolve", [])  # (group index, variables or positions) for patterns made at build
         for i, group in enumerate(param_groups):
             if not isinstance(group, dict):
                 raise TypeError(f"`param_groups[{i}]` must be a dict; received {group!r}.")
@@ -125,18 +155,17 @@ class _TorchRule(Rule):
                 )
             if "params" not in group:
                 raise ValueError(f"`param_groups[{i}]` needs a \"params\" key (a regex on variable.path or a list of variables).")
-            pattern = _params_pattern(group["params"], i)
+            params = _params_spec(group["params"], i)
             values = {k: v for k, v in group.items() if k != "params"}
             member = type(self)(**{**defaults, **values})  # the constructor's checks refuse bad values
-            if "lr" not in values and isinstance(self._learning_rate, keras.Variable):
-                _adopt_rate(member, self._learning_rate)  # the default rate: callbacks steer it here too
-            groups.append({"params": pattern, **values})
-            pairs.append((pattern, member))
-        default = type(self)(**defaults)
-        if isinstance(self._learning_rate, keras.Variable):
-            _adopt_rate(default, self._learning_rate)
-        pairs.append((".*", default))
-        self.param_groups = groups
+            groups.append({"params": params, **values})
+            if not isinstance(params, str):
+                self._resolve.append((i, params))
+            pairs.append((params if isinstance(params, str) else _NOTHING, member))
+        pairs.append((".*", type(self)(**defaults)))
+        # Each group has its own rate (a saved variable), as torch's groups: the defaults' rate reaches
+        # those without their own "lr" when set (`learning_rate`'s setter).
+        object.__setattr__(self, "_group_specs", groups)
         self._partition = Partition(pairs)
         self._partition._claim(self)
         self._torch_kernel = _grouped_kernel
@@ -148,7 +177,7 @@ class _TorchRule(Rule):
         if partition is not None and name in self.hyperparameters:
             from ._hyper import _checked
 
-            members = [m for m, g in zip(partition.rules, self.param_groups + [{}]) if name not in g]
+            members = [m for m, g in zip(partition.rules, self._group_specs + [{}]) if name not in g]
             for member in members:
                 _checked(member, name, value)  # all checked before any is set
             for member in members:
@@ -160,14 +189,30 @@ class _TorchRule(Rule):
         return None if partition is None else partition.rules
 
     def _slot_owners(self, variables):
+        self._resolve_groups(variables)
         if self._partition is None:
             return super()._slot_owners(variables)
         return self._partition._slot_owners(variables)
 
+    def _resolve_groups(self, variables):
+        """At build (alone or as a chain member): groups given as variables (or, from a saved file, as
+        positions in the built list) route by the exact paths of these variables."""
+        if self._partition is None or "_built_order" in self.__dict__:
+            return
+        for i, params in self._resolve:
+            chosen = _chosen(params, variables, i)
+            self._partition.patterns[i] = re.compile("^(?:" + "|".join(re.escape(_path(v)) for v in chosen) + ")$")
+        object.__setattr__(self, "_built_order", list(variables))
+
     def _build_state(self, variables):
+        self._resolve_groups(variables)
         made = super()._build_state(variables)
         if self._partition is not None:
             made += self._partition._build_state(variables)
+            for member in self._partition.rules:  # each group's rate, saved (format 4)
+                for v in member._rate_variables():
+                    v._keras_optx_added_in = 4
+                    made.append(v)
         return made
 
     def _build_hyper(self):
@@ -197,9 +242,26 @@ class _TorchRule(Rule):
 
     def get_config(self):
         config = super().get_config()
-        if self.param_groups is not None:  # a group's schedules serialized, as the constructor's
-            config["param_groups"] = [{k: serialize_value(v) for k, v in group.items()} for group in self.param_groups]
+        if self._group_specs is not None:  # each group's own keys, with the values its step uses now
+            config["param_groups"] = [
+                {"params": self._saved_params(i, spec["params"]),
+                 **{k: serialize_value(_group_value(member, k)) for k in spec if k != "params"}}
+                for i, (spec, member) in enumerate(zip(self._group_specs, self._partition.rules))
+            ]
         return config
+
+    def _saved_params(self, i, params):
+        """A group's "params" as saved: a regex as given; variables as their positions in the list
+        the optimizer was built with (`model.trainable_variables`' order, which a `.keras` file keeps,
+        unlike paths); before build, a regex of their paths."""
+        if isinstance(params, str):
+            return params
+        built = self.__dict__.get("_built_order")
+        if isinstance(params, _Positions):
+            return {"positions": list(params)}
+        if built is not None:
+            return {"positions": [next(j for j, b in enumerate(built) if b is v) for v in params]}
+        return "^(?:" + "|".join(re.escape(_path(v)) for v in params) + ")$"
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -217,14 +279,30 @@ class _TorchRule(Rule):
         return f"{type(self).__name__}({', '.join(args)})"
 
 
-def _params_pattern(params, i):
-    """A group's "params" as a regex: the string itself, or exact paths for a list of variables."""
+_NOTHING = "(?!)"  # a group of variables routes by their paths, known at build
+
+
+class _Positions(tuple):
+    """A saved group's variables: positions in the list the optimizer is built with."""
+
+
+def _params_spec(params, i):
+    """A group's "params": a regex (the string), a tuple of variables, or `_Positions` (saved)."""
     if isinstance(params, str):
         try:
             re.compile(params)
         except re.error as error:
             raise ValueError(f"`param_groups[{i}]['params']` {params!r} is not a valid regular expression: {error}.") from None
         return params
+    if isinstance(params, _Positions):
+        return params
+    if isinstance(params, dict) and set(params) == {"positions"}:
+        positions = params["positions"]
+        if not isinstance(positions, (list, tuple)) or not positions or not all(
+            isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in positions
+        ):
+            raise ValueError(f"`param_groups[{i}]['params']['positions']` must be a non-empty list of integers ≥ 0; received {positions!r}.")
+        return _Positions(positions)
     if isinstance(params, keras.Variable):
         params = [params]
     try:
@@ -236,7 +314,90 @@ def _params_pattern(params, i):
             f"`param_groups[{i}]['params']` must be a regex on variable.path or a non-empty list of "
             f"keras.Variable; received {params!r}."
         )
-    return "^(?:" + "|".join(re.escape(getattr(v, "path", None) or v.name) for v in params) + ")$"
+    return tuple(params)
+
+
+def _path(variable):
+    return getattr(variable, "path", None) or variable.name
+
+
+def _chosen(params, variables, i):
+    """The variables of a group given as variables or positions, among those built."""
+    if isinstance(params, _Positions):
+        if max(params) >= len(variables):
+            raise ValueError(
+                f"`param_groups[{i}]` holds the variables at positions {list(params)} of the list the optimizer was "
+                f"saved with; it is built with {len(variables)} variables. Build it with the model it was saved with."
+            )
+        return [variables[p] for p in params]
+    missing = [_path(v) for v in params if not any(v is b for b in variables)]
+    if missing:
+        raise ValueError(f"`param_groups[{i}]` names variables the optimizer is not built with: {missing}.")
+    return list(params)
+
+
+def _group_value(rule, key):
+    """A group's value of `key` as its step uses it: "lr" as a number (or its schedule), others as set."""
+    if key != "lr":
+        return getattr(rule, key)
+    rate = rule._learning_rate
+    if isinstance(rate, keras.Variable):
+        return float(str(np.float32(keras.ops.convert_to_numpy(rate.value))))
+    return rate
+
+
+class ParamGroup(MutableMapping):
+    """One of `optimizer.param_groups`: a live view of a group's values (torch's group dict).
+
+    `g["lr"]`, `g["weight_decay"]`, `g["betas"]`, … read the value the group's step uses; setting one
+    is `opt.<name> = …` on that group (checked, refused before any write, acting at the next step,
+    saved). The last group (the variables no group matches) holds the optimizer's own values: setting
+    one there sets the optimizer's, which reaches every group without its own, as `opt.<name> = …` does.
+    "params" (the regex or variables given) is read-only; keys cannot be added or removed."""
+
+    def __init__(self, optimizer, index):
+        self._optimizer, self._index = optimizer, index
+
+    def _rule(self):
+        return self._optimizer if self._index is None else self._optimizer._partition.rules[self._index]
+
+    def _keys(self):
+        return ["params", "lr", *self._optimizer.hyperparameters]
+
+    def __getitem__(self, key):
+        if key == "params":
+            return ".*" if self._index is None else self._optimizer._group_specs[self._index]["params"]
+        if key not in self._keys():
+            raise KeyError(key)
+        return _group_value(self._rule(), key)
+
+    def __setitem__(self, key, value):
+        if key == "params":
+            raise TypeError("A param group's \"params\" are fixed at construction; pass other `param_groups=` to a new optimizer.")
+        if key not in self._keys():
+            raise KeyError(f"{type(self._optimizer).__name__}'s param groups have the keys {self._keys()}; received {key!r}.")
+        setattr(self._rule(), "learning_rate" if key == "lr" else key, value)
+
+    def __delitem__(self, key):
+        raise TypeError(f"The keys of a param group cannot be removed (received {key!r}); set a value instead.")
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __len__(self):
+        return len(self._keys())
+
+    def __eq__(self, other):
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        def plain(group):
+            return {k: tuple(map(id, v)) if k == "params" and not isinstance(v, str) else v for k, v in group.items()}
+        return plain(self) == plain(other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(dict(self))
 
 
 def _grouped_kernel(rule, xs, gs, slots, t, lr):
