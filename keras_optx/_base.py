@@ -144,7 +144,7 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
 
     @property
     def shard_state(self):
-        return self.__dict__["_shard_state"]
+        return self.__dict__.get("_shard_state", False)
 
     @shard_state.setter
     def shard_state(self, value):
@@ -166,7 +166,7 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
 
     @property
     def state_dtype(self):
-        return self.__dict__["_state_dtype"]
+        return self.__dict__.get("_state_dtype")
 
     @state_dtype.setter
     def state_dtype(self, value):
