@@ -132,8 +132,10 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         for name, value in hyper.items():
             setattr(self, name, value)  # validated by its `_Hyper` descriptor (keras_optx/_hyper.py)
         self._owner = None
-        self.shard_state = shard_state
-        self.state_dtype = state_dtype
+        # Set past the properties, whose checks are for changes after construction (tf's tracking
+        # skips an assignment of the value a getter already returns).
+        object.__setattr__(self, "_shard_state", shard_state)
+        object.__setattr__(self, "_state_dtype", state_dtype)
         if self._parts() is None:  # a chain or Partition checks once its members are known
             self._check_state_dtype()
 
@@ -148,20 +150,20 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
 
     @shard_state.setter
     def shard_state(self, value):
+        # After construction: the constructor's checks, and only before build.
         value = _scale.check_shard_state(value)
-        if "_shard_state" in self.__dict__:  # after construction: the constructor's checks, and only before build
-            self._refuse_layout_change("shard_state", value)
-            owner = self._owners()[1] if len(self._owners()) > 1 else None
-            if value and owner is not None and not owner.shard_state:
-                raise ValueError(
-                    f"{self!r} is a member of {owner.name}, which keeps its state: set shard_state=True on the "
-                    f"{type(owner).__name__} instead."
-                )
-            if value and getattr(self, "optimizer", None) is not None and not self.slots:
-                raise ValueError(
-                    f"{type(self).__name__} wrapping {type(self.optimizer).__name__} keeps no state of its own; "
-                    "`shard_state=True` cannot reach its slots. Use a keras_optx chain instead."
-                )
+        self._refuse_layout_change("shard_state", value)
+        owner = self._owners()[1] if len(self._owners()) > 1 else None
+        if value and owner is not None and not owner.shard_state:
+            raise ValueError(
+                f"{self!r} is a member of {owner.name}, which keeps its state: set shard_state=True on the "
+                f"{type(owner).__name__} instead."
+            )
+        if value and getattr(self, "optimizer", None) is not None and not self.slots:
+            raise ValueError(
+                f"{type(self).__name__} wrapping {type(self.optimizer).__name__} keeps no state of its own; "
+                "`shard_state=True` cannot reach its slots. Use a keras_optx chain instead."
+            )
         object.__setattr__(self, "_shard_state", value)
 
     @property
@@ -171,9 +173,6 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
     @state_dtype.setter
     def state_dtype(self, value):
         value = _scale.check_state_dtype(value)
-        if "_state_dtype" not in self.__dict__:  # the constructor's: checked once the members are known
-            object.__setattr__(self, "_state_dtype", value)
-            return
         self._refuse_layout_change("state_dtype", value)
         old = self.__dict__["_state_dtype"]
         object.__setattr__(self, "_state_dtype", value)
