@@ -17,7 +17,7 @@ import keras
 from . import _checks as check
 from . import _scale
 from ._backends import current as backend
-from ._hyper import HyperMixin, _in_step, attach, deserialize_value, serialize_value
+from ._hyper import HyperMixin, _assign_checked, _hyper_owners, _in_step, attach, deserialize_value, serialize_value
 from ._identity import _same, _set_cache
 from ._tensors import Many, ops
 
@@ -302,7 +302,7 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         from ._hyper import _walk
 
         for rule in _walk(self):  # this rate's owner inside (a chain's is its last member's) passes it on
-            if getattr(rule, "_learning_rate", None) is self._learning_rate:
+            if getattr(rule, "_learning_rate", None) is self._learning_rate and hasattr(rule, "_follow_rate"):
                 rule._follow_rate(value)
 
     def _follow_rate(self, value):
@@ -470,7 +470,9 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         Format 2's vectors of keras_optx.torch's rules lacked `weight_decay`: likewise.
         Format ≤ 3 lacked the variables marked `_keras_optx_added_in` (each torch param group's
         rate): each keeps its value from the loaded config."""
-        variables = [v for v in self.variables if getattr(v, "_keras_optx_added_in", 0) <= version]
+        variables = self.variables
+        if len(arrays) != len(variables):  # a file that has them all needs none filled
+            variables = [v for v in variables if getattr(v, "_keras_optx_added_in", 0) <= version]
         arrays = _migrate_saved(variables, arrays, version)
         if len(arrays) != len(variables) or len(variables) == len(self.variables):
             return arrays  # a count mismatch is refused by the caller
@@ -781,32 +783,6 @@ def _set_all(optimizer, weights):
                 f"array of shape {tuple(weight.shape)}."
             )
     _assign_checked(optimizer, variables, weights)
-
-
-def _assign_checked(optimizer, variables, arrays):
-    """Write `arrays` into `variables`, the hyperparameter vectors among them checked as an
-    assignment checks each value, before any write; the values the step reads follow."""
-    owners = []
-    for variable, array in zip(variables, arrays):
-        owner = getattr(variable, "_keras_optx_owner", None)
-        if owner is not None and owner() is not None:
-            owner()._check_hyper_vector(keras.ops.convert_to_numpy(array).reshape(-1).tolist())
-            owners.append(owner())
-    attach(optimizer)
-    for variable, array in zip(variables, arrays):
-        variable.assign(array)
-    for rule in owners:
-        rule._refresh_hyper()
-
-
-def _hyper_owners(optimizer):
-    """The rules whose hyperparameter vectors are among `optimizer.variables`, cached per variable count."""
-    cache = optimizer.__dict__.get("_hyper_owner_cache")
-    count = len(optimizer._variables)
-    if cache is None or cache.count != count:
-        rules = [v._keras_optx_owner() for v in optimizer.variables if getattr(v, "_keras_optx_owner", None) is not None]
-        cache = _set_cache(optimizer, "_hyper_owner_cache", count=count, rules=[r for r in rules if r is not None])
-    return cache.rules
 
 
 def _plus_decay(a, x, factor, mask):

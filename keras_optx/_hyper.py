@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from ._backends import current as backend
+from ._identity import _set_cache
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 _STEP_OWNER = contextvars.ContextVar("keras_optx_step_owner", default=None)
@@ -312,6 +313,32 @@ class HyperMixin:
                     vector = self._hyper_variable.value
                 out.append(vector[offset + i])
         return tuple(out) if is_tuple else out[0]
+
+
+def _assign_checked(optimizer, variables, arrays):
+    """Write `arrays` into `variables`, the hyperparameter vectors among them checked as an
+    assignment checks each value, before any write; the values the step reads follow."""
+    owners = []
+    for variable, array in zip(variables, arrays):
+        owner = getattr(variable, "_keras_optx_owner", None)
+        if owner is not None and owner() is not None and tuple(array.shape) == tuple(variable.shape):  # else: refused by assign
+            owner()._check_hyper_vector(keras.ops.convert_to_numpy(array).reshape(-1).tolist())
+            owners.append(owner())
+    attach(optimizer)
+    for variable, array in zip(variables, arrays):
+        variable.assign(array)
+    for rule in owners:
+        rule._refresh_hyper()
+
+
+def _hyper_owners(optimizer):
+    """The rules whose hyperparameter vectors are among `optimizer.variables`, cached per variable count."""
+    cache = optimizer.__dict__.get("_hyper_owner_cache")
+    count = len(optimizer._variables)
+    if cache is None or cache.count != count:
+        rules = [v._keras_optx_owner() for v in optimizer.variables if getattr(v, "_keras_optx_owner", None) is not None]
+        cache = _set_cache(optimizer, "_hyper_owner_cache", count=count, rules=[r for r in rules if r is not None])
+    return cache.rules
 
 
 def _evaluate(value, root):
