@@ -171,6 +171,34 @@ def test_param_group_edits_act_at_the_next_step_as_in_torch(case, mode):
     assert max(np.abs(a - b).max() for a, b in zip(unchanged[-1], reference[-1])) > 1e-4  # the edits mattered
 
 
+@pytest.mark.parametrize("jit_compile", JIT)
+def test_param_group_edits_mid_epoch_in_fit_act_at_the_next_step(jit_compile):
+    """torch's hand-written scheduler, run by a callback holding the optimizer, inside `fit`."""
+    x, y = _data()
+
+    def make():
+        return AdamW(0.01, weight_decay=0.1, param_groups=[{"params": "bias", "weight_decay": 1e-3}])
+
+    def decay(opt):
+        for group in opt.param_groups:
+            group["lr"] *= 0.1
+            group["weight_decay"] = 0.5
+
+    opt = make()
+    model = _model(opt, jit_compile)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[_AtBatch(1, lambda: decay(opt))])
+    twin = _model(make(), jit_compile)
+    for n in range(4):
+        twin.train_on_batch(x[8 * n:8 * n + 8], y[8 * n:8 * n + 8])
+        if n == 1:
+            decay(twin.optimizer)
+    _assert_same_weights(model, twin, "param groups edited mid-epoch")
+    assert [g["lr"] for g in opt.param_groups] == [0.001, 0.001]
+    unchanged = _model(make(), jit_compile)
+    unchanged.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert max(np.abs(a - b).max() for a, b in zip(model.get_weights(), unchanged.get_weights())) > 1e-5
+
+
 def test_param_groups_always_exist_refuse_bad_values_and_are_saved(tmp_path):
     opt = SGD(0.1, momentum=0.9)
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == pytest.approx(0.1)
