@@ -7,6 +7,8 @@ from collections.abc import Mapping, MutableMapping
 import keras
 import numpy as np
 
+from ._hyper import attach
+
 _NOTHING = "(?!)"  # a group of variables routes by their paths, known at build
 
 
@@ -70,6 +72,7 @@ def _group_value(rule, key):
         return getattr(rule, key)
     rate = rule._learning_rate
     if isinstance(rate, keras.Variable):
+        attach(rule)  # jax mid-epoch: the trainer holds the value
         return float(str(np.float32(keras.ops.convert_to_numpy(rate.value))))
     return rate
 
