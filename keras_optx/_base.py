@@ -17,7 +17,7 @@ import keras
 from . import _checks as check
 from . import _scale
 from ._backends import current as backend
-from ._hyper import HyperMixin, _in_step, deserialize_value, serialize_value
+from ._hyper import HyperMixin, _assign_checked, _hyper_owners, _in_step, attach, deserialize_value, serialize_value
 from ._identity import _same, _set_cache
 from ._tensors import Many, ops
 
@@ -28,11 +28,14 @@ EPSILON = 1e-8
 # "format_version". Raise it when a change adds, removes or reorders an optimizer's variables or
 # renames a config key, and teach `Rule._migrate_config`/`_migrate_variables` to read the old one:
 # tests/fixtures/checkpoints (files saved by earlier versions) must keep loading.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Format 2 added one variable per rule with numeric hyperparameters (its "hyperparameters" vector,
 # made at build); `Rule._migrate_variables` fills it from the config for files of format ≤ 1.
 # Format 3: keras_optx.torch's SGD/Adam/AdamW hold `weight_decay` in that vector (one entry more);
 # a format-2 vector of another length takes the values of the loaded config.
+# Format 4: each param group of keras_optx.torch's rules saves its own rate (a variable, after the
+# others; older files: the loaded config's), and a group given as variables saves their positions in
+# the list the optimizer was built with ({"positions": [...]}, not a regex of their paths).
 
 
 # Keras optimizer keywords that change the update, with their defaults. A chain member's update is
@@ -129,8 +132,10 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         for name, value in hyper.items():
             setattr(self, name, value)  # validated by its `_Hyper` descriptor (keras_optx/_hyper.py)
         self._owner = None
-        self.shard_state = shard_state
-        self.state_dtype = state_dtype
+        # Set past the properties, whose checks are for changes after construction (tf's tracking
+        # skips an assignment of the value a getter already returns).
+        object.__setattr__(self, "_shard_state", shard_state)
+        object.__setattr__(self, "_state_dtype", state_dtype)
         if self._parts() is None:  # a chain or Partition checks once its members are known
             self._check_state_dtype()
 
@@ -138,6 +143,53 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         """The rules whose slots this one owns, keyed `<position>_<slot>` (a chain's members, a
         Partition's rules); None for a rule that owns only its own `slots`."""
         return None
+
+    @property
+    def shard_state(self):
+        return self.__dict__.get("_shard_state", False)
+
+    @shard_state.setter
+    def shard_state(self, value):
+        # After construction: the constructor's checks, and only before build.
+        value = _scale.check_shard_state(value)
+        self._refuse_layout_change("shard_state", value)
+        owner = self._owners()[1] if len(self._owners()) > 1 else None
+        if value and owner is not None and not owner.shard_state:
+            raise ValueError(
+                f"{self!r} is a member of {owner.name}, which keeps its state: set shard_state=True on the "
+                f"{type(owner).__name__} instead."
+            )
+        if value and getattr(self, "optimizer", None) is not None and not self.slots:
+            raise ValueError(
+                f"{type(self).__name__} wrapping {type(self.optimizer).__name__} keeps no state of its own; "
+                "`shard_state=True` cannot reach its slots. Use a keras_optx chain instead."
+            )
+        object.__setattr__(self, "_shard_state", value)
+
+    @property
+    def state_dtype(self):
+        return self.__dict__.get("_state_dtype")
+
+    @state_dtype.setter
+    def state_dtype(self, value):
+        value = _scale.check_state_dtype(value)
+        self._refuse_layout_change("state_dtype", value)
+        old = self.__dict__["_state_dtype"]
+        object.__setattr__(self, "_state_dtype", value)
+        try:
+            for rule in self._owners():  # this rule's refusal, and its owners' (a chain holding it)
+                rule._check_state_dtype()
+        except ValueError:
+            object.__setattr__(self, "_state_dtype", old)
+            raise
+
+    def _refuse_layout_change(self, name, value):
+        root = self._root()
+        if root.built and getattr(self, name) != value:
+            raise ValueError(
+                f"`{name}` of {self.name} cannot change once {root.name} is built: its slots already exist "
+                f"(with {name}={getattr(self, name)!r}). Set {name}={value!r} when constructing the optimizer."
+            )
 
     def _check_state_dtype(self):
         """Refuse a `state_dtype` that no slot of this rule may take (by the rule's name and why)."""
@@ -244,7 +296,17 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
     @learning_rate.setter
     def learning_rate(self, value):
         # The constructor's check, so a negative rate set later (by hand or a callback) is refused too.
-        keras.optimizers.Optimizer.learning_rate.fset(self, _checked_rate(value))
+        value = _checked_rate(value)
+        attach(self)
+        keras.optimizers.Optimizer.learning_rate.fset(self, value)
+        from ._hyper import _walk
+
+        for rule in _walk(self):  # this rate's owner inside (a chain's is its last member's) passes it on
+            if getattr(rule, "_learning_rate", None) is self._learning_rate and hasattr(rule, "_follow_rate"):
+                rule._follow_rate(value)
+
+    def _follow_rate(self, value):
+        """The rate was set to `value`: pass it to what follows it (torch param groups without their own)."""
 
     def _get_current_learning_rate(self):
         # A schedule reads the update count of the optimizer that runs the steps: a chain member's or
@@ -327,6 +389,9 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         _set_cache(self, "_known_cache", source=self._trainable_variables_indices, variables=list(variables))
 
     def _update(self, grads, variables):
+        if backend.EAGER:  # the torch step reads Python numbers: those of a restored vector
+            for rule in _hyper_owners(self):
+                rule._refresh_hyper()
         with _step_variables(variables), _in_step(self):
             self._update_step(grads, variables)
 
@@ -366,6 +431,8 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         return backend.step_numbers(self)
 
     def get_config(self):
+        for rule in _hyper_owners(self):
+            rule._refresh_hyper()
         config = super().get_config()
         if not self.has_learning_rate:
             config.pop("learning_rate")
@@ -400,26 +467,20 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         FORMAT_VERSION) in the order and number of today's `self.variables`.
 
         Format ≤ 1 had no hyperparameter vectors: each takes the values of the loaded config.
-        Format 2's vectors of keras_optx.torch's rules lacked `weight_decay`: likewise."""
-        if version < 2:
-            arrays, out = iter(arrays), []
-            for variable in self.variables:
-                if getattr(variable, "_keras_optx_hyperparameters", False):
-                    out.append(keras.ops.convert_to_numpy(variable.value))
-                else:
-                    out.append(next(arrays, None))
-            rest = list(arrays)
-            if rest or any(a is None for a in out):
-                return [a for a in out if a is not None] + rest  # a count mismatch: refused below
-            return out
-        if version < 3 and len(arrays) == len(self.variables):
-            arrays = [
-                keras.ops.convert_to_numpy(v.value)
-                if getattr(v, "_keras_optx_hyperparameters", False) and tuple(a.shape) != tuple(v.shape)
-                else a
-                for v, a in zip(self.variables, arrays)
-            ]
-        return arrays
+        Format 2's vectors of keras_optx.torch's rules lacked `weight_decay`: likewise.
+        Format ≤ 3 lacked the variables marked `_keras_optx_added_in` (each torch param group's
+        rate): each keeps its value from the loaded config."""
+        variables = self.variables
+        if len(arrays) != len(variables):  # a file that has them all needs none filled
+            variables = [v for v in variables if getattr(v, "_keras_optx_added_in", 0) <= version]
+        arrays = _migrate_saved(variables, arrays, version)
+        if len(arrays) != len(variables) or len(variables) == len(self.variables):
+            return arrays  # a count mismatch is refused by the caller
+        saved = iter(arrays)
+        return [
+            next(saved) if getattr(v, "_keras_optx_added_in", 0) <= version else keras.ops.convert_to_numpy(v.value)
+            for v in self.variables
+        ]
 
     def load_own_variables(self, store):
         arrays = [store[str(i)] for i in range(len(store.keys()))]
@@ -437,8 +498,7 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
                 f"{type(self).__name__} has {len(variables)}. Load it with the same optimizer configuration "
                 f"it was saved with (saved format version {version}, this keras_optx reads {FORMAT_VERSION})."
             )
-        for variable, value in zip(variables, arrays):
-            variable.assign(value)
+        _assign_checked(self, variables, arrays)
 
     def _claim(self, owner):
         """Mark this rule as a member of `owner`: one rule, one chain, one set of slots."""
@@ -591,6 +651,29 @@ def _current_variables():
     return variables
 
 
+def _migrate_saved(variables, arrays, version):
+    """`arrays` saved with format `version` ≤ 2 for `variables` (those of today's, less the ones added later)."""
+    if version < 2:
+        arrays, out = iter(arrays), []
+        for variable in variables:
+            if getattr(variable, "_keras_optx_hyperparameters", False):
+                out.append(keras.ops.convert_to_numpy(variable.value))
+            else:
+                out.append(next(arrays, None))
+        rest = list(arrays)
+        if rest or any(a is None for a in out):
+            return [a for a in out if a is not None] + rest  # a count mismatch: refused below
+        return out
+    if version < 3 and len(arrays) == len(variables):
+        arrays = [
+            keras.ops.convert_to_numpy(v.value)
+            if getattr(v, "_keras_optx_hyperparameters", False) and tuple(a.shape) != tuple(v.shape)
+            else a
+            for v, a in zip(variables, arrays)
+        ]
+    return arrays
+
+
 def _versioned(cls, config):
     """`config` without its "format_version" (migrated by `cls._migrate_config`), and that version."""
     config = dict(config)
@@ -699,8 +782,7 @@ def _set_all(optimizer, weights):
                 f"Optimizer variable {_variable_path(variable)} has shape {tuple(variable.shape)}; received an "
                 f"array of shape {tuple(weight.shape)}."
             )
-    for variable, weight in zip(variables, weights):
-        variable.assign(weight)
+    _assign_checked(optimizer, variables, weights)
 
 
 def _plus_decay(a, x, factor, mask):

@@ -22,10 +22,13 @@ refused after build (set it before training starts).
 import contextlib
 import contextvars
 import numbers
+import weakref
 
 import keras
+import numpy as np
 
 from ._backends import current as backend
+from ._identity import _set_cache
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 _STEP_OWNER = contextvars.ContextVar("keras_optx_step_owner", default=None)
@@ -95,6 +98,8 @@ class _Hyper:
             return value
         root = _STEP_OWNER.get()
         if root is None:
+            if rule._refresh_hyper():  # restored by set_weights/load_weights: the variable's values
+                value = rule.__dict__["_hyper_values"][self.name]
             return value
         return rule._hyper_in_step(self.name, value, root)
 
@@ -108,6 +113,8 @@ class _Hyper:
             plain.add(self.name)
         else:
             plain.discard(self.name)
+        if self.name in rule.__dict__.get("_hyper_layout", {}):
+            attach(rule)  # before anything is set: a write that cannot reach the step is refused
         values[self.name] = value
         if self.name in rule.__dict__.get("_hyper_layout", {}):
             rule._write_hyper_variable()
@@ -124,6 +131,52 @@ def _checked(rule, name, value):
             _check_kind(name, rule.__dict__["_hyper_values"][name], value)
         rule._hyper_check(name, value)
     return value
+
+
+def attach(optimizer):
+    """Make the optimizer's variables the values the next step reads, before a write outside the step.
+
+    On jax, inside `fit`'s epoch Keras's trainer keeps the variables' values in its own state (the
+    variables are emptied, and written back at the epoch's end, over any write made meanwhile).
+    Here the trainer hands them back (`jax_state_sync`, as a callback's `self.model` does), so it
+    re-reads them at its next step and the write acts there. Elsewhere: nothing to do."""
+    if keras.backend.backend() != "jax":
+        return
+    root = optimizer._root() if hasattr(optimizer, "_root") else optimizer
+    if not any(getattr(v, "_value", 0) is None for v in root.variables):
+        return
+    for model in _models_training(root):
+        model.jax_state_sync()
+    if any(getattr(v, "_value", 0) is None for v in root.variables):
+        raise RuntimeError(
+            f"The variables of {root.name} are held by a jax trainer mid-epoch and no model training with it was "
+            "found to hand them back; set the value through a callback's `self.model.optimizer` (which syncs "
+            "them), or between epochs."
+        )
+
+
+def _models_training(optimizer):
+    """The models whose `optimizer` is `optimizer` or a wrapper of it (`LossScaleOptimizer`): found
+    by who refers to it (the optimizer keeps no reference to its model)."""
+    import gc
+
+    found, seen, frontier = [], {id(optimizer)}, [optimizer]
+    while frontier:
+        target = frontier.pop()
+        for ref in gc.get_referrers(target):
+            owners = [ref]
+            if isinstance(ref, dict):
+                owners = [o for o in gc.get_referrers(ref) if getattr(o, "__dict__", None) is ref]
+            for owner in owners:
+                if id(owner) in seen:
+                    continue
+                if isinstance(owner, keras.Model) and hasattr(owner, "jax_state_sync") and getattr(owner, "optimizer", None) is target:
+                    seen.add(id(owner))
+                    found.append(owner)
+                elif isinstance(owner, keras.optimizers.Optimizer) and getattr(owner, "inner_optimizer", None) is target:
+                    seen.add(id(owner))
+                    frontier.append(owner)
+    return found
 
 
 def _check_kind(name, old, new):
@@ -182,6 +235,7 @@ class HyperMixin:
                 aggregation="none",
             )
             variable._keras_optx_hyperparameters = True  # what `_migrate_variables` recognises
+            variable._keras_optx_owner = weakref.ref(self)  # whose values it holds (`set_weights` checks them)
         object.__setattr__(self, "_hyper_variable", variable)
         return [variable] if variable is not None else []
 
@@ -195,7 +249,50 @@ class HyperMixin:
     def _write_hyper_variable(self):
         variable = self.__dict__.get("_hyper_variable")
         if variable is not None:
+            attach(self)
             variable.assign(keras.ops.convert_to_tensor(self._hyper_vector(), "float32"))
+            object.__setattr__(self, "_hyper_seen", getattr(variable._value, "_version", None))
+
+    def _hyper_from_vector(self, vector):
+        """`{name: value}` that a hyperparameter vector (as saved) holds: numbers from the vector
+        (the value set kept where it rounds to the same float32), schedules as they are."""
+        values = self.__dict__["_hyper_values"]
+        out = {}
+        for name, (offset, length, is_tuple) in self.__dict__["_hyper_layout"].items():
+            entries = []
+            for entry, saved in zip(_entries(values[name]), vector[offset:offset + length]):
+                if _is_scheduled(entry) or np.float32(entry) == np.float32(saved):
+                    entries.append(entry)
+                else:  # the shortest decimal that is this float32 (0.3, not 0.30000001192092896)
+                    entries.append(float(str(np.float32(saved))))
+            out[name] = tuple(entries) if is_tuple else entries[0]
+        return out
+
+    def _check_hyper_vector(self, vector):
+        """Refuse (before any write) a vector holding a value `rule.<name> = value` would refuse."""
+        for name, value in self._hyper_from_vector(vector).items():
+            _checked(self, name, value)
+
+    def _refresh_hyper(self):
+        """Read the hyperparameter variable (the one home of the numbers) back into the values the
+        torch step and `opt.rho` read, if it was written other than by assignment (`set_weights`,
+        `load_weights`, a wrapper's load). Returns whether it read. On torch a write is seen by the
+        tensor's version counter (no read per step); elsewhere the variable is read (outside steps
+        only; skipped where its value is held by a trainer or traced)."""
+        variable = self.__dict__.get("_hyper_variable")
+        value = None if variable is None else getattr(variable, "_value", None)
+        if value is None:
+            return False
+        version = getattr(value, "_version", None)
+        if version is not None and version == self.__dict__.get("_hyper_seen"):
+            return False
+        try:
+            vector = keras.ops.convert_to_numpy(value).tolist()
+        except Exception:  # a traced value (inside a compiled step): nothing was restored there
+            return False
+        self.__dict__["_hyper_values"].update(self._hyper_from_vector(vector))
+        object.__setattr__(self, "_hyper_seen", version)
+        return True
 
     def _hyper_in_step(self, name, value, root):
         """`name`'s value as a step reads it (see the module docstring)."""
@@ -216,6 +313,32 @@ class HyperMixin:
                     vector = self._hyper_variable.value
                 out.append(vector[offset + i])
         return tuple(out) if is_tuple else out[0]
+
+
+def _assign_checked(optimizer, variables, arrays):
+    """Write `arrays` into `variables`, the hyperparameter vectors among them checked as an
+    assignment checks each value, before any write; the values the step reads follow."""
+    owners = []
+    for variable, array in zip(variables, arrays):
+        owner = getattr(variable, "_keras_optx_owner", None)
+        if owner is not None and owner() is not None and tuple(array.shape) == tuple(variable.shape):  # else: refused by assign
+            owner()._check_hyper_vector(keras.ops.convert_to_numpy(array).reshape(-1).tolist())
+            owners.append(owner())
+    attach(optimizer)
+    for variable, array in zip(variables, arrays):
+        variable.assign(array)
+    for rule in owners:
+        rule._refresh_hyper()
+
+
+def _hyper_owners(optimizer):
+    """The rules whose hyperparameter vectors are among `optimizer.variables`, cached per variable count."""
+    cache = optimizer.__dict__.get("_hyper_owner_cache")
+    count = len(optimizer._variables)
+    if cache is None or cache.count != count:
+        rules = [v._keras_optx_owner() for v in optimizer.variables if getattr(v, "_keras_optx_owner", None) is not None]
+        cache = _set_cache(optimizer, "_hyper_owner_cache", count=count, rules=[r for r in rules if r is not None])
+    return cache.rules
 
 
 def _evaluate(value, root):
@@ -251,8 +374,10 @@ def adjust(optimizer, **values):
 
     Each keyword sets that hyperparameter on every rule of the tree that has it: the optimizer
     itself, chain members, Partition rules, wrapped optimizers (`SkipNonFinite`, transforms
-    wrapping a Keras optimizer). `learning_rate=` sets the rate of every rule that has one.
-    A keyword no rule has is refused, as is a value out of range (before anything is set).
+    wrapping a Keras optimizer, the `inner_optimizer` of Keras's `LossScaleOptimizer`).
+    `learning_rate=` sets the rate of every rule that has one, and is refused (naming them) when
+    some rule's rate is a schedule or callable. A keyword no rule has is refused, as is a value
+    out of range: every value is checked before anything is set.
     Returns `optimizer`. Takes effect at the next step, also inside a compiled step.
 
     Example:
@@ -264,11 +389,21 @@ def adjust(optimizer, **values):
 
     Optimisers.jl `adjust!` (Innes 2018, arXiv:1811.01457); optax `inject_hyperparams`.
     """
+    from ._base import _checked_rate
+
     rules = list(_walk(optimizer))
-    targets = {}
+    targets, checked = {}, {}
     for name, value in values.items():
         if name == "learning_rate":
+            scheduled = [r for r in rules if _rate_is_scheduled(r)]
+            if scheduled:
+                raise ValueError(
+                    f"adjust: the learning rate of {', '.join(f'{r.name} ({type(r).__name__})' for r in scheduled)} is a schedule or callable, "
+                    "part of the compiled step; a number cannot replace it. Adjust the other hyperparameters, or "
+                    "give those rules a number as rate before training starts."
+                )
             found = [r for r in rules if _has_rate(r)]
+            checked[name] = _checked_rate(value) if found else value
         else:
             found = [r for r in rules if name in getattr(r, "hyperparameters", {}) or _settable_property(r, name)]
         if not found:
@@ -278,25 +413,40 @@ def adjust(optimizer, **values):
             if name != "learning_rate" and name in getattr(rule, "hyperparameters", {}):
                 _checked(rule, name, value)  # all checked before any is set
         targets[name] = found
+    for rule in rules:
+        if getattr(rule, "built", False) or "_hyper_layout" in rule.__dict__:
+            attach(rule)  # jax mid-epoch: before any write, so that none is half done
+            break
     for name, found in targets.items():
         for rule in found:
-            setattr(rule, name, values[name])
+            setattr(rule, name, checked.get(name, values[name]))
     return optimizer
 
 
 def _walk(optimizer, seen=None):
+    """The optimizer, then every rule inside: chain members, Partition rules, the optimizer a
+    Transform wraps, and the `inner_optimizer` of a Keras wrapper (`LossScaleOptimizer`)."""
     seen = set() if seen is None else seen
     if id(optimizer) in seen or optimizer is None:
         return
     seen.add(id(optimizer))
     yield optimizer
-    for child in list(getattr(optimizer, "rules", ()) or ()) + [getattr(optimizer, "optimizer", None)]:
+    children = list(getattr(optimizer, "rules", ()) or ()) + [getattr(optimizer, "optimizer", None)]
+    children.append(getattr(optimizer, "inner_optimizer", None))
+    for child in children:
         if isinstance(child, keras.optimizers.Optimizer):
             yield from _walk(child, seen)
 
 
 def _has_rate(rule):
     return getattr(rule, "has_learning_rate", True) and isinstance(getattr(rule, "_learning_rate", None), keras.Variable)
+
+
+def _rate_is_scheduled(rule):
+    rate = getattr(rule, "_learning_rate", None)
+    return getattr(rule, "has_learning_rate", True) and rate is not None and not isinstance(rate, keras.Variable) and (
+        isinstance(rate, _Schedule) or callable(rate)
+    )
 
 
 def _settable_property(rule, name):

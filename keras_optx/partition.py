@@ -7,6 +7,7 @@ import keras
 from ._backends import current as backend
 from ._base import Rule, Transform, _current_variables, _lead_rate, _step_variables, _track_once, _versioned
 from ._identity import _same, _set_cache
+from ._hyper import attach
 from ._tensors import Many
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
@@ -198,6 +199,7 @@ class Partition(Rule):
             raise ValueError(
                 f"`pattern` {pattern!r} matches no variable of this optimizer; paths: {[_path(v) for v in variables]}."
             )
+        attach(self)  # jax mid-epoch: the trainer hands the mask back, and re-reads it at its next step
         mask = keras.ops.convert_to_numpy(self._mask.value).copy()
         mask[hits] = 1.0 if freeze else 0.0
         self._mask.assign(mask)
@@ -207,6 +209,7 @@ class Partition(Rule):
         """The paths of the variables frozen now (by `freeze`), in build order."""
         if self._mask is None:
             return []
+        attach(self)
         mask = keras.ops.convert_to_numpy(self._mask.value)
         return [_path(v) for v, m in zip(self.__dict__["_mask_for"].variables, mask) if m > 0]
 

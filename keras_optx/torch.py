@@ -31,8 +31,10 @@ The rate is `lr` (torch) or `learning_rate` (Keras's name, used by `from_config`
 torch's param groups port too: `param_groups=[{"params": "bias", "weight_decay": 0.0}, …]`
 ("params": a regex on `variable.path` or a list of variables); first match wins, the rest
 use the constructor's values; Keras callbacks steer the constructor's `lr` (the default
-group's, shared by groups without their own "lr"), and a hyperparameter set on the optimizer
+group's, passed to groups without their own "lr"), and a hyperparameter set on the optimizer
 (`opt.weight_decay = 0.1`) reaches the groups without their own (see `SGD`'s `param_groups`).
+`opt.param_groups` is live, as torch's: `for g in opt.param_groups: g["lr"] *= 0.1` acts at the
+next step on every backend, and is saved.
 """
 
 import numbers
@@ -41,8 +43,9 @@ import re
 import keras
 
 from . import _checks as check
-from ._base import Rule, _adopt_rate, _plus_decay
+from ._base import Rule, _plus_decay
 from ._hyper import _Hyper, deserialize_value, serialize_value
+from ._param_groups import _NOTHING, ParamGroup, _chosen, _group_value, _params_spec, _path, _Positions
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
@@ -90,10 +93,37 @@ class _TorchRule(Rule):
             lr = check.nonnegative("lr", lr)
         hyper = {k: kwargs[k] for k in self.hyperparameters if k in kwargs}
         super().__init__(lr, **kwargs)
-        self.param_groups = None
+        object.__setattr__(self, "_group_specs", None)  # past Keras's tracker: it would adopt the variables listed
         self._partition = None
         if param_groups is not None:
             self._group(param_groups, {"lr": lr, **hyper})
+
+    @property
+    def param_groups(self):
+        """torch's `optimizer.param_groups`: one live dict per group (the groups given, then the
+        variables no group matches, whose values are the optimizer's own; one group without
+        `param_groups=`). Reading a key reads the value the step uses; writing one
+        (`g["lr"] *= 0.1`) is the checked write of `opt.<name> = …` on that group: refused before
+        anything is written, acting at the next step, saved."""
+        specs = self._group_specs or []
+        return [ParamGroup(self, i) for i in range(len(specs))] + [ParamGroup(self, None)]
+
+    @property
+    def lr(self):
+        """torch's name of the rate: `learning_rate`."""
+        return self.learning_rate
+
+    @lr.setter
+    def lr(self, value):
+        self.learning_rate = value
+
+    def _follow_rate(self, value):
+        # The defaults' rate reaches every group without its own "lr", as hyperparameters do.
+        partition = self.__dict__.get("_partition")
+        if partition is not None:
+            for member, spec in zip(partition.rules, self._group_specs + [{}]):
+                if "lr" not in spec:
+                    member.learning_rate = value
 
     @property
     def torch_weight_decay(self):
@@ -115,6 +145,7 @@ class _TorchRule(Rule):
             )
         accepted = ["params", *defaults]
         groups, pairs = [], []
+        object.__setattr__(self, "_resolve", [])  # (group index, variables or positions) for patterns made at build
         for i, group in enumerate(param_groups):
             if not isinstance(group, dict):
                 raise TypeError(f"`param_groups[{i}]` must be a dict; received {group!r}.")
@@ -125,18 +156,17 @@ class _TorchRule(Rule):
                 )
             if "params" not in group:
                 raise ValueError(f"`param_groups[{i}]` needs a \"params\" key (a regex on variable.path or a list of variables).")
-            pattern = _params_pattern(group["params"], i)
+            params = _params_spec(group["params"], i)
             values = {k: v for k, v in group.items() if k != "params"}
             member = type(self)(**{**defaults, **values})  # the constructor's checks refuse bad values
-            if "lr" not in values and isinstance(self._learning_rate, keras.Variable):
-                _adopt_rate(member, self._learning_rate)  # the default rate: callbacks steer it here too
-            groups.append({"params": pattern, **values})
-            pairs.append((pattern, member))
-        default = type(self)(**defaults)
-        if isinstance(self._learning_rate, keras.Variable):
-            _adopt_rate(default, self._learning_rate)
-        pairs.append((".*", default))
-        self.param_groups = groups
+            groups.append({"params": params, **values})
+            if not isinstance(params, str):
+                self._resolve.append((i, params))
+            pairs.append((params if isinstance(params, str) else _NOTHING, member))
+        pairs.append((".*", type(self)(**defaults)))
+        # Each group has its own rate (a saved variable), as torch's groups: the defaults' rate reaches
+        # those without their own "lr" when set (`learning_rate`'s setter).
+        object.__setattr__(self, "_group_specs", groups)
         self._partition = Partition(pairs)
         self._partition._claim(self)
         self._torch_kernel = _grouped_kernel
@@ -148,7 +178,7 @@ class _TorchRule(Rule):
         if partition is not None and name in self.hyperparameters:
             from ._hyper import _checked
 
-            members = [m for m, g in zip(partition.rules, self.param_groups + [{}]) if name not in g]
+            members = [m for m, g in zip(partition.rules, self._group_specs + [{}]) if name not in g]
             for member in members:
                 _checked(member, name, value)  # all checked before any is set
             for member in members:
@@ -160,14 +190,30 @@ class _TorchRule(Rule):
         return None if partition is None else partition.rules
 
     def _slot_owners(self, variables):
+        self._resolve_groups(variables)
         if self._partition is None:
             return super()._slot_owners(variables)
         return self._partition._slot_owners(variables)
 
+    def _resolve_groups(self, variables):
+        """At build (alone or as a chain member): groups given as variables (or, from a saved file, as
+        positions in the built list) route by the exact paths of these variables."""
+        if self._partition is None or "_built_order" in self.__dict__:
+            return
+        for i, params in self._resolve:
+            chosen = _chosen(params, variables, i)
+            self._partition.patterns[i] = re.compile("^(?:" + "|".join(re.escape(_path(v)) for v in chosen) + ")$")
+        object.__setattr__(self, "_built_order", list(variables))
+
     def _build_state(self, variables):
+        self._resolve_groups(variables)
         made = super()._build_state(variables)
         if self._partition is not None:
             made += self._partition._build_state(variables)
+            for member in self._partition.rules:  # each group's rate, saved (format 4)
+                for v in member._rate_variables():
+                    v._keras_optx_added_in = 4
+                    made.append(v)
         return made
 
     def _build_hyper(self):
@@ -197,9 +243,26 @@ class _TorchRule(Rule):
 
     def get_config(self):
         config = super().get_config()
-        if self.param_groups is not None:  # a group's schedules serialized, as the constructor's
-            config["param_groups"] = [{k: serialize_value(v) for k, v in group.items()} for group in self.param_groups]
+        if self._group_specs is not None:  # each group's own keys, with the values its step uses now
+            config["param_groups"] = [
+                {"params": self._saved_params(i, spec["params"]),
+                 **{k: serialize_value(_group_value(member, k)) for k in spec if k != "params"}}
+                for i, (spec, member) in enumerate(zip(self._group_specs, self._partition.rules))
+            ]
         return config
+
+    def _saved_params(self, i, params):
+        """A group's "params" as saved: a regex as given; variables as their positions in the list
+        the optimizer was built with (`model.trainable_variables`' order, which a `.keras` file keeps,
+        unlike paths); before build, a regex of their paths."""
+        if isinstance(params, str):
+            return params
+        built = self.__dict__.get("_built_order")
+        if isinstance(params, _Positions):
+            return {"positions": list(params)}
+        if built is not None:
+            return {"positions": [next(j for j, b in enumerate(built) if b is v) for v in params]}
+        return "^(?:" + "|".join(re.escape(_path(v)) for v in params) + ")$"
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -215,28 +278,6 @@ class _TorchRule(Rule):
         lr = float(lr.numpy()) if isinstance(lr, keras.Variable) else lr
         args = [f"lr={lr!r}"] + [f"{k}={getattr(self, k)!r}" for k in self.hyperparameters]  # torch's order
         return f"{type(self).__name__}({', '.join(args)})"
-
-
-def _params_pattern(params, i):
-    """A group's "params" as a regex: the string itself, or exact paths for a list of variables."""
-    if isinstance(params, str):
-        try:
-            re.compile(params)
-        except re.error as error:
-            raise ValueError(f"`param_groups[{i}]['params']` {params!r} is not a valid regular expression: {error}.") from None
-        return params
-    if isinstance(params, keras.Variable):
-        params = [params]
-    try:
-        params = list(params)
-    except TypeError:
-        params = None
-    if not params or not all(isinstance(v, keras.Variable) for v in params):
-        raise TypeError(
-            f"`param_groups[{i}]['params']` must be a regex on variable.path or a non-empty list of "
-            f"keras.Variable; received {params!r}."
-        )
-    return "^(?:" + "|".join(re.escape(getattr(v, "path", None) or v.name) for v in params) + ")$"
 
 
 def _grouped_kernel(rule, xs, gs, slots, t, lr):
@@ -283,7 +324,10 @@ class SGD(_TorchRule):
             every group without its own "lr"; a group with its own "lr" keeps it. Likewise a
             hyperparameter set on the optimizer (`opt.weight_decay = …`, `opt.momentum = …`,
             `adjust`) reaches the groups that do not set their own, and not the others. Saved in
-            `get_config` (a list of variables as a regex of their exact paths). On the torch
+            `get_config` (a list of variables as their positions in the list the optimizer was built
+            with, which a `.keras` file keeps). `opt.param_groups` is live, as torch's: one dict per
+            group, then the optimizer's own (one group without `param_groups=`); `g["lr"] *= 0.1`
+            acts at the next step, checked as the attribute (docs/hyperparameters.md). On the torch
             backend each group runs its own fused kernel. `Adam` and `AdamW` take the same.
         **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`
             (`clipnorm`, `use_ema`, `gradient_accumulation_steps`, …).
