@@ -152,6 +152,14 @@ class Partition(Rule):
         """Refuse a key that routes no variable: one that matches none, or whose every match an
         earlier key takes (a catch-all \".*\" last may route none); with `_disjoint`, a variable two
         keys match; then the rules' own routing, each on its variables."""
+        if self._disjoint:
+            for i, v in enumerate(variables):
+                keys = [k for k, key in enumerate(self.patterns[:-1]) if _matches(key, v)]  # the last: the default group
+                if len(keys) > 1:
+                    raise ValueError(
+                        f"Variable {_path(v)} is in {' and '.join(self._name(k) for k in keys)}; as in torch, a "
+                        "parameter may be in one group only."
+                    )
         routes = self._route(variables)
         for k, key in enumerate(self.patterns):
             if k in routes or (k == len(self.patterns) - 1 and _catch_all(key)):
@@ -169,14 +177,6 @@ class Partition(Rule):
                 f"{', '.join(self._name(j) for j in earlier)} (the first match wins), so its rule "
                 f"{self.rules[k]!r} would never apply. Put it before them, or remove it."
             )
-        if self._disjoint:
-            for i, v in enumerate(variables):
-                keys = [k for k, key in enumerate(self.patterns[:-1]) if _matches(key, v)]  # the last: the default group
-                if len(keys) > 1:
-                    raise ValueError(
-                        f"Variable {_path(v)} is in {' and '.join(self._name(k) for k in keys)}; as in torch, a "
-                        "parameter may be in one group only."
-                    )
         for rule, positions in zip(self.rules, _positions(routes, len(self.rules))):
             rule._check_routes([variables[i] for i in positions])
         self.__dict__["_routes_checked"] = True

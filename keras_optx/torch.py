@@ -43,6 +43,7 @@ import keras
 from . import _checks as check
 from ._base import Rule, _adopt_rate, _plus_decay
 from ._hyper import _Hyper, deserialize_value, serialize_value
+from ._torch_methods import TorchMethods
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
@@ -69,7 +70,7 @@ def _may_decay(wd):
     return not (isinstance(wd, (int, float)) and wd == 0)
 
 
-class _TorchRule(Rule):
+class _TorchRule(TorchMethods, Rule):
     """torch's `lr`/`weight_decay`/`maximize` handling shared by SGD, Adam and AdamW."""
 
     low_precision_refusal = (
@@ -138,6 +139,7 @@ class _TorchRule(Rule):
         pairs.append((".*", default))
         self.param_groups = groups
         self._partition = Partition(pairs)
+        self._partition._disjoint = "param_groups"  # as torch: a variable in two groups is refused at build
         self._partition._claim(self)
         self._torch_kernel = _grouped_kernel
 
