@@ -167,7 +167,7 @@ class Partition(Rule):
             matched = [i for i, v in enumerate(variables) if _matches(key, v)]
             if not matched:
                 raise ValueError(
-                    f"Partition: {self._name(k)} matches no variable, so its rule {self.rules[k]!r} would never "
+                    f"Partition: {self._name(k)} matches no variable, so its rule ({type(self.rules[k]).__name__}) would never "
                     f"apply; the paths are {_shown([_path(v) for v in variables])}. Fix the key or remove it."
                 )
             earlier = sorted({routes[i] for i in matched})
@@ -175,7 +175,7 @@ class Partition(Rule):
                 f"Partition: {self._name(k)} is shadowed: every variable it matches "
                 f"({_shown([_path(variables[i]) for i in matched])}) is routed by the earlier "
                 f"{', '.join(self._name(j) for j in earlier)} (the first match wins), so its rule "
-                f"{self.rules[k]!r} would never apply. Put it before them, or remove it."
+                f"({type(self.rules[k]).__name__}) would never apply. Put it before them, or remove it."
             )
         for rule, positions in zip(self.rules, _positions(routes, len(self.rules))):
             rule._check_routes([variables[i] for i in positions])

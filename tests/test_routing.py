@@ -31,7 +31,7 @@ def tensors(grads):
 # Item 1: every Keras update keyword leaves frozen variables untouched -------------------------------------
 KEYWORDS = {
     "weight_decay": {"weight_decay": 0.05},
-    "ema_overwrite": {"use_ema": True, "ema_momentum": 0.5, "ema_overwrite_frequency": 1},
+    "ema_overwrite": {"use_ema": True, "ema_momentum": 0.5, "ema_overwrite_frequency": 3},
     "global_clipnorm": {"global_clipnorm": 0.5},
     "clipnorm": {"clipnorm": 0.5},
     "clipvalue": {"clipvalue": 0.1},
