@@ -123,7 +123,9 @@ class Partition(Rule):
                 _track_once(self, v)
         self._mask = None
         self._pending = []  # freeze/thaw calls made before build, applied to the mask at build
-        self._disjoint = None  # torch param_groups: a name ("param_groups") when no variable may be in two groups
+        # keras_optx.torch's param_groups: the keys' name in errors, and the keys (groups given as variable
+        # lists, as torch's) no variable may be in two of
+        self._key_name, self._disjoint = None, ()
         self._check_state_dtype()
 
     def _parts(self):
@@ -153,8 +155,8 @@ class Partition(Rule):
         earlier key takes (a catch-all \".*\" last may route none); with `_disjoint`, a variable two
         keys match; then the rules' own routing, each on its variables."""
         if self._disjoint:
-            for i, v in enumerate(variables):
-                keys = [k for k, key in enumerate(self.patterns[:-1]) if _matches(key, v)]  # the last: the default group
+            for v in variables:
+                keys = [k for k in self._disjoint if _matches(self.patterns[k], v)]
                 if len(keys) > 1:
                     raise ValueError(
                         f"Variable {_path(v)} is in {' and '.join(self._name(k) for k in keys)}; as in torch, a "
@@ -182,8 +184,8 @@ class Partition(Rule):
         self.__dict__["_routes_checked"] = True
 
     def _name(self, k):
-        if self._disjoint:
-            return f"{self._disjoint}[{k}] (params {_describe(self.patterns[k])})"
+        if self._key_name:
+            return f"{self._key_name}[{k}] (params {_describe(self.patterns[k])})"
         return f"pattern {_describe(self.patterns[k])}"
 
     def _groups(self, variables):

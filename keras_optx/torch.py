@@ -139,7 +139,9 @@ class _TorchRule(TorchMethods, Rule):
         pairs.append((".*", default))
         self.param_groups = groups
         self._partition = Partition(pairs)
-        self._partition._disjoint = "param_groups"  # as torch: a variable in two groups is refused at build
+        # Refused at build, naming the group: one that routes nothing; as torch, a variable listed in two groups.
+        self._partition._key_name = "param_groups"
+        self._partition._disjoint = [k for k, g in enumerate(param_groups) if not isinstance(g["params"], str)]
         self._partition._claim(self)
         self._torch_kernel = _grouped_kernel
 

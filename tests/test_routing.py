@@ -171,9 +171,12 @@ def test_the_same_rule_under_two_keys_is_refused():
 
 def test_torch_param_groups_that_overlap_or_match_nothing_are_refused():
     variables = named_variables()
-    overlap = ox.torch.SGD(lr=0.1, param_groups=[{"params": "kernel", "lr": 0.01}, {"params": "conv", "lr": 0.0}])
-    with pytest.raises(ValueError, match=r"conv_kernel is in param_groups\[0\].*and param_groups\[1\].*one group only"):
-        overlap.build(variables)
+    listed = [{"params": variables[:2], "lr": 0.01}, {"params": variables[1:], "lr": 0.0}]  # bias in both, as torch refuses
+    with pytest.raises(ValueError, match=r"bias is in param_groups\[0\].*and param_groups\[1\].*one group only"):
+        ox.torch.SGD(lr=0.1, param_groups=listed).build(variables)
+    shadowed = ox.torch.SGD(lr=0.1, param_groups=[{"params": "kernel", "lr": 0.01}, {"params": "conv", "lr": 0.0}])
+    with pytest.raises(ValueError, match=r"param_groups\[1\] \(params 'conv'\) is shadowed.*param_groups\[0\]"):
+        shadowed.build(variables)  # regex groups: the first match wins (documented), so 'conv' routes nothing
     nothing = ox.torch.SGD(lr=0.1, param_groups=[{"params": "decoder", "lr": 0.01}])
     with pytest.raises(ValueError, match=r"param_groups\[0\] \(params 'decoder'\) matches no variable"):
         nothing.build(variables)
