@@ -258,6 +258,7 @@ class Partition(Rule):
 
     def _set_frozen(self, pattern, freeze):
         hits = self._hits(self.__dict__["_mask_for"].variables, pattern)
+        self._refuse_if_held()
         mask = keras.ops.convert_to_numpy(self._mask.value).copy()
         mask[hits] = 1.0 if freeze else 0.0
         self._mask.assign(mask)
@@ -267,8 +268,18 @@ class Partition(Rule):
         """The paths of the variables frozen now (by `freeze`), in build order."""
         if self._mask is None:
             return []
+        self._refuse_if_held()
         mask = keras.ops.convert_to_numpy(self._mask.value)
         return [_path(v) for v, m in zip(self.__dict__["_mask_for"].variables, mask) if m > 0]
+
+    def _refuse_if_held(self):
+        # jax: mid-epoch, `fit` holds the state and has emptied the variables; a write here would be lost.
+        if getattr(self._mask, "_value", 0) is None and getattr(self._mask, "_initializer", 0) is None:
+            raise RuntimeError(
+                "This optimizer's state is held by a running `fit` (jax, mid-epoch): the freeze mask cannot be read or "
+                "set here. Reach it through the callback's model, `self.model.optimizer.freeze(...)` (Keras then "
+                "syncs the state, and the change acts at the next step), or between epochs (on_epoch_end)."
+            )
 
     def _frozen_flags(self, variables):
         """Per variable: a Python bool where the step runs eagerly (torch: read once per step), a

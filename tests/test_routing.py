@@ -306,3 +306,30 @@ def test_low_precision_refusals_give_their_reason():
     with pytest.raises(ValueError, match="OADAM does not take state_dtype='bfloat16': its update 2Δₜ − Δₜ₋₁"):
         ox.OADAM(state_dtype="bfloat16")
     ox.OADAM(state_dtype="float16")
+
+
+# Freezing mid-epoch from a callback (issue 26, item 4's freeze part) ----------------------------------------
+@pytest.mark.parametrize("through_model", [True, False], ids=["self.model.optimizer", "own_reference"])
+def test_freeze_mid_epoch_from_a_callback_acts_or_is_refused(through_model):
+    """It acts from the next step; on jax, through a reference of its own (the state is held by fit and the
+    variables emptied mid-epoch) it is refused with what to do, never lost."""
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="body"), keras.layers.Dense(1, name="head")])
+    optimizer = ox.Partition({".*": ox.ADAM(0.01)})
+    model.compile(optimizer=optimizer, loss="mse")
+
+    class FreezeBody(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                (self.model.optimizer if through_model else optimizer).freeze("body")
+                self.body = values(self.model.layers[0].weights)
+
+    callback = FreezeBody()
+    x, y = regression_data()
+    if BACKEND == "jax" and not through_model:
+        with pytest.raises(RuntimeError, match=r"held by a running `fit`.*self.model.optimizer.freeze"):
+            model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+        return
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    for a, b in zip(values(model.layers[0].weights), callback.body):
+        np.testing.assert_array_equal(a, b)
+    assert [p.split("/")[-2:] for p in optimizer.frozen] == [["body", "kernel"], ["body", "bias"]]
