@@ -15,6 +15,7 @@ from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .lookahead import Lookahead
 from .partition import Frozen, Partition
+from .predicates import matrices
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
@@ -59,5 +60,6 @@ __all__ = [
     "adjust",
     "checks",
     "gradient",
+    "matrices",
     "value_and_gradient",
 ]

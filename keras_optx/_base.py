@@ -17,6 +17,7 @@ import keras
 from . import _checks as check
 from . import _scale
 from ._backends import current as backend
+from ._frozen import FreezingMixin
 from ._hyper import HyperMixin, _assign_checked, _hyper_owners, _in_step, attach, deserialize_value, serialize_value
 from ._identity import _same, _set_cache
 from ._tensors import Many, ops
@@ -59,7 +60,7 @@ class State(dict):
     __getattr__ = dict.__getitem__
 
 
-class Rule(HyperMixin, keras.optimizers.Optimizer):
+class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
     """Base class of every keras_optx rule: a Keras optimizer whose update is `delta`.
 
     Subclasses define:
@@ -246,6 +247,7 @@ class Rule(HyperMixin, keras.optimizers.Optimizer):
         if self.built:
             return
         self._refuse_if_member("build")
+        self._check_routes(variables)  # before any variable is made: a refused routing leaves no half-built state
         super().build(variables)
         self._slot_variables = {}
         low = self._slot_dtypes()
@@ -727,6 +729,7 @@ def _checked_gradients(optimizer, grads, trainable_variables):
     # costs more than comparing them).
     cache = optimizer.__dict__.get("_shape_cache")
     if cache is None or not _same(cache.variables, targets):
+        _refuse_foreign(targets)
         cache = _set_cache(optimizer, "_shape_cache", variables=list(targets), shapes=[v.shape for v in targets])
     try:
         _check_shapes(grads, cache.shapes, targets)
@@ -738,6 +741,15 @@ def _checked_gradients(optimizer, grads, trainable_variables):
         ]
         _check_shapes(grads, cache.shapes, targets)
     return grads, trainable_variables
+
+
+def _refuse_foreign(variables):
+    foreign = next((v for v in variables if not isinstance(v, keras.Variable)), None)
+    if foreign is not None:
+        raise TypeError(
+            f"keras_optx updates keras.Variable objects (a model's `trainable_variables`); received a "
+            f"{type(foreign).__module__}.{type(foreign).__name__}. Make it a keras.Variable(value, name=...) and train that."
+        )
 
 
 def _check_shapes(grads, shapes, targets):

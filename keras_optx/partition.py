@@ -1,11 +1,14 @@
-"""Per-variable rules: `Partition({regex on variable.path: rule})`, `Frozen`, and freezing by mask."""
+"""Per-variable rules: `Partition({regex on variable.path, or predicate: rule})`, `Frozen`, freezing by mask,
+and `matrices`, a saveable predicate."""
 
 import re
 
 import keras
+import numpy as np
 
 from ._backends import current as backend
 from ._base import Rule, Transform, _current_variables, _lead_rate, _step_variables, _track_once, _versioned
+from ._frozen import _either_frozen
 from ._identity import _same, _set_cache
 from ._hyper import attach
 from ._tensors import Many
@@ -39,13 +42,22 @@ class Frozen(Transform):
 
 @_register
 class Partition(Rule):
-    """A rule per group of variables, chosen by a regular expression on `variable.path`.
+    """A rule per group of variables, chosen by a regular expression on `variable.path` or a predicate.
 
-    Each variable goes to the first rule whose pattern `re.search`es its path (Keras paths
+    Each variable goes to the first rule whose key matches it: a string `re.search`es its path (Keras paths
     look like `"dense_1/kernel"`, inside a model sometimes with the model's name in front, which a
-    loaded model may lack: match layer names, not the start of the path); Δᵢ = rule_k(gᵢ) for variable i in group k, each rule with its
-    own slots for its own variables only. A variable no pattern matches is refused at `build`
-    with an error naming it: write a catch-all such as `".*"` last to route the rest.
+    loaded model may lack: match layer names, not the start of the path); a callable
+    `variable -> bool` (such as `keras_optx.matrices()`) is called on the variable.
+    Δᵢ = rule_k(gᵢ) for variable i in group k, each rule with its own slots for its own variables only.
+
+    Refused at `build`, naming the key: a variable no key matches (write a catch-all such as
+    `".*"` last to route the rest); a key that routes no variable, because it matches none or
+    because earlier keys take every variable it matches (first match wins:
+    `{".*": Descent(), "bias": Frozen()}` would train the bias). A catch-all `".*"` last may
+    route nothing. Refused at construction: one rule object under two keys (join the patterns,
+    `"a|b"`, or give each its own instance). A predicate key is saved with the model when it is a
+    registered Keras serializable (`keras_optx.matrices` is); saving a Partition with any other
+    callable (a lambda) is refused.
 
     A Partition is a Keras optimizer on its own and a chain member:
     `Optimiser(ClipGlobalNorm(1.0), Partition(…))` clips over all variables, then routes.
@@ -64,20 +76,22 @@ class Partition(Rule):
     rule's `learning_rate`.
 
     Args:
-        rules: `{pattern: rule}` in priority order (a dict, or a list of (pattern, rule) pairs).
+        rules: `{key: rule}` in priority order (a dict, or a list of (key, rule) pairs); a key is a
+            regular expression on `variable.path` or a callable `variable -> bool`.
             A rule is a keras_optx rule, transform, `Optimiser`, `Partition` or `Frozen()`.
         **kwargs: any `keras.optimizers.Optimizer` keyword.
 
     Example:
         >>> opt = keras_optx.Partition({
         ...     r"(bias|norm)": keras_optx.ADAM(1e-3),                      # no decay on biases and norms
-        ...     r"head/": keras_optx.ADAMW(1e-2, decay=1e-2),                # a higher rate for the head
+        ...     r"head": keras_optx.ADAMW(1e-2, decay=1e-2),                 # a higher rate for the head
         ...     r".*": keras_optx.ADAMW(1e-3, decay=1e-2),
         ... })
         >>> w, b = keras.Variable([1.0], name="kernel"), keras.Variable([1.0], name="bias")
-        >>> opt.apply([np.ones(1, "float32"), np.ones(1, "float32")], [w, b])
-        >>> _ = opt.freeze("kernel")  # no update until opt.thaw("kernel"); its slots are kept
-        >>> opt.apply([np.ones(1, "float32"), np.ones(1, "float32")], [w, b])
+        >>> h = keras.Variable([1.0], name="head_kernel")
+        >>> opt.apply([np.ones(1, "float32")] * 3, [w, b, h])
+        >>> _ = opt.freeze("^kernel")  # no update until opt.thaw("^kernel"); its slots are kept
+        >>> opt.apply([np.ones(1, "float32")] * 3, [w, b, h])
         >>> print(np.round(keras.ops.convert_to_numpy(w), 4), np.round(keras.ops.convert_to_numpy(b), 4), opt.frozen)
         [0.989] [0.998] ['kernel']
 
@@ -92,15 +106,16 @@ class Partition(Rule):
         pairs = list(rules.items()) if isinstance(rules, dict) else _pairs(rules)
         if not pairs:
             raise ValueError("`rules` must name at least one {pattern: rule}; received an empty mapping.")
-        self.patterns = []
-        for pattern, rule in pairs:
-            if not isinstance(pattern, str):
-                raise TypeError(f"Partition patterns must be strings (regular expressions); received {pattern!r}.")
-            try:
-                self.patterns.append(re.compile(pattern))
-            except re.error as error:
-                raise ValueError(f"Partition pattern {pattern!r} is not a valid regular expression: {error}.") from None
+        self.patterns = [_key(pattern) for pattern, _ in pairs]  # compiled regexes and predicates
         self.rules = tuple(_target(rule, pattern) for pattern, rule in pairs)
+        for i, rule in enumerate(self.rules):
+            earlier = next((k for k in range(i) if self.rules[k] is rule), None)
+            if earlier is not None:
+                raise ValueError(
+                    f"Partition rule for {_describe(self.patterns[i])} ({rule!r}) is the same object as the rule for "
+                    f"{_describe(self.patterns[earlier])}; a rule keeps state for its own variables, so give each key "
+                    "its own instance, or join the patterns into one (\"a|b\")."
+                )
         for rule in self.rules:
             rule._claim(self)
         self._leads = _lead_rate(self, self.rules, any(r._rate_variables() for r in self.rules))
@@ -109,6 +124,9 @@ class Partition(Rule):
                 _track_once(self, v)
         self._mask = None
         self._pending = []  # freeze/thaw calls made before build, applied to the mask at build
+        # keras_optx.torch's param_groups: the keys' name in errors, and the keys (groups given as variable
+        # lists, as torch's) no variable may be in two of
+        self._key_name, self._disjoint = None, ()
         self._check_state_dtype()
 
     def _parts(self):
@@ -122,25 +140,61 @@ class Partition(Rule):
         """[rule index per variable], refusing unmatched variables by name."""
         routes, unmatched = [], []
         for v in variables:
-            path = _path(v)
-            k = next((k for k, p in enumerate(self.patterns) if p.search(path)), None)
+            k = next((k for k, p in enumerate(self.patterns) if _matches(p, v)), None)
             if k is None:
-                unmatched.append(path)
+                unmatched.append(_path(v))
             routes.append(k)
         if unmatched:
             raise ValueError(
                 f"Partition: no pattern matches the variable(s) {unmatched}; patterns: "
-                f"{[p.pattern for p in self.patterns]}. Add a pattern for them, or a catch-all \".*\" last."
+                f"{[_describe(p) for p in self.patterns]}. Add a pattern for them, or a catch-all \".*\" last."
             )
         return routes
+
+    def _check_routes(self, variables):
+        """Refuse a key that routes no variable: one that matches none, or whose every match an
+        earlier key takes (a catch-all \".*\" last may route none); with `_disjoint`, a variable two
+        keys match; then the rules' own routing, each on its variables."""
+        if self._disjoint:
+            for v in variables:
+                keys = [k for k in self._disjoint if _matches(self.patterns[k], v)]
+                if len(keys) > 1:
+                    raise ValueError(
+                        f"Variable {_path(v)} is in {' and '.join(self._name(k) for k in keys)}; as in torch, a "
+                        "parameter may be in one group only."
+                    )
+        routes = self._route(variables)
+        for k, key in enumerate(self.patterns):
+            if k in routes or (k == len(self.patterns) - 1 and _catch_all(key)):
+                continue
+            matched = [i for i, v in enumerate(variables) if _matches(key, v)]
+            if not matched:
+                raise ValueError(
+                    f"Partition: {self._name(k)} matches no variable, so its rule ({type(self.rules[k]).__name__}) would never "
+                    f"apply; the paths are {_shown([_path(v) for v in variables])}. Fix the key or remove it."
+                )
+            earlier = sorted({routes[i] for i in matched})
+            raise ValueError(
+                f"Partition: {self._name(k)} is shadowed: every variable it matches "
+                f"({_shown([_path(variables[i]) for i in matched])}) is routed by the earlier "
+                f"{', '.join(self._name(j) for j in earlier)} (the first match wins), so its rule "
+                f"({type(self.rules[k]).__name__}) would never apply. Put it before them, or remove it."
+            )
+        for rule, positions in zip(self.rules, _positions(routes, len(self.rules))):
+            rule._check_routes([variables[i] for i in positions])
+        self.__dict__["_routes_checked"] = True
+
+    def _name(self, k):
+        if self._key_name:
+            return f"{self._key_name}[{k}] (params {_describe(self.patterns[k])})"
+        return f"pattern {_describe(self.patterns[k])}"
 
     def _groups(self, variables):
         """[positions of `variables` routed to rule k, per k], cached for the last list seen."""
         cache = self.__dict__.get("_group_cache")
         if cache is not None and _same(cache.variables, variables):
             return cache.groups
-        routes = self._route(variables)
-        groups = [[i for i, r in enumerate(routes) if r == k] for k in range(len(self.rules))]
+        groups = _positions(self._route(variables), len(self.rules))
         _set_cache(self, "_group_cache", variables=list(variables), groups=groups)
         return groups
 
@@ -155,22 +209,29 @@ class Partition(Rule):
         return owners
 
     def _build_state(self, variables):
+        if not self.__dict__.get("_routes_checked"):  # an owner that does not list this Partition in `_parts`
+            self._check_routes(variables)
         made = self._build_hyper()
         for rule, positions in zip(self.rules, self._groups(variables)):
             made += rule._build_state([variables[i] for i in positions])
         if self._mask is None:
+            # freeze/thaw calls made before build set the initial value: no variable is read (a
+            # `fit` builds inside a traced step on tensorflow, where a read cannot give numbers).
+            initial = np.zeros(len(variables), "float32")
+            for freeze, pattern in self._pending:
+                initial[self._hits(variables, pattern)] = 1.0 if freeze else 0.0
             self._mask = self.add_variable(
-                shape=(len(variables),), dtype="float32", initializer="zeros", name="frozen", aggregation="none"
+                shape=(len(variables),), dtype="float32", initializer=lambda shape, dtype: initial, name="frozen",
+                aggregation="none",
             )
             _set_cache(self, "_mask_for", variables=list(variables), index={id(v): i for i, v in enumerate(variables)})
-            for freeze, pattern in self._pending:
-                self._set_frozen(pattern, freeze)
             self._pending = []
         return made + [self._mask]
 
     # Freezing ---------------------------------------------------------------------
     def freeze(self, pattern):
-        """Stop updating the variables whose path `re.search`es `pattern`, from the next step.
+        """Stop updating the variables whose path `re.search`es `pattern` (or for which a callable
+        `pattern(variable)` is True), from the next step.
 
         Their values and slots stay as they are until `thaw`. Returns the optimizer."""
         return self._freeze(pattern, True)
@@ -180,25 +241,24 @@ class Partition(Rule):
         return self._freeze(pattern, False)
 
     def _freeze(self, pattern, freeze):
-        if not isinstance(pattern, str):
-            raise TypeError(f"`pattern` must be a string (a regular expression); received {pattern!r}.")
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"`pattern` {pattern!r} is not a valid regular expression: {error}.") from None
+        pattern = _key(pattern, "`pattern`")
         if self._mask is None:
             self._pending.append((freeze, pattern))
         else:
             self._set_frozen(pattern, freeze)
         return self
 
-    def _set_frozen(self, pattern, freeze):
-        variables = self.__dict__["_mask_for"].variables
-        hits = [i for i, v in enumerate(variables) if re.search(pattern, _path(v))]
+    @staticmethod
+    def _hits(variables, pattern):
+        hits = [i for i, v in enumerate(variables) if _matches(pattern, v)]
         if not hits:
             raise ValueError(
-                f"`pattern` {pattern!r} matches no variable of this optimizer; paths: {[_path(v) for v in variables]}."
+                f"`pattern` {_describe(pattern)} matches no variable of this optimizer; paths: {[_path(v) for v in variables]}."
             )
+        return hits
+
+    def _set_frozen(self, pattern, freeze):
+        hits = self._hits(self.__dict__["_mask_for"].variables, pattern)
         attach(self)  # jax mid-epoch: the trainer hands the mask back, and re-reads it at its next step
         mask = keras.ops.convert_to_numpy(self._mask.value).copy()
         mask[hits] = 1.0 if freeze else 0.0
@@ -223,6 +283,17 @@ class Partition(Rule):
             return [mask[i] > 0 for i in positions]
         mask = self._mask.value
         return [mask[i] > 0.5 for i in positions]
+
+    def _frozen(self, variables):
+        """Per variable: frozen by `freeze`, routed to `Frozen()`, or frozen by a rule inside."""
+        if self._mask is None:
+            return None
+        flags = self._frozen_flags(variables)
+        for rule, positions in zip(self.rules, self._groups(variables)):
+            inner = [True] * len(positions) if isinstance(rule, Frozen) else rule._frozen([variables[i] for i in positions])
+            for i, f in zip(positions, inner or ()):
+                flags[i] = _either_frozen([flags[i]], [f])[0]
+        return flags
 
     # The update -----------------------------------------------------------------------
     def _transform(self, g, x, state, t, step):
@@ -262,21 +333,23 @@ class Partition(Rule):
     # Config ------------------------------------------------------------------------
     def get_config(self):
         config = super().get_config()
-        config["rules"] = [[p.pattern, keras.saving.serialize_keras_object(r)] for p, r in zip(self.patterns, self.rules)]
+        config["rules"] = [[_saved_key(p), keras.saving.serialize_keras_object(r)] for p, r in zip(self.patterns, self.rules)]
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config, version = _versioned(cls, config)
         rules = [
-            (p, keras.saving.deserialize_keras_object(r, custom_objects=custom_objects)) for p, r in config.pop("rules")
+            (p if isinstance(p, str) else keras.saving.deserialize_keras_object(p, custom_objects=custom_objects),
+             keras.saving.deserialize_keras_object(r, custom_objects=custom_objects))
+            for p, r in config.pop("rules")
         ]
         partition = cls(rules, **config)
         partition._saved_format_version = version
         return partition
 
     def __repr__(self):
-        return f"{type(self).__name__}({{{', '.join(f'{p.pattern!r}: {r!r}' for p, r in zip(self.patterns, self.rules))}}})"
+        return f"{type(self).__name__}({{{', '.join(f'{_describe(p)}: {r!r}' for p, r in zip(self.patterns, self.rules))}}})"
 
 
 def _pairs(rules):
@@ -303,8 +376,70 @@ def _target(rule, pattern):
     return rule
 
 
+def _key(key, what="Partition patterns"):
+    """A key as matched: a compiled regex for a string, the callable itself for a predicate."""
+    if callable(key) and not isinstance(key, str):
+        return key
+    if not isinstance(key, str):
+        raise TypeError(
+            f"{what} must be strings (regular expressions on variable.path) or callables variable -> bool; "
+            f"received {key!r}."
+        )
+    try:
+        return re.compile(key)
+    except re.error as error:
+        raise ValueError(f"{what} {key!r} is not a valid regular expression: {error}.") from None
+
+
+def _matches(key, variable):
+    if isinstance(key, re.Pattern):
+        return key.search(_path(variable)) is not None
+    found = key(variable)
+    if not isinstance(found, (bool, np.bool_)):
+        raise TypeError(
+            f"Partition predicate {key!r} must return True or False for a variable; it returned {found!r} for "
+            f"{_path(variable)}."
+        )
+    return bool(found)
+
+
+def _describe(key):
+    return repr(key.pattern) if isinstance(key, re.Pattern) else repr(key)
+
+
+def _catch_all(key):
+    return isinstance(key, re.Pattern) and key.pattern in (".*", "")
+
+
+def _saved_key(key):
+    if isinstance(key, re.Pattern):
+        return key.pattern
+    if not hasattr(key, "get_config") and keras.saving.get_registered_name(key) == getattr(key, "__name__", None):
+        raise ValueError(
+            f"Partition key {key!r} is a callable Keras cannot save (a lambda or an unregistered function): the "
+            "model would load without its routing. Use a saveable predicate such as keras_optx.matrices(...), a "
+            "class registered with @keras.saving.register_keras_serializable() that has get_config, or a regex."
+        )
+    return keras.saving.serialize_keras_object(key)
+
+
+def _positions(routes, count):
+    """[positions routed to rule k, for each k < count]."""
+    return [[i for i, r in enumerate(routes) if r == k] for k in range(count)]
+
+
+def _shown(paths, limit=8):
+    return str(paths[:limit])[:-1] + f", … {len(paths) - limit} more]" if len(paths) > limit else str(paths)
+
+
 def _path(variable):
-    return getattr(variable, "path", None) or variable.name
+    path = getattr(variable, "path", None) or getattr(variable, "name", None)
+    if not isinstance(path, str):
+        raise TypeError(
+            f"A Partition routes variables by `variable.path`; received a {type(variable).__name__} with no path "
+            "or name. Pass keras.Variable objects (a model's `trainable_variables`), or use a predicate key."
+        )
+    return path
 
 
 def _zeros(like):

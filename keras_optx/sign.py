@@ -141,6 +141,10 @@ class Rprop(Rule):
     slots = {"prev": 0.0, "step": 0.0}
     # bfloat16 keeps float32's range: the step sizes down to Γ₋ = 1e-6 and prev's sign (float16 does not)
     low_precision_slots = {"prev": ("bfloat16",), "step": ("bfloat16",)}
+    low_precision_refusal = (
+        "its step sizes go down to Γ₋ (1e-6 by default), below float16's normal range (from 6.1e-5), where they "
+        "would lose their precision or flush to zero; use 'bfloat16', which keeps float32's range"
+    )
 
     def __init__(self, learning_rate=0.001, ell=(0.5, 1.2), gamma=(1e-6, 50.0), **kwargs):
         if isinstance(learning_rate, _Schedule) or callable(learning_rate):

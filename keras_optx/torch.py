@@ -46,6 +46,7 @@ from . import _checks as check
 from ._base import Rule, _plus_decay
 from ._hyper import _Hyper, deserialize_value, serialize_value
 from ._param_groups import _NOTHING, ParamGroup, _chosen, _group_value, _params_spec, _path, _Positions
+from ._torch_methods import TorchMethods
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
@@ -72,7 +73,7 @@ def _may_decay(wd):
     return not (isinstance(wd, (int, float)) and wd == 0)
 
 
-class _TorchRule(Rule):
+class _TorchRule(TorchMethods, Rule):
     """torch's `lr`/`weight_decay`/`maximize` handling shared by SGD, Adam and AdamW."""
 
     low_precision_refusal = (
@@ -168,6 +169,9 @@ class _TorchRule(Rule):
         # those without their own "lr" when set (`learning_rate`'s setter).
         object.__setattr__(self, "_group_specs", groups)
         self._partition = Partition(pairs)
+        # Refused at build, naming the group: one that routes nothing; as torch, a variable listed in two groups.
+        self._partition._key_name = "param_groups"
+        self._partition._disjoint = [k for k, g in enumerate(param_groups) if not isinstance(g["params"], str)]
         self._partition._claim(self)
         self._torch_kernel = _grouped_kernel
 

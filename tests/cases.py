@@ -299,10 +299,12 @@ PARTITIONS = [
              {"bias": ox.Frozen(), ".*": ox.Optimiser(ox.WeightDecay(1e-2), ox.Nesterov(0.01))})),
          lambda: ref.Chain(ref.ClipGlobalNorm(1.0), ref.Partition(
              [("bias", None), (".*", ref.Chain(ref.WeightDecay(1e-2), ref.Nesterov(0.01)))], PATHS))),
-    Case("Partition(kernel:Partition(conv:RMSProp,.*:AdaMax),.*:ClipGlobalNorm>ADAMW)",
-         lambda: ox.Partition({"kernel": ox.Partition({"conv": ox.RMSProp(0.01), ".*": ox.AdaMax()}),
+    # "conv|dense_1|d2": the inner pattern routes a variable of the conformance test, of the small model and of
+    # tests/_distributed.py's model (a pattern that routes nothing is refused at build).
+    Case("Partition(kernel:Partition(conv|dense_1|d2:RMSProp,.*:AdaMax),.*:ClipGlobalNorm>ADAMW)",
+         lambda: ox.Partition({"kernel": ox.Partition({"conv|dense_1|d2": ox.RMSProp(0.01), ".*": ox.AdaMax()}),
                                ".*": ox.Optimiser(ox.ClipGlobalNorm(0.5), ox.ADAMW(0.01, decay=0.1))}),
-         lambda: ref.Partition([("kernel", ref.Partition([("conv", ref.RMSProp(0.01)), (".*", ref.AdaMax())],
+         lambda: ref.Partition([("kernel", ref.Partition([("conv|dense_1|d2", ref.RMSProp(0.01)), (".*", ref.AdaMax())],
                                                           ("kernel", "conv_kernel"))),
                                 (".*", ref.Chain(ref.ClipGlobalNorm(0.5), ref.ADAMW(0.01, decay=0.1)))], PATHS),
          fit=False),
