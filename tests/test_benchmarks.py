@@ -89,6 +89,12 @@ def test_memory_benchmark_reports_state_bytes_per_parameter():
         assert table[("ADAM", "optax.adam")][2] == "8.00"
     else:
         assert adam[4] == "–"
+    # Training in bfloat16 (weights + state + compensation, B/param): ADAM 12 → 6 → 8 with Kahan, gradients aside.
+    for rule in ("ADAM", "chain(ClipNorm,ADAM)"):
+        assert table[(rule, "float32 weights, float32 state, nearest")][2:] == ["4.00", "8.00", "0.00", "12.00"]
+        assert table[(rule, "bfloat16 weights, bfloat16 state, nearest")][2:] == ["2.00", "4.00", "0.00", "6.00"]
+        assert table[(rule, "bfloat16 weights, bfloat16 state, kahan")][2:] == ["2.00", "4.00", "2.00", "8.00"]
+        assert table[(rule, "bfloat16 weights, bfloat16 state, stochastic")][2:] == ["2.00", "4.00", "0.00", "6.00"]
     if BACKEND == "torch":
         assert table[("ADAM", "torch.optim.Adam")][2] == "8.00"
         for chain in ("chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)", "chain(ClipNorm,NADAM)", "chain(ClipValue,ADADelta)"):
