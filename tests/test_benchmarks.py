@@ -139,3 +139,16 @@ def test_before_after_benchmark_prints_a_ratio_per_rule_and_layout():
     assert [(row[0], row[1]) for row in rows] == [(layout, rule) for layout in ("4x250k", "200x1k") for rule in ("ADAM", "chain")]
     for row in rows:
         assert RATIO.match(row[4]) and RATIO.match(row[7]), row  # after / before: CPU medians, wall minima
+
+
+def test_bf16_benchmark_prints_a_loss_and_ratio_for_every_rounding():
+    """bench_bf16.py (tiny: two steps) prints, per rule, float32 and each rounding with a finite loss and its ratio."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in _rows(_run("bench_bf16.py"))]
+    assert {(row[0], row[1], row[2]) for row in rows} == {
+        (rule, dtype, rounding) for rule in ("ADAM", "chain(ClipNorm,ADAM)")
+        for dtype, rounding in (("float32", "–"), ("bfloat16", "nearest"), ("bfloat16", "kahan"), ("bfloat16", "stochastic"))
+    }
+    for row in rows:
+        assert 0 < float(row[3]) < 10 and re.match(r"^\d+\.\d{3}$", row[4]), row
+        if row[1] == "float32":
+            assert row[4] == "1.000", row
