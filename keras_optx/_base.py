@@ -544,8 +544,8 @@ class Transform(Rule):
         if optimizer is not None and self.rounding != "nearest":
             raise ValueError(
                 f"{type(self).__name__} wrapping {type(optimizer).__name__} does not write the variables; "
-                f"rounding={self.rounding!r} cannot act. Use a keras_optx chain, e.g. "
-                f"Optimiser({type(self).__name__}(...), ADAM(), rounding={self.rounding!r})."
+                f"rounding={self.rounding!r} cannot act. Give it to the wrapped optimizer if it is a keras_optx rule, "
+                f"or use a chain, e.g. Optimiser({type(self).__name__}(...), ADAM(), rounding={self.rounding!r})."
             )
         self.optimizer = optimizer
         if optimizer is not None:

@@ -65,7 +65,8 @@ class Partition(Rule):
     Args:
         rules: `{pattern: rule}` in priority order (a dict, or a list of (pattern, rule) pairs).
             A rule is a keras_optx rule, transform, `Optimiser`, `Partition` or `Frozen()`.
-        **kwargs: any `keras.optimizers.Optimizer` keyword.
+        **kwargs: any `keras.optimizers.Optimizer` keyword, and `Rule`'s `shard_state`, `state_dtype`
+            and `rounding` (one for all groups, at the Partition's write; its rules refuse it).
 
     Example:
         >>> opt = keras_optx.Partition({

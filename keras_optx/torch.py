@@ -285,8 +285,9 @@ class SGD(_TorchRule):
             `adjust`) reaches the groups that do not set their own, and not the others. Saved in
             `get_config` (a list of variables as a regex of their exact paths). On the torch
             backend each group runs its own fused kernel. `Adam` and `AdamW` take the same.
-        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`
-            (`clipnorm`, `use_ema`, `gradient_accumulation_steps`, …).
+        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay` (`clipnorm`,
+            `use_ema`, `gradient_accumulation_steps`, …), and `rounding="nearest"` (`"kahan"`,
+            `"stochastic"`: the write into bfloat16/float16 variables, see `Rule`).
 
     Example:
         >>> x = keras.Variable([1.0, 2.0])
@@ -448,7 +449,8 @@ class Adam(_Adam):
         param_groups: torch's param groups, default None, as for `SGD`: dicts `{"params": <regex
             on variable.path, or a list of variables>, <any of "lr", "weight_decay", "betas",
             "eps", "amsgrad", "maximize">}`; first match wins, the rest use these values.
-        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
+        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`, and `rounding="nearest"`
+            (`"kahan"`, `"stochastic"`: the write into bfloat16/float16 variables, see `Rule`).
 
     Example:
         >>> x = keras.Variable([1.0, 2.0])
@@ -500,7 +502,8 @@ class AdamW(_Adam):
         param_groups: torch's param groups, default None, as for `SGD`: dicts `{"params": <regex
             on variable.path, or a list of variables>, <any of "lr", "weight_decay", "betas",
             "eps", "amsgrad", "maximize">}`; first match wins, the rest use these values.
-        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
+        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`, and `rounding="nearest"`
+            (`"kahan"`, `"stochastic"`: the write into bfloat16/float16 variables, see `Rule`).
 
     Example:
         >>> x = keras.Variable([1.0, 2.0])
