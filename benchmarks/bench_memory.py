@@ -14,6 +14,8 @@ For every keras_optx rule (and four chains, and keras_optx.torch's optimizers), 
   bytes on the fullest device with `shard_state=True`, over the parameters (replicated: the total).
 - **kept beyond state** (torch): bytes of the tensors keras_optx keeps between steps besides
   its variables (scratch buffers of its fast paths), in parameter-sized buffers.
+- **Training in bfloat16** (a second table): weights + state + Kahan compensation bytes per parameter
+  for float32 training and for bfloat16 weights with bfloat16 state under each `rounding` (ADAM: 12 → 6 → 8).
 - **step ms**: median step time (one update of every variable from fixed gradients) as
   bench_step.py times it (jax: jitted `stateless_apply`, tensorflow: `tf.function(jit_compile)`,
   torch: eager `apply`). With shard_state on 8 host devices the step is one jitted update
@@ -138,8 +140,35 @@ def run(args):
         for label, measure in refs:
             ref = measure()
             print(f"| {name} | {label} | {fmt(ref['state'])} | – | – | {fmt(ref.get('kept'), '{:.2f}')} | {fmt(ref['ms'], '{:.2f}')} | – | – |")
+    low_precision_table(np, count, total)
     if args.accuracy:
         accuracy(args.quick)
+
+
+def low_precision_table(np, count, total):
+    """Bytes per parameter of the weights and the optimizer together, for float32 training and for
+    training in bfloat16 (`dtype="bfloat16"` weights, `state_dtype="bfloat16"`), with each `rounding`;
+    gradients aside. Counted from the variables (`build` makes them all)."""
+    import keras
+
+    import keras_optx as ox
+
+    print(f"\n### Training in bfloat16: weights and optimizer state, bytes per parameter ({total / 1e6:g}M parameters)\n")
+    print("| rule | weights, state, rounding | weights B/param | state B/param | compensation B/param | total B/param |")
+    print("|---|---|---:|---:|---:|---:|")
+    rules = {"ADAM": lambda **k: ox.ADAM(**k), "chain(ClipNorm,ADAM)": lambda **k: ox.Optimiser(ox.ClipNorm(1.0), ox.ADAM(), **k)}
+    settings = [("float32", None, "nearest"), ("bfloat16", "bfloat16", "nearest"), ("bfloat16", "bfloat16", "kahan"),
+                ("bfloat16", "bfloat16", "stochastic")]
+    for name, make in rules.items():
+        for dtype, state_dtype, rounding in settings:
+            variables = [keras.Variable(a, dtype=dtype) for a in arrays(np, count, total, 0)]
+            opt = make(state_dtype=state_dtype, rounding=rounding)
+            opt.build(variables)
+            compensation = [v for v in (opt._compensation or []) if v is not None]
+            state = [v for v in opt.variables if not any(v is c for c in compensation)]
+            weights, kept, kahan = (state_bytes(vs) / total for vs in (variables, state, compensation))
+            label = f"{dtype} weights, {state_dtype or 'float32'} state, {rounding}"
+            print(f"| {name} | {label} | {weights:.2f} | {kept:.2f} | {kahan:.2f} | {weights + kept + kahan:.2f} |")
 
 
 def _takes_bfloat16(make):

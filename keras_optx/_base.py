@@ -15,7 +15,7 @@ import weakref
 import keras
 
 from . import _checks as check
-from . import _scale
+from . import _rounding, _scale
 from ._backends import current as backend
 from ._frozen import FreezingMixin
 from ._hyper import HyperMixin, _assign_checked, _hyper_owners, _in_step, attach, deserialize_value, serialize_value
@@ -39,9 +39,11 @@ FORMAT_VERSION = 4
 # the list the optimizer was built with ({"positions": [...]}, not a regex of their paths).
 
 
-# Keras optimizer keywords that change the update, with their defaults. A chain member's update is
-# its formula only (the chain applies these), so a member refuses them (`Rule._claim`).
+# Keras optimizer keywords that change the update, with their defaults, and keras_optx's `rounding`
+# (of the write). A chain member's update is its formula only (the chain applies these), so a member
+# refuses them (`Rule._claim`).
 _KERAS_UPDATE_KEYWORDS = {
+    "rounding": "nearest",
     "weight_decay": None,
     "clipnorm": None,
     "global_clipnorm": None,
@@ -110,8 +112,14 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
     - `state_dtype=None`: `"bfloat16"` or `"float16"` stores the slots listed in the rule's
       `low_precision_slots` (with the dtypes each takes) in that dtype; the update is computed
       in float32. A rule that cannot keep its state so (`low_precision_refusal`) refuses it.
+    - `rounding="nearest"`: how x − Δ (formed in float32) is rounded into a float16/bfloat16
+      variable, once per step: `"nearest"`, `"kahan"` (a compensation slot per such variable, in
+      its dtype, carries the rounding error into the next write, as torch-optimi's `kahan_sum`) or
+      `"stochastic"` (up or down with probability by distance, from a seed kept as optimizer
+      state). float32 variables are untouched by it. A chain or Partition takes it (its members
+      refuse it). See `keras_optx/_rounding.py` and docs/low-precision.md.
 
-    >>> opt = keras_optx.ADAM(1e-3, state_dtype="bfloat16", shard_state=True)
+    >>> opt = keras_optx.ADAM(1e-3, state_dtype="bfloat16", shard_state=True, rounding="kahan")
     """
 
     hyperparameters = {}
@@ -123,8 +131,9 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
     low_precision_slots = {}
     low_precision_refusal = None
 
-    def __init__(self, learning_rate=1.0, *, shard_state=False, state_dtype=None, **kwargs):
+    def __init__(self, learning_rate=1.0, *, shard_state=False, state_dtype=None, rounding="nearest", **kwargs):
         hyper = {k: kwargs.pop(k) for k in list(kwargs) if k in self.hyperparameters}
+        rounding = _rounding.check(rounding)
         if self.has_learning_rate:
             learning_rate = check.learning_rate(learning_rate)
         shard_state = _scale.check_shard_state(shard_state)
@@ -137,6 +146,7 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
         # skips an assignment of the value a getter already returns).
         object.__setattr__(self, "_shard_state", shard_state)
         object.__setattr__(self, "_state_dtype", state_dtype)
+        object.__setattr__(self, "_rounding", rounding)
         if self._parts() is None:  # a chain or Partition checks once its members are known
             self._check_state_dtype()
 
@@ -183,6 +193,17 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
         except ValueError:
             object.__setattr__(self, "_state_dtype", old)
             raise
+
+    @property
+    def rounding(self):
+        return self.__dict__.get("_rounding", "nearest")
+
+    @rounding.setter
+    def rounding(self, value):
+        # After construction: the constructor's check, and only before build (the write's state is made then).
+        value = _rounding.check(value)
+        self._refuse_layout_change("rounding", value)
+        object.__setattr__(self, "_rounding", value)
 
     def _refuse_layout_change(self, name, value):
         root = self._root()
@@ -266,6 +287,7 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
             backend.prepare_slots([s for s in self._slot_variables[name] if s is not None])
         for v in self._build_state(variables):
             _track_once(self, v)
+        _rounding.build(self, variables)  # after every other variable: files without it keep their layout
 
     def _slot_owners(self, variables):
         """`{slot name: (initial value, [whether each of `variables` keeps it])}`; every variable by default."""
@@ -442,6 +464,7 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
             config[name] = serialize_value(self._static(name))
         config["shard_state"] = self.shard_state
         config["state_dtype"] = self.state_dtype
+        config["rounding"] = self.rounding
         config["format_version"] = FORMAT_VERSION
         return config
 
@@ -590,6 +613,12 @@ class Transform(Rule):
                 f"{type(self).__name__} wrapping {type(optimizer).__name__} keeps no state of its own; "
                 f"`shard_state=True` cannot reach {type(optimizer).__name__}'s slots. Use a keras_optx chain, "
                 f"e.g. Optimiser({type(self).__name__}(...), ADAM(), shard_state=True)."
+            )
+        if optimizer is not None and self.rounding != "nearest":
+            raise ValueError(
+                f"{type(self).__name__} wrapping {type(optimizer).__name__} does not write the variables; "
+                f"rounding={self.rounding!r} cannot act. Give it to the wrapped optimizer if it is a keras_optx rule, "
+                f"or use a chain, e.g. Optimiser({type(self).__name__}(...), ADAM(), rounding={self.rounding!r})."
             )
         self.optimizer = optimizer
         if optimizer is not None:

@@ -39,7 +39,9 @@ class Optimiser(Rule):
 
     Args:
         *rules: the members, in order.
-        **kwargs: any `keras.optimizers.Optimizer` keyword.
+        **kwargs: any `keras.optimizers.Optimizer` keyword, and `Rule`'s `shard_state`, `state_dtype`
+            and `rounding` (how the chain's one write rounds into float16/bfloat16 variables; a member
+            refuses it, as it refuses Keras's keywords).
 
     Example:
         >>> opt = keras_optx.Optimiser(keras_optx.ClipNorm(1.0), keras_optx.WeightDecay(1e-4), keras_optx.ADAM(1e-3))

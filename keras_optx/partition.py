@@ -79,7 +79,8 @@ class Partition(Rule):
         rules: `{key: rule}` in priority order (a dict, or a list of (key, rule) pairs); a key is a
             regular expression on `variable.path` or a callable `variable -> bool`.
             A rule is a keras_optx rule, transform, `Optimiser`, `Partition` or `Frozen()`.
-        **kwargs: any `keras.optimizers.Optimizer` keyword.
+        **kwargs: any `keras.optimizers.Optimizer` keyword, and `Rule`'s `shard_state`, `state_dtype`
+            and `rounding` (one for all groups, at the Partition's write; its rules refuse it).
 
     Example:
         >>> opt = keras_optx.Partition({

@@ -333,8 +333,9 @@ class SGD(_TorchRule):
             group, then the optimizer's own (one group without `param_groups=`); `g["lr"] *= 0.1`
             acts at the next step, checked as the attribute (docs/hyperparameters.md). On the torch
             backend each group runs its own fused kernel. `Adam` and `AdamW` take the same.
-        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`
-            (`clipnorm`, `use_ema`, `gradient_accumulation_steps`, …).
+        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay` (`clipnorm`,
+            `use_ema`, `gradient_accumulation_steps`, …), and `rounding="nearest"` (`"kahan"`,
+            `"stochastic"`: the write into bfloat16/float16 variables, see `Rule`).
 
     Example:
         >>> x = keras.Variable([1.0, 2.0])
@@ -496,7 +497,8 @@ class Adam(_Adam):
         param_groups: torch's param groups, default None, as for `SGD`: dicts `{"params": <regex
             on variable.path, or a list of variables>, <any of "lr", "weight_decay", "betas",
             "eps", "amsgrad", "maximize">}`; first match wins, the rest use these values.
-        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
+        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`, and `rounding="nearest"`
+            (`"kahan"`, `"stochastic"`: the write into bfloat16/float16 variables, see `Rule`).
 
     Example:
         >>> x = keras.Variable([1.0, 2.0])
@@ -548,7 +550,8 @@ class AdamW(_Adam):
         param_groups: torch's param groups, default None, as for `SGD`: dicts `{"params": <regex
             on variable.path, or a list of variables>, <any of "lr", "weight_decay", "betas",
             "eps", "amsgrad", "maximize">}`; first match wins, the rest use these values.
-        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`.
+        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay`, and `rounding="nearest"`
+            (`"kahan"`, `"stochastic"`: the write into bfloat16/float16 variables, see `Rule`).
 
     Example:
         >>> x = keras.Variable([1.0, 2.0])

@@ -89,6 +89,12 @@ def test_memory_benchmark_reports_state_bytes_per_parameter():
         assert table[("ADAM", "optax.adam")][2] == "8.00"
     else:
         assert adam[4] == "–"
+    # Training in bfloat16 (weights + state + compensation, B/param): ADAM 12 → 6 → 8 with Kahan, gradients aside.
+    for rule in ("ADAM", "chain(ClipNorm,ADAM)"):
+        assert table[(rule, "float32 weights, float32 state, nearest")][2:] == ["4.00", "8.00", "0.00", "12.00"]
+        assert table[(rule, "bfloat16 weights, bfloat16 state, nearest")][2:] == ["2.00", "4.00", "0.00", "6.00"]
+        assert table[(rule, "bfloat16 weights, bfloat16 state, kahan")][2:] == ["2.00", "4.00", "2.00", "8.00"]
+        assert table[(rule, "bfloat16 weights, bfloat16 state, stochastic")][2:] == ["2.00", "4.00", "0.00", "6.00"]
     if BACKEND == "torch":
         assert table[("ADAM", "torch.optim.Adam")][2] == "8.00"
         for chain in ("chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)", "chain(ClipNorm,NADAM)", "chain(ClipValue,ADADelta)"):
@@ -133,3 +139,16 @@ def test_before_after_benchmark_prints_a_ratio_per_rule_and_layout():
     assert [(row[0], row[1]) for row in rows] == [(layout, rule) for layout in ("4x250k", "200x1k") for rule in ("ADAM", "chain")]
     for row in rows:
         assert RATIO.match(row[4]) and RATIO.match(row[7]), row  # after / before: CPU medians, wall minima
+
+
+def test_bf16_benchmark_prints_a_loss_and_ratio_for_every_rounding():
+    """bench_bf16.py (tiny: two steps) prints, per rule, float32 and each rounding with a finite loss and its ratio."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in _rows(_run("bench_bf16.py"))]
+    assert {(row[0], row[1], row[2]) for row in rows} == {
+        (rule, dtype, rounding) for rule in ("ADAM", "chain(ClipNorm,ADAM)")
+        for dtype, rounding in (("float32", "–"), ("bfloat16", "nearest"), ("bfloat16", "kahan"), ("bfloat16", "stochastic"))
+    }
+    for row in rows:
+        assert 0 < float(row[3]) < 10 and re.match(r"^\d+\.\d{3}$", row[4]), row
+        if row[1] == "float32":
+            assert row[4] == "1.000", row

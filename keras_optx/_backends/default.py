@@ -40,16 +40,18 @@ def scalar(value):
     return value
 
 
-def assignments(slot_writes, variables, delta):
+def assignments(rule, slot_writes, variables, delta):
     """`[(variable, new value)]`: the slots' new values (in each slot's dtype: `state_dtype` may keep
-    it in bfloat16/float16), then x − Δ in each variable's dtype."""
+    it in bfloat16/float16), then x − Δ: in each variable's dtype, or for float16/bfloat16 variables
+    in float32 rounded once by `rule.rounding` (`keras_optx/_rounding.py`)."""
+    from .. import _rounding
+
     updates = [(s, new if new.dtype == s.dtype else keras.ops.cast(new, s.dtype)) for s, new in slot_writes]
-    updates += [(v, keras.ops.cast(v.value - keras.ops.cast(d, v.dtype), v.dtype)) for v, d in zip(variables, delta.items)]
-    return updates
+    return updates + _rounding.updates(rule, variables, delta.items)
 
 
 def write(rule, slot_writes, variables, delta):
-    for variable, value in assignments(slot_writes, variables, delta):
+    for variable, value in assignments(rule, slot_writes, variables, delta):
         variable.assign(value)
 
 

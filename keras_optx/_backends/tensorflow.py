@@ -29,7 +29,7 @@ def update_step(rule, grads, variables):
 
 def write(rule, slot_writes, variables, delta):
     """Assign in cross-replica context so `tf.distribute` strategies update every replica."""
-    _assign_all(rule, default.assignments(slot_writes, variables, delta))
+    _assign_all(rule, default.assignments(rule, slot_writes, variables, delta))
 
 
 def assign(rule, pairs):

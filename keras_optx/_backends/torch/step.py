@@ -92,10 +92,36 @@ def assign(rule, pairs):
 
 
 def write(rule, slot_writes, variables, delta):
-    """Store the new slots and apply x ← x − Δ (`delta` a `Many`) as foreach ops."""
+    """Store the new slots and apply x ← x − Δ (`delta` a `Many`) as foreach ops; float16/bfloat16
+    variables in float32, rounded once by `rule.rounding` (`keras_optx/_rounding.py`)."""
     if slot_writes:
         torch._foreach_copy_(values([s for s, _ in slot_writes]), [new for _, new in slot_writes])
     xs = values(variables)
+    low = _low_precision(rule, xs)
+    if low:
+        from ... import _rounding
+
+        deltas = delta.items
+        pairs = _rounding.updates(rule, [variables[i] for i in low], [deltas[i] for i in low])
+        torch._foreach_copy_(values([v for v, _ in pairs]), [value for _, value in pairs])
+        if len(low) == len(xs):
+            return
+        rest = sorted(set(range(len(xs))) - set(low))
+        xs, delta = [xs[i] for i in rest], type(delta)(deltas[i] for i in rest)
     deltas, scale = delta._items, delta._scale  # a pending scale goes into `alpha`: one pass
     deltas = [d if d.dtype == x.dtype else d.to(x.dtype) for x, d in zip(xs, deltas)]
     torch._foreach_add_(xs, deltas, alpha=-1.0 if scale is None else -scale)
+
+
+_LOW_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _low_precision(rule, xs):
+    """Positions of the float16/bfloat16 tensors among `xs`, cached for the tensors last seen
+    (identity is cheaper to check than 200 dtypes)."""
+    cached = rule.__dict__.get("_low_precision_for")
+    if cached is not None and _same(cached[0], xs):
+        return cached[1]
+    low = [i for i, x in enumerate(xs) if x.dtype in _LOW_DTYPES]
+    object.__setattr__(rule, "_low_precision_for", (list(xs), low))  # past Keras's variable tracking
+    return low
