@@ -15,6 +15,8 @@ from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .lookahead import Lookahead
 from .partition import Frozen, Partition
+from .prodigy import Prodigy
+from .recent import ADOPT, AdEMAMix, AdEMAMixAlphaWarmup, AdEMAMixBeta3Warmup, Cautious
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
@@ -30,9 +32,14 @@ __all__ = [
     "ADAGrad",
     "ADAM",
     "ADAMW",
+    "ADOPT",
     "AMSGrad",
+    "AdEMAMix",
+    "AdEMAMixAlphaWarmup",
+    "AdEMAMixBeta3Warmup",
     "AdaBelief",
     "AdaMax",
+    "Cautious",
     "ClipGlobalNorm",
     "ClipNorm",
     "ClipValue",
@@ -49,6 +56,7 @@ __all__ = [
     "OADAM",
     "Optimiser",
     "Partition",
+    "Prodigy",
     "RADAM",
     "RMSProp",
     "Rprop",
