@@ -132,9 +132,11 @@ RULES = [
     Case("Prodigy(0.5,β,β₃,ϵ,d₀,d_coef,growth,bias,safeguard,wd)",
          lambda: ox.Prodigy(0.5, (0.8, 0.99), 0.98, 1e-6, 1e-4, 2.0, 1.5, True, True, weight_decay=0.01),
          lambda: ref.Prodigy(0.5, (0.8, 0.99), 0.98, 1e-6, 1e-4, 2.0, 1.5, True, True, 0.01), fit=False),
-    # β₁ = 0: prodigyopt keeps no m and steps by d·g with the updated d.
-    Case("Prodigy(β₁=0,d₀=1e-3)", lambda: ox.Prodigy(beta=(0.0, 0.999), d0=1e-3),
-         lambda: ref.Prodigy(beta=(0.0, 0.999), d0=1e-3), fit=False),
+    # β₁ = 0: prodigyopt keeps no m and steps by d·g with the updated d. d̂ hangs on x₀ − x, a difference of
+    # float32 values: with d₀ = 1e-3 d grows ~30x in 20 steps and float32 runs stray ~6x this test's
+    # tolerance from the float64 path (prodigyopt's float32 run as much); d₀ = 1e-4 stays within 0.25x.
+    Case("Prodigy(β₁=0,d₀=1e-4)", lambda: ox.Prodigy(beta=(0.0, 0.999), d0=1e-4),
+         lambda: ref.Prodigy(beta=(0.0, 0.999), d0=1e-4), fit=False),
 ]
 
 SCHEDULES = [
@@ -336,9 +338,9 @@ PARTITIONS = [
                                 (".*", ref.Chain(ref.ClipGlobalNorm(0.5), ref.ADAMW(0.01, decay=0.1)))], PATHS),
          fit=False),
     # Two Prodigy instances, each estimating its d from its own group's variables only.
-    Case("Partition(kernel:Prodigy,.*:Prodigy(d₀=1e-3))",
-         lambda: ox.Partition({"kernel": ox.Prodigy(), ".*": ox.Prodigy(d0=1e-3)}),
-         lambda: ref.Partition([("kernel", ref.Prodigy()), (".*", ref.Prodigy(d0=1e-3))], PATHS), fit=False),
+    Case("Partition(kernel:Prodigy,.*:Prodigy(d₀=1e-4))",
+         lambda: ox.Partition({"kernel": ox.Prodigy(), ".*": ox.Prodigy(d0=1e-4)}),
+         lambda: ref.Partition([("kernel", ref.Prodigy()), (".*", ref.Prodigy(d0=1e-4))], PATHS), fit=False),
 ]
 
 CASES = [c for c in RULES + SCHEDULES + CHAINS + PARTITIONS if c.reference is not None]  # against the oracle
