@@ -80,7 +80,7 @@ class Prodigy(Rule):
         >>> opt = keras_optx.Prodigy()
         >>> for _ in range(5): opt.apply([np.array([1.0, -1.0], "float32")], [x])
         >>> print(f"{float(opt.d):.3g}")  # the estimate grew from d₀ = 1e-6
-        3.16e-06
+        3.43e-05
 
     Equals `prodigyopt.Prodigy` (one parameter group, `slice_p=1`) step by step, with its
     `weight_decay` as its `decouple=True` decay; its coupled decay (`decouple=False`) is

@@ -99,8 +99,8 @@ class AdEMAMix(Rule):
         >>> x = keras.Variable([1.0, 2.0])
         >>> opt = keras_optx.AdEMAMix(0.1, alpha=5.0)
         >>> opt.apply([np.array([1.0, -1.0], "float32")], [x])
-        >>> print(np.round(keras.ops.convert_to_numpy(x), 4))  # η·(1 + α·(1−β₃))·sign(g) at t = 1
-        [0.8995 2.1005]
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 5))  # η·(1 + α·(1−β₃))·sign(g) at t = 1
+        [0.89995 2.10005]
 
     Equals `optax.contrib.ademamix` and `pytorch_optimizer.AdEMAMix` step by step (optax calls
     a schedule with the 0-based step, as keras_optx does; pytorch_optimizer's warm-up counts
@@ -174,8 +174,8 @@ class AdEMAMixBeta3Warmup(_Schedule):
 
     Example:
         >>> schedule = keras_optx.AdEMAMixBeta3Warmup(0.9, 0.9999, 100)
-        >>> [round(float(schedule(step)), 4) for step in (0, 99)]  # updates t = 1, 100
-        [0.9001, 0.9999]
+        >>> [round(float(schedule(step)), 4) for step in (0, 49, 99)]  # updates t = 1, 50, 100
+        [0.9909, 0.9998, 0.9999]
 
     `pytorch_optimizer.AdEMAMix(t_alpha_beta3=T)`'s β₃ (the paper's Algorithm 1, counting
     updates from 1). Pagliardini, Ablin & Grangier 2024, arXiv:2409.03137.
@@ -223,9 +223,11 @@ class Cautious(Optimiser):
         >>> x = keras.Variable([1.0, 2.0])
         >>> opt = keras_optx.Cautious(keras_optx.Momentum(0.1, 0.9))
         >>> opt.apply([np.array([1.0, -1.0], "float32")], [x])
-        >>> opt.apply([np.array([-1.0, -1.0], "float32")], [x])  # momentum and g disagree on x[0]
-        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # x[0] kept; x[1] steps 2·(0.19)·2/3
-        [0.933 2.32 ]
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # Δ = (0.1, −0.1), both kept, ·2/3
+        [0.933 2.067]
+        >>> opt.apply([np.array([-0.05, -1.0], "float32")], [x])  # Δ = (0.085, −0.19): x[0]'s disagrees with g
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))  # x[0] stays; x[1] steps 0.19·2/(1 + 1)
+        [0.933 2.257]
 
     `Cautious(ADOPT())`, `Cautious(Lion())` equal pytorch_optimizer's `ADOPT(cautious=True)`,
     `Lion(cautious=True)` step by step. `Cautious(AdEMAMix())` masks AdEMAMix's whole update, as
