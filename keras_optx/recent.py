@@ -7,7 +7,7 @@ import keras
 from . import _checks as check
 from ._base import EPSILON, Rule
 from .chain import Optimiser
-from ._tensors import Many, ops
+from ._tensors import Many
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
@@ -251,7 +251,8 @@ class Cautious(Optimiser):
 
     def _transform(self, g, x, state, t, step):
         delta, new_state = super()._transform(g, x, state, t, step)
-        agree = ops.maximum(ops.sign(delta * g), 0.0)  # φ: 1 where Δ and g agree in sign, else 0
+        # φ: 1 where Δ·g > 0, else 0 (NaN included, as the references' comparison: one NaN Δ stays one)
+        agree = Many(keras.ops.cast(p > 0, p.dtype) for p in (delta * g).items)
         scale = Many(_size(a) / (keras.ops.sum(a) + 1.0) for a in agree.items)
         return delta * agree * scale, new_state
 
