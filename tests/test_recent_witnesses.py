@@ -185,3 +185,22 @@ def test_prodigy_estimate_is_per_partition_group():
     np.testing.assert_allclose(d(routed.rules[0]), d(alone), rtol=1e-5)
     assert abs(d(routed.rules[0]) - d(whole)) > 1e-3 * d(whole)
     assert len(SHAPES) == len(values)
+
+
+def test_prodigy_exclude_from_weight_decay_is_a_prodigyopt_group_without_decay():
+    """`exclude_from_weight_decay` leaves variable 1 undecayed: prodigyopt's second parameter group with
+    weight_decay = 0 (one d for both groups, as here)."""
+    import prodigyopt
+
+    opt = ox.Prodigy(d0=1e-3, weight_decay=0.5)
+    variables = [keras.Variable(v) for v in initial_values()]
+    opt.exclude_from_weight_decay(var_list=[variables[1]])
+    ours = []
+    for _, grads in zip(range(STEPS), gradient_stream()):
+        opt.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
+        ours.append([np.array(keras.ops.convert_to_numpy(v.value), np.float64) for v in variables])
+    expected = _torch_run(lambda p: prodigyopt.Prodigy(
+        [{"params": [p[0], p[2], p[3]]}, {"params": [p[1]], "weight_decay": 0.0}], d0=1e-3, weight_decay=0.5))
+    _assert_same_trajectory(ours, expected, "Prodigy with variable 1 excluded from decay")
+    decayed = _torch_run(lambda p: prodigyopt.Prodigy(p, d0=1e-3, weight_decay=0.5))
+    _differs([[xs[1]] for xs in ours], [[xs[1]] for xs in decayed], at_least=10 * ATOL)
