@@ -4,7 +4,7 @@ import keras
 
 from . import _checks as check
 from ._backends import current as backend
-from ._base import EPSILON, Rule, _plus_decay
+from ._base import EPSILON, Rule, State, _plus_decay
 from ._hyper import _Hyper
 from ._tensors import Many, ops
 
@@ -153,7 +153,7 @@ class Prodigy(Rule):
     def _transform(self, g, x, state, t, step):
         variables = [self._scalars[name] for name in _STATE]
         values = dict(zip(_STATE, (keras.ops.cast(v, "float32") for v in backend.values(variables))))
-        delta, new_state, scalars = self._estimate(g, x, _State(state), t, self._rate(step), values)
+        delta, new_state, scalars = self._estimate(g, x, State(state), t, self._rate(step), values)
         backend.assign(self._root(), [(self._scalars[name], scalars[name]) for name in _STATE])
         return delta, new_state
 
@@ -199,10 +199,6 @@ class Prodigy(Rule):
             "k": k + keras.ops.cast(progress, "float32"),
         }
         return delta, {"m": m, "v": v, "s": s_new, "x0": x0}, new_scalars
-
-
-class _State(dict):
-    __getattr__ = dict.__getitem__
 
 
 def _total(many):
