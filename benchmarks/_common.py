@@ -101,6 +101,9 @@ def optax_reference(name):
         "adabelief": lambda: optax.adabelief(0.001),  # bias-corrected, ϵ in s: Flux v0.12's is not
         "lion": lambda: optax.lion(0.001),
         "rprop": lambda: optax.rprop(0.001),
+        "contrib.adopt": lambda: optax.contrib.adopt(0.001),  # clips at (t−1)^¼: the same work per step
+        "contrib.ademamix": lambda: optax.contrib.ademamix(0.001),
+        "contrib.prodigy": lambda: optax.contrib.prodigy(1.0),  # a slightly different estimate, the same reductions
     }[name]()
 
 

@@ -104,6 +104,11 @@ def run(args):
         "Lion": (lambda: ox.Lion(), lambda: K.Lion(), None, "lion"),
         "Rprop": (lambda: ox.Rprop(), None, ("Rprop", dict(lr=0.001)), "rprop"),
         "Lookahead(ADAM)": (lambda: ox.Lookahead(ox.ADAM()), None, None, None),
+        # The 2024 rules against torch.optim.Adam (foreach and fused): none of them is in torch.optim.
+        "ADOPT": (lambda: ox.ADOPT(), None, ("Adam", dict(lr=0.001)), "contrib.adopt"),
+        "AdEMAMix": (lambda: ox.AdEMAMix(), None, ("Adam", dict(lr=0.001)), "contrib.ademamix"),
+        "Prodigy": (lambda: ox.Prodigy(), None, ("Adam", dict(lr=0.001)), "contrib.prodigy"),
+        "Cautious(Lion)": (lambda: ox.Cautious(ox.Lion()), lambda: K.Lion(), ("Adam", dict(lr=0.001)), None),
         # keras_optx.torch: torch's rules with torch's names (ported PyTorch code).
         "torch.SGD(momentum)": (lambda: ox.torch.SGD(0.01, momentum=0.9), lambda: K.SGD(0.01, momentum=0.9), ("SGD", dict(lr=0.01, momentum=0.9)), "momentum"),
         "torch.Adam": (lambda: ox.torch.Adam(), lambda: K.Adam(), ("Adam", dict(lr=0.001)), "adam"),

@@ -16,6 +16,8 @@ from .guard import SkipNonFinite
 from .lookahead import Lookahead
 from .partition import Frozen, Partition
 from .predicates import matrices
+from .prodigy import Prodigy
+from .recent import ADOPT, AdEMAMix, AdEMAMixAlphaWarmup, AdEMAMixBeta3Warmup, Cautious
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
@@ -31,9 +33,14 @@ __all__ = [
     "ADAGrad",
     "ADAM",
     "ADAMW",
+    "ADOPT",
     "AMSGrad",
+    "AdEMAMix",
+    "AdEMAMixAlphaWarmup",
+    "AdEMAMixBeta3Warmup",
     "AdaBelief",
     "AdaMax",
+    "Cautious",
     "ClipGlobalNorm",
     "ClipNorm",
     "ClipValue",
@@ -50,6 +57,7 @@ __all__ = [
     "OADAM",
     "Optimiser",
     "Partition",
+    "Prodigy",
     "RADAM",
     "RMSProp",
     "Rprop",

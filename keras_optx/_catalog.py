@@ -34,6 +34,9 @@ FLUX_RULES = {
 EXTRA_RULES = {  # rules beyond Flux v0.12, at their documented defaults (not in compare's default run)
     "lion": "Lion",
     "rprop": "Rprop",
+    "adopt": "ADOPT",
+    "ademamix": "AdEMAMix",
+    "prodigy": "Prodigy",
 }
 TRANSFORMS = {
     "clipnorm": ("ClipNorm", 1.0),

@@ -13,8 +13,9 @@ A rule is `NAME[:X]`: X replaces the first positional argument (the learning rat
 most rules, ρ for ADADelta, the threshold for clipping, wd for weightdecay, η for
 expdecay, γ for invdecay). `A+B+…` is the chain `Optimiser(A, B, …)`, e.g.
 `clipnorm+weightdecay:1e-4+adam` or `expdecay+descent`. `lookahead[:K]+…` wraps the rest
-in `Lookahead` (sync period K, default 6), e.g. `lookahead+radam`. `lion` and `rprop`
-(beyond Flux v0.12) are named but not in the default run.
+in `Lookahead` (sync period K, default 6), e.g. `lookahead+radam`; `cautious+…` in `Cautious`,
+e.g. `cautious+lion`. `lion`, `rprop`, `adopt`, `ademamix` and `prodigy` (beyond Flux v0.12) are
+named but not in the default run.
 
 In Python, `compare(build_model, data, rules, loss=..., ...)` runs the same comparison on
 your model and data and returns a `Comparison` (`.table()`, `.to_dicts()`, `.plot(path)`).
@@ -51,7 +52,7 @@ def _torch_rules_available():
 
 def known_names():
     """Every name `--rules` accepts (besides `+` chains of them)."""
-    names = list(FLUX_RULES) + list(EXTRA_RULES) + list(TRANSFORMS) + ["lookahead"]
+    names = list(FLUX_RULES) + list(EXTRA_RULES) + list(TRANSFORMS) + ["lookahead", "cautious"]
     if _torch_rules_available():
         names += list(TORCH_RULES)
     return names
@@ -105,6 +106,10 @@ def build_optimizer(spec):
             return ox.Lookahead(build_optimizer("+".join(parts[1:])), *args)
         except (ValueError, TypeError) as error:
             raise UsageError(f"rule {spec!r}: {error}") from None
+    if head.strip().lower() == "cautious":  # `cautious+<rule or chain>`: Cautious around the rest
+        if len(parts) == 1 or value:
+            raise UsageError(f"{spec!r}: cautious takes no number and wraps a rule; write it before one, e.g. cautious+lion")
+        return ox.Cautious(build_optimizer("+".join(parts[1:])))
     try:
         members = [_member(p) for p in parts]
         if len(members) == 1:
@@ -120,7 +125,7 @@ def build_optimizer(spec):
 
 def display_name(spec):
     """`clipnorm+adam:0.01` → `ClipNorm+ADAM(0.01)`."""
-    names = {**FLUX_RULES, **EXTRA_RULES, "lookahead": "Lookahead", **{k: v[0] for k, v in TRANSFORMS.items()}, **{k: f"torch.{v}" for k, v in TORCH_RULES.items()}}
+    names = {**FLUX_RULES, **EXTRA_RULES, "lookahead": "Lookahead", "cautious": "Cautious", **{k: v[0] for k, v in TRANSFORMS.items()}, **{k: f"torch.{v}" for k, v in TORCH_RULES.items()}}
     out = []
     for part in spec.split("+"):
         name, _, value = part.partition(":")

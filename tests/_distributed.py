@@ -43,7 +43,8 @@ EXTRA = [
     ("ADAM(bfloat16 state)", lambda: ox.ADAM(0.01, state_dtype="bfloat16")),
 ]
 ALL = [(c.id, c.make) for c in CASES] + EXTRA
-FIT = {"ADAM", "ClipNorm>WeightDecay>ADAM", "torch.AdamW", "SkipNonFinite(ADAM)", "ClipNorm(keras Adam)"}
+FIT = {"ADAM", "ClipNorm>WeightDecay>ADAM", "torch.AdamW", "SkipNonFinite(ADAM)", "ClipNorm(keras Adam)",
+       "Prodigy", "Partition(kernel:Prodigy,.*:Prodigy(d₀=1e-4))"}  # Prodigy: its global sums in a sharded jit step
 
 
 def model(units):

@@ -115,6 +115,28 @@ RULES = [
          reliability=_rate(lambda lr, **kw: ox.ADAMW(lr, decay=1e-2, **kw), 0.01)),
     Case("ADAMW(0.001,(0.89,0.995),0.1)", lambda: ox.ADAMW(0.001, (0.89, 0.995), 0.1),
          lambda: ref.ADAMW(0.001, (0.89, 0.995), 0.1), fit=False, kernel=True, varying_rate=True),
+    # 2024 rules (keras_optx/recent.py, prodigy.py): defaults, then every hyperparameter away from its default.
+    Case("ADOPT", lambda: ox.ADOPT(), lambda: ref.ADOPT(), reliability=_rate(lambda lr, **kw: ox.ADOPT(lr, **kw), 0.01)),
+    Case("ADOPT(0.01,(0.8,0.99),eps=1e-3)", lambda: ox.ADOPT(0.01, (0.8, 0.99), 1e-3),
+         lambda: ref.ADOPT(0.01, (0.8, 0.99), 1e-3), fit=False),
+    Case("AdEMAMix", lambda: ox.AdEMAMix(), lambda: ref.AdEMAMix(),
+         reliability=_rate(lambda lr, **kw: ox.AdEMAMix(lr, **kw), 0.01)),
+    Case("AdEMAMix(0.01,(0.8,0.99,0.995),2.0,eps=1e-6)", lambda: ox.AdEMAMix(0.01, (0.8, 0.99, 0.995), 2.0, 1e-6),
+         lambda: ref.AdEMAMix(0.01, (0.8, 0.99, 0.995), 2.0, 1e-6), fit=False),
+    # The paper's warm-ups as schedules, T = 8 < the test's 20 steps: both ramps end within it.
+    Case("AdEMAMix(warm-ups)", lambda: ox.AdEMAMix(0.01, (0.9, 0.999, ox.AdEMAMixBeta3Warmup(0.9, 0.999, 8)),
+                                                  alpha=ox.AdEMAMixAlphaWarmup(5.0, 8)),
+         lambda: ref.AdEMAMix(0.01, (0.9, 0.999, ref.ademamix_beta3(0.9, 0.999, 8)), ref.ademamix_alpha(5.0, 8)),
+         fit=False),
+    Case("Prodigy", lambda: ox.Prodigy(), lambda: ref.Prodigy(), reliability=_rate(lambda lr, **kw: ox.Prodigy(lr, **kw), 1.0)),
+    Case("Prodigy(0.5,β,β₃,ϵ,d₀,d_coef,growth,bias,safeguard,wd)",
+         lambda: ox.Prodigy(0.5, (0.8, 0.99), 0.98, 1e-6, 1e-4, 2.0, 1.5, True, True, weight_decay=0.01),
+         lambda: ref.Prodigy(0.5, (0.8, 0.99), 0.98, 1e-6, 1e-4, 2.0, 1.5, True, True, 0.01), fit=False),
+    # β₁ = 0: prodigyopt keeps no m and steps by d·g with the updated d. d̂ hangs on x₀ − x, a difference of
+    # float32 values: with d₀ = 1e-3 d grows ~30x in 20 steps and float32 runs stray ~6x this test's
+    # tolerance from the float64 path (prodigyopt's float32 run as much); d₀ = 1e-4 stays within 0.25x.
+    Case("Prodigy(β₁=0,d₀=1e-4)", lambda: ox.Prodigy(beta=(0.0, 0.999), d0=1e-4),
+         lambda: ref.Prodigy(beta=(0.0, 0.999), d0=1e-4), fit=False),
 ]
 
 SCHEDULES = [
@@ -190,6 +212,15 @@ CHAINS = [
          lambda: ref.Chain(ref.ClipNorm(3.0), ref.ClipValue(0.5), ref.Momentum(0.02, 0.8)), fit=False, kernel=True),
     Case("ClipValue>ClipNorm(3)>ADAM", lambda: ox.Optimiser(ox.ClipValue(1.5), ox.ClipNorm(3.0), ox.ADAM(0.003, (0.85, 0.99))),
          lambda: ref.Chain(ref.ClipValue(1.5), ref.ClipNorm(3.0), ref.ADAM(0.003, (0.85, 0.99))), fit=False, kernel=True),
+    # Cautious(rule): the rule's update masked where its sign disagrees with the gradient's (keras_optx/recent.py).
+    Case("Cautious(Lion)", lambda: ox.Cautious(ox.Lion(0.003)), lambda: ref.Cautious(ref.Lion(0.003)),
+         reliability=_rate(lambda lr, **kw: ox.Cautious(ox.Lion(lr), **kw), 0.003)),
+    Case("Cautious(ADOPT)", lambda: ox.Cautious(ox.ADOPT(0.01)), lambda: ref.Cautious(ref.ADOPT(0.01)), fit=False),
+    Case("Cautious(AdEMAMix)", lambda: ox.Cautious(ox.AdEMAMix(0.01)), lambda: ref.Cautious(ref.AdEMAMix(0.01)), fit=False),
+    Case("Cautious(ClipNorm>Momentum)", lambda: ox.Cautious(ox.Optimiser(ox.ClipNorm(1.0), ox.Momentum(0.02, 0.8))),
+         lambda: ref.Cautious(ref.Chain(ref.ClipNorm(1.0), ref.Momentum(0.02, 0.8))), fit=False),
+    Case("ClipGlobalNorm>Prodigy", lambda: ox.Optimiser(ox.ClipGlobalNorm(1.0), ox.Prodigy(d0=1e-3)),
+         lambda: ref.Chain(ref.ClipGlobalNorm(1.0), ref.Prodigy(d0=1e-3)), fit=False),
 ]
 
 # keras_optx.torch: torch's rules with torch's names, compared with torch.optim (COMPAT below), not an oracle here.
@@ -308,6 +339,10 @@ PARTITIONS = [
                                                           ("kernel", "conv_kernel"))),
                                 (".*", ref.Chain(ref.ClipGlobalNorm(0.5), ref.ADAMW(0.01, decay=0.1)))], PATHS),
          fit=False),
+    # Two Prodigy instances, each estimating its d from its own group's variables only.
+    Case("Partition(kernel:Prodigy,.*:Prodigy(d₀=1e-4))",
+         lambda: ox.Partition({"kernel": ox.Prodigy(), ".*": ox.Prodigy(d0=1e-4)}),
+         lambda: ref.Partition([("kernel", ref.Prodigy()), (".*", ref.Prodigy(d0=1e-4))], PATHS), fit=False),
 ]
 
 CASES = [c for c in RULES + SCHEDULES + CHAINS + PARTITIONS if c.reference is not None]  # against the oracle
@@ -391,4 +426,19 @@ BAD = [
     (lambda: oxt.Adam(eps=-1e-8), ValueError, "eps"),
     (lambda: oxt.Adam(amsgrad="yes"), TypeError, "amsgrad"),
     (lambda: oxt.AdamW(weight_decay=-0.01), ValueError, "weight_decay"),
+    (lambda: ox.ADOPT(epsilon=0.0), ValueError, "epsilon"),
+    (lambda: ox.ADOPT(beta=(0.9, 1.0)), ValueError, r"beta\[1\]"),
+    (lambda: ox.AdEMAMix(beta=(0.9, 0.999)), ValueError, "beta.*length 3"),
+    (lambda: ox.AdEMAMix(beta=(0.9, 0.999, 1.0)), ValueError, r"beta\[2\]"),
+    (lambda: ox.AdEMAMix(alpha=-1.0), ValueError, "alpha"),
+    (lambda: ox.AdEMAMixAlphaWarmup(5.0, 0), ValueError, "warmup_steps"),
+    (lambda: ox.AdEMAMixBeta3Warmup(0.0, 0.9999, 10), ValueError, "beta1"),
+    (lambda: ox.Cautious(keras.optimizers.Adam()), TypeError, "rule"),
+    (lambda: ox.Cautious(None), TypeError, "rule"),
+    (lambda: ox.Prodigy(d0=0.0), ValueError, "d0"),
+    (lambda: ox.Prodigy(growth_rate=0.5), ValueError, "growth_rate"),
+    (lambda: ox.Prodigy(beta3=1.0), ValueError, "beta3"),
+    (lambda: ox.Prodigy(weight_decay=-0.1), ValueError, "weight_decay"),
+    (lambda: ox.Prodigy(use_bias_correction=1), TypeError, "use_bias_correction"),
+    (lambda: ox.Prodigy(state_dtype="bfloat16"), ValueError, "Prodigy does not take state_dtype"),
 ]

@@ -378,3 +378,116 @@ def _subset_call(rule, positions, gs, xs, n):
             gs = _subset_call(member, positions, gs, xs, n)
         return gs
     return rule(gs, xs, n)  # stateless (ClipGlobalNorm, Scale)
+
+
+# 2024 rules (keras_optx/recent.py, keras_optx/prodigy.py) --------------------------------------
+class ADOPT(Reference):
+    """Taniguchi et al. 2024 (clipped, as the authors' code and pytorch_optimizer): at n = 1 v = g² and
+    no step; then ĝ = clip(g/max(√v, ϵ), ±n^¼); m = β₁m + (1−β₁)ĝ; Δ = ηm; v = β₂v + (1−β₂)g².
+    `clip_offset=-1` clips at (n−1)^¼ instead: optax.contrib.adopt's count."""
+
+    init = {"m": 0.0, "v": 0.0}
+
+    def __init__(self, eta=0.001, beta=(0.9, 0.9999), eps=1e-6, clip_offset=0):
+        super().__init__()
+        self.eta, self.beta, self.eps, self.clip_offset = eta, beta, eps, clip_offset
+
+    def step(self, s, g, x, n):
+        b1, b2 = self.beta
+        if n == 1:
+            s["v"] = g**2
+            return np.zeros_like(g)
+        bound = (n + self.clip_offset) ** 0.25
+        s["m"] = b1 * s["m"] + (1 - b1) * np.clip(g / np.maximum(np.sqrt(s["v"]), self.eps), -bound, bound)
+        s["v"] = b2 * s["v"] + (1 - b2) * g**2
+        return _rate(self.eta, n) * s["m"]
+
+
+class AdEMAMix(Reference):
+    """Pagliardini et al. 2024, Algorithm 1: Δ = η(m₁/(1−β₁ⁿ) + αm₂)/(√(v/(1−β₂ⁿ)) + ϵ), m₂ the β₃-EMA.
+    α and β₃ may be functions of n. `cautious_fast=True`: pytorch_optimizer's cautious variant, which
+    masks m₁ alone by sign(m₁·g) and scales it by N/(Σφ + 1) before adding αm₂."""
+
+    init = {"m": 0.0, "slow": 0.0, "v": 0.0}
+
+    def __init__(self, eta=0.001, beta=(0.9, 0.999, 0.9999), alpha=5.0, eps=EPS, cautious_fast=False):
+        super().__init__()
+        self.eta, self.beta, self.alpha, self.eps, self.cautious_fast = eta, beta, alpha, eps, cautious_fast
+
+    def step(self, s, g, x, n):
+        b1, b2, b3 = self.beta
+        b3, alpha = _rate(b3, n), _rate(self.alpha, n)
+        s["m"] = b1 * s["m"] + (1 - b1) * g
+        s["slow"] = b3 * s["slow"] + (1 - b3) * g
+        s["v"] = b2 * s["v"] + (1 - b2) * g**2
+        fast = _cautious(s["m"], g) if self.cautious_fast else s["m"]
+        return _rate(self.eta, n) * (fast / (1 - b1**n) + alpha * s["slow"]) / (np.sqrt(s["v"] / (1 - b2**n)) + self.eps)
+
+
+def ademamix_alpha(alpha, warmup):
+    """pytorch_optimizer's α warm-up as a function of n = 1, 2, …"""
+    return lambda n: min(n * alpha / warmup, alpha)
+
+
+def ademamix_beta3(beta1, beta3, warmup):
+    """pytorch_optimizer's β₃ warm-up as a function of n = 1, 2, …"""
+    l1, l3 = np.log(beta1), np.log(beta3)
+    return lambda n: min(np.exp(l1 * l3 / ((1 - n / warmup) * l3 + (n / warmup) * l1)), beta3)
+
+
+def _cautious(delta, g):
+    """Liang et al. 2024: φ = [Δ·g > 0]; Δ·φ·N/(Σφ + 1)."""
+    phi = (delta * g > 0).astype(DTYPE)
+    return delta * phi * (phi.size / (phi.sum() + 1))
+
+
+class Cautious:
+    """Any reference's update masked per variable by `_cautious` against the gradient it was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, gs, xs, n):
+        return [_cautious(d, np.asarray(g, DTYPE)) for d, g in zip(self.inner(gs, xs, n), gs)]
+
+
+class Prodigy:
+    """prodigyopt.Prodigy (one group, slice_p = 1) in float64: sums over all the variables it is given."""
+
+    def __init__(self, eta=1.0, beta=(0.9, 0.999), beta3=None, eps=EPS, d0=1e-6, d_coef=1.0,
+                 growth_rate=np.inf, use_bias_correction=False, safeguard_warmup=False, weight_decay=0.0):
+        self.eta, self.beta, self.eps, self.d0, self.d_coef = eta, beta, eps, d0, d_coef
+        self.beta3 = np.sqrt(beta[1]) if beta3 is None else beta3
+        self.growth_rate, self.bias, self.safeguard, self.wd = growth_rate, use_bias_correction, safeguard_warmup, weight_decay
+        self.d, self.d_max, self.numerator, self.k, self.state = d0, d0, 0.0, 0, None
+
+    def __call__(self, gs, xs, n):
+        (b1, b2), b3, eta = self.beta, self.beta3, _rate(self.eta, n)
+        gs, xs = [np.asarray(g, DTYPE) for g in gs], [np.asarray(x, DTYPE) for x in xs]
+        if self.state is None:
+            self.state = [{"m": 0 * x, "v": 0 * x, "s": 0 * x, "x0": x.copy()} for x in xs]
+        d = self.d
+        c = np.sqrt(1 - b2 ** (self.k + 1)) / (1 - b1 ** (self.k + 1)) if self.bias else 1.0
+        dlr = d * eta * c
+        numerator = b3 * self.numerator
+        denominator = 0.0
+        if eta > 0:
+            for s, g, x in zip(self.state, gs, xs):
+                numerator += (d / self.d0) * dlr * np.sum(g * (s["x0"] - x))
+                s["m"] = b1 * s["m"] + d * (1 - b1) * g
+                s["v"] = b2 * s["v"] + d * d * (1 - b2) * g**2
+                s["s"] = b3 * s["s"] + (d / self.d0) * (d if self.safeguard else dlr) * g
+                denominator += np.sum(np.abs(s["s"]))
+        if denominator == 0:
+            return [0 * x for x in xs]
+        d_hat = self.d_coef * numerator / denominator
+        if d == self.d0:
+            d = max(d, d_hat)
+        self.d_max = max(self.d_max, d_hat)
+        self.d = d = min(self.d_max, d * self.growth_rate)
+        self.numerator, self.k = numerator, self.k + 1
+        out = []
+        for s, g, x in zip(self.state, gs, xs):
+            step = s["m"] if b1 > 0 else d * g
+            out.append(dlr * (step / (np.sqrt(s["v"]) + d * self.eps) + self.wd * x))
+        return out

@@ -354,3 +354,18 @@ def test_docstring_examples_run():
 
     failures, tried = doctest.testmod(compare, extraglobs={"keras_optx": keras_optx}, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
+
+
+def test_cautious_wraps_the_rest_and_the_2024_rules_have_names():
+    import keras_optx as ox
+
+    opt = compare.build_optimizer("cautious+lion:0.001")
+    assert isinstance(opt, ox.Cautious) and isinstance(opt.rule, ox.Lion)
+    assert float(keras.ops.convert_to_numpy(opt.learning_rate)) == pytest.approx(0.001)  # tuning steers the Lion
+    assert isinstance(compare.build_optimizer("cautious+clipnorm+adam").rule, ox.Optimiser)
+    assert compare.display_name("cautious+lion") == "Cautious+Lion"
+    for bad in ("cautious", "cautious:2+adam"):
+        with pytest.raises(compare.UsageError, match="cautious"):
+            compare.build_optimizer(bad)
+    for name, cls in (("adopt", ox.ADOPT), ("ademamix", ox.AdEMAMix), ("prodigy", ox.Prodigy)):
+        assert type(compare.build_optimizer(name)) is cls and name in compare.known_names()

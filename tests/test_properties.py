@@ -78,6 +78,24 @@ RULE_SPACE["Rprop"] = (
     lambda p: ox.Rprop(p["lr"], p["ell"], p["gamma"]), lambda p: ref.Rprop(p["lr"], p["ell"], p["gamma"]), False,
 )
 
+# The 2024 rules (keras_optx/recent.py, prodigy.py).
+RULE_SPACE["ADOPT"] = ({"lr": rate, "beta": beta, "eps": eps}, lambda p: ox.ADOPT(p["lr"], p["beta"], p["eps"]),
+                       lambda p: ref.ADOPT(p["lr"], p["beta"], p["eps"]), True)
+RULE_SPACE["AdEMAMix"] = (
+    {"lr": rate, "beta": st.tuples(unit, st.one_of(st.just(0.0), st.floats(1e-6, 0.999)), unit),
+     "alpha": st.floats(0.0, 10.0), "eps": eps},
+    lambda p: ox.AdEMAMix(p["lr"], p["beta"], p["alpha"], p["eps"]),
+    lambda p: ref.AdEMAMix(p["lr"], p["beta"], p["alpha"], p["eps"]), True,
+)
+RULE_SPACE["Prodigy"] = (
+    {"lr": rate, "beta": beta, "eps": eps, "d0": st.floats(1e-6, 1e-3), "d_coef": st.floats(0.5, 2.0), "wd": wd},
+    lambda p: ox.Prodigy(p["lr"], p["beta"], epsilon=p["eps"], d0=p["d0"], d_coef=p["d_coef"], weight_decay=p["wd"]),
+    lambda p: ref.Prodigy(p["lr"], p["beta"], eps=p["eps"], d0=p["d0"], d_coef=p["d_coef"], weight_decay=p["wd"]), True,
+)
+# Cautious(rule): its mask φ = [Δ·g > 0] of a denormal g is 0 where XLA flushes the product (jax,
+# tensorflow) and 1 in float64: drawn without denormals, as the sign-based rules.
+SIGN_BASED |= {"Cautious"}
+
 TRANSFORMS = {  # each followed by Descent(η) so that it moves the variables
     "WeightDecay": ({"wd": wd}, lambda p: ox.WeightDecay(p["wd"]), lambda p: ref.WeightDecay(p["wd"]), False),
     "ClipValue": ({"t": thresh}, lambda p: ox.ClipValue(p["t"]), lambda p: ref.ClipValue(p["t"]), False),
@@ -114,6 +132,9 @@ def configurations(draw, case_id):
         return ox.Momentum(ox.InvDecay(p["gamma"], learning_rate=p["eta"])), ref.Momentum(ref.inv_decay(p["gamma"], p["eta"])), False
     if name in RULE_SPACE and ">" not in case_id:
         return _draw_rule(draw, name)
+    if name == "Cautious":  # Cautious(<a case id>): the wrapped rule or chain drawn, then masked
+        opt, oracle, squares = draw(configurations(case_id[len("Cautious("):-1]))
+        return ox.Cautious(opt), ref.Cautious(oracle), squares
     # A chain: its members' hyperparameters drawn; a schedule member's too.
     if case_id.startswith("ExpDecay"):
         p, (opt, oracle, _) = draw(exp_decay), _draw_rule(draw, "Descent")
@@ -179,7 +200,7 @@ def _trajectory(oracle, steps, dtype):
 @pytest.mark.parametrize("case_id", CASE_IDS)
 def test_valid_hyperparameters_and_extreme_gradients_follow_the_oracle(case_id):
     @SETTINGS
-    @given(st.data(), st.lists(_gradients(case_id not in SIGN_BASED), min_size=2, max_size=2))
+    @given(st.data(), st.lists(_gradients(case_id.split("(")[0] not in SIGN_BASED), min_size=2, max_size=2))
     def check(data, raw_steps):
         keras.utils.clear_session(free_memory=False)
         optimizer, oracle, squares = data.draw(configurations(case_id))

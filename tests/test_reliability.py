@@ -424,6 +424,8 @@ def _check_mixed_precision(dtype_policy, case_id):
         assert keras.backend.standardize_dtype(w.dtype) == variable_dtype
     assert any(not np.array_equal(np.asarray(w, "float32"), s) for w, s in zip(model.get_weights(), start))
     for v in model.optimizer.variables:
+        if getattr(v, "_keras_optx_hyperparameters", False):
+            continue  # what the user set, not trained state (Prodigy's growth_rate = inf)
         assert np.isfinite(np.asarray(ops.convert_to_numpy(v.value), "float64")).all(), v.path
     # keras_optx slots of float16 variables are float32 (a wrapped Keras optimizer keeps its own in float16)
     if "(keras " not in case_id:
