@@ -258,12 +258,18 @@ class _Run:
 
     def fit(self, model, train, seed, stop, describe, start=0, callbacks=()):
         """Epochs `start` … `stop − 1`; returns (losses, history). Array data is fed in the order
-        `_order(n, seed, epoch)` (not Keras's shuffle, whose draws depend on the model's past)."""
-        callbacks = [*callbacks, keras.callbacks.TerminateOnNaN()]
+        `_order(n, seed, epoch)` (not Keras's shuffle, whose draws depend on the model's past).
+
+        Every fit starts from the seed's global random state, set before `fit` (a dataset built
+        by a function seeds its shuffles then) and again when training begins (after Keras's
+        first symbolic pass, which draws from it on torch): a dataset's own shuffling and the
+        draws of layers without a seed of their own (torch's unseeded dropout uses torch's global
+        generator) are then the same for every rule and every rate the search tries."""
+        callbacks = [*callbacks, _SeedAtTrainBegin(seed), keras.callbacks.TerminateOnNaN()]
+        _seed_every_library(seed)
         if not _is_arrays(train):
             if describe is not None:
                 callbacks.append(_Epochs(self.bar, describe, stop))
-            _seed_every_library(seed)  # a dataset's own shuffling, seeded
             # A function returning the dataset: a new one per run, its shuffles seeded the same way.
             # (A search round resumed at epoch `start` replays the first epochs' order: the same for every rate.)
             dataset = train() if _is_factory(train) else train
@@ -304,6 +310,15 @@ class _Run:
             self.metric_key = names[0] if names else "loss"
         value = logs.get(self.metric_key, math.nan)
         return float(keras.ops.convert_to_numpy(value)) if value is not None else math.nan
+
+
+class _SeedAtTrainBegin(keras.callbacks.Callback):
+    def __init__(self, seed):
+        super().__init__()
+        self.seed = seed
+
+    def on_train_begin(self, logs=None):
+        _seed_every_library(self.seed)
 
 
 def _check_int(name, value, low):
