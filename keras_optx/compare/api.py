@@ -36,8 +36,9 @@ def compare(
     """Train your model with each rule and compare them: rate, final loss, score, time per step, spread.
 
     For every seed, each rule starts from the same initial weights and sees the batches in
-    the same order (`keras.utils.set_random_seed(seed)` before building the model and
-    before `fit`), so only the rule differs. With `tune=True` each rule's learning rate is
+    the same order (`keras.utils.set_random_seed(seed)` before building the model, before
+    `fit` and when training begins, so unseeded dropout draws alike too), so only the rule
+    differs. With `tune=True` each rule's learning rate is
     first chosen by a short search on a held-out part of the training data (never on
     `test_data`), then the full runs use the chosen rate.
 
