@@ -189,7 +189,7 @@ def compare(
             rows.append(row)
             for k, seed in enumerate(seeds):
                 began = time.perf_counter()
-                model = run.new_model(seed, entry.make(rate if tuned else None))
+                model = run.new_model(seed, entry.make(rate if tuned else None), data)
                 timer = _Timer()
                 describe = f"[{i}/{len(entries)}] {entry.label}" + (f" η={rate:.3g}" if rate is not None else "")
                 if len(seeds) > 1:
@@ -244,11 +244,15 @@ class _Run:
         self.initial = {}  # seed → the initial weights of every rule's model
         self.metric_key = None  # the score's key in the logs, found at the first run
 
-    def new_model(self, seed, optimizer):
+    def new_model(self, seed, optimizer, data):
+        """`build_model()` after seeding, built (on a batch of `data` when it has no `keras.Input`),
+        with the seed's initial weights, compiled with `optimizer`."""
         keras.utils.set_random_seed(seed)
         model = self.build_model()
         if not isinstance(model, keras.Model):
             raise TypeError(f"build_model() must return a keras.Model; it returned {type(model).__name__}")
+        if not model.built:
+            model(_first_inputs(data), training=False)  # its weights, drawn now: the same for every rule
         if model.built and model.weights:
             if seed in self.initial:
                 model.set_weights(self.initial[seed])
@@ -311,6 +315,19 @@ class _Run:
             self.metric_key = names[0] if names else "loss"
         value = logs.get(self.metric_key, math.nan)
         return float(keras.ops.convert_to_numpy(value)) if value is not None else math.nan
+
+
+def _first_inputs(data):
+    """The inputs of one batch of `data` (one example of arrays), as NumPy."""
+    import numpy as np
+
+    if _is_arrays(data):
+        x = keras.tree.map_structure(lambda a: a[:1], data[0])
+    else:
+        dataset = data() if _is_factory(data) else data
+        batch = dataset[0] if isinstance(dataset, keras.utils.PyDataset) else next(iter(dataset))
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return keras.tree.map_structure(np.asarray, x)
 
 
 class _SeedAtTrainBegin(keras.callbacks.Callback):

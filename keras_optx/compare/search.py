@@ -28,7 +28,7 @@ def search(run, index, total, entry, factors, tune_epochs, train, held_out, seed
     state and random state (dropout's seeds included), on `train`, scored by its loss on `held_out`.
     """
     bar = run.bar
-    trial = _Trials(entry, lambda rate: run.new_model(seed, entry.make(rate)))
+    trial = _Trials(entry, lambda rate: run.new_model(seed, entry.make(rate), train))
     rates = [entry.default_rate * f for f in factors]
     stages = _halving_stages(len(factors), tune_epochs)
     alive = rates
@@ -36,8 +36,8 @@ def search(run, index, total, entry, factors, tune_epochs, train, held_out, seed
 
     def attempt(rate, start, stop, label):
         began = time.perf_counter()
-        model, callbacks = trial.prepare(rate, states.get(rate))
-        losses, _ = run.fit(model, train, seed, stop, None, start=start, callbacks=callbacks)
+        model = trial.prepare(rate, states.get(rate))
+        losses, _ = run.fit(model, train, seed, stop, None, start=start)
         finite = len(losses) == stop - start and all(math.isfinite(v) for v in losses)
         val = float(run.evaluate(model, held_out)["loss"]) if finite else math.inf
         val = val if math.isfinite(val) else math.inf
@@ -92,10 +92,9 @@ class _Trials:
     """The search's models: one model and optimizer for every rate (restored, then its rate set:
     its training step is compiled once), or, for a factory that takes the rate, a new model per rate.
 
-    The state every rate starts from is read when the first fit begins (Keras has built the
-    model and its optimizer by then, so a model without `keras.Input` works too); it holds the
-    weights, the optimizer's variables and the layers' random state (`model.variables`: dropout's
-    seeds), so every rate sees the same dropout masks.
+    The state every rate starts from holds the weights, the optimizer's variables and the
+    layers' random state (`model.variables`: dropout's seeds), so every rate sees the same
+    dropout masks. (`new_model` builds a model without `keras.Input` on a batch of the data.)
     """
 
     def __init__(self, entry, new_model):
@@ -103,32 +102,20 @@ class _Trials:
         self.model = self.start = None
 
     def prepare(self, rate, state):
-        """(the model to train at `rate` from `state` (None: the start), callbacks for its fit)."""
+        """The model to train at `rate` from `state` (None: the start)."""
         if self.entry.rebuild:
-            return (state if state is not None else self.new_model(rate)), []
+            return state if state is not None else self.new_model(rate)
         if self.model is None:
-            self.model = self.new_model(rate)
-            return self.model, [_AtTrainBegin(self._keep_start)]
+            self.model = self.new_model(self.entry.default_rate)
+            self.model.optimizer.build(self.model.trainable_variables)
+            self.start = _snapshot(self.model)
         _restore(self.model, state if state is not None else self.start)
         self.model.optimizer.learning_rate = rate
-        return self.model, []
-
-    def _keep_start(self):
-        if self.start is None:
-            self.start = _snapshot(self.model)
+        return self.model
 
     def keep(self, model):
         """What `prepare` needs to continue from here."""
         return model if self.entry.rebuild else _snapshot(model)
-
-
-class _AtTrainBegin(keras.callbacks.Callback):
-    def __init__(self, action):
-        super().__init__()
-        self.action = action
-
-    def on_train_begin(self, logs=None):
-        self.action()
 
 
 def _snapshot(model):
@@ -141,6 +128,12 @@ def _snapshot(model):
 
 def _restore(model, snapshot):
     variables, optimizer = snapshot
+    if (len(variables), len(optimizer)) != (len(model.variables), len(model.optimizer.variables)):
+        # a partial restore would start a rate from another rate's state: never silently
+        raise RuntimeError(
+            f"compare's rate search: the model has {len(model.variables)} variables and its optimizer "
+            f"{len(model.optimizer.variables)}, the start state {len(variables)} and {len(optimizer)}"
+        )
     for variable, value in zip(model.variables, variables):
         variable.assign(value)
     for variable, value in zip(model.optimizer.variables, optimizer):
