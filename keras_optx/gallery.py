@@ -247,7 +247,7 @@ def plot(function, results, path, rates=RATES, columns=4):
         rate = "no rate in the grid ran" if result["rate"] is None else f"η = {result['rate']:g}"
         edge = grid_edge(result["rate"], rates)
         if edge:
-            rate += f" (the grid's {edge}: a better η may lie beyond)"
+            rate += f" (grid's {edge})"
             ax.title.set_color("#a0522d")
         ax.set_title(f"{result['label']}\n{rate},  final f = {result['final']:.3g}", fontsize=8.5)
     for ax in list(axes.flat)[len(results) :]:
@@ -256,10 +256,11 @@ def plot(function, results, path, rates=RATES, columns=4):
     fig.suptitle(
         f"{function.title}\n{len(p) - 1} steps from {function.start} (●); ★ minimum; "
         f"η: the rate of {', '.join(f'{r:g}' for r in rates)} with the lowest mean f along the path"
-        + (f"; {at_edge} panel(s) chose a rate at the grid's edge (titles in brown)" if at_edge else ""),
+        + (f"\n{at_edge} panel(s) chose a rate at the grid's edge (titles in brown): a better η may lie beyond it"
+           if at_edge else ""),
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.8 * rows + 0.6)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.75 if at_edge else 0.5) / (2.8 * rows + 0.6)))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 

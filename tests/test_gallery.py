@@ -91,4 +91,6 @@ def test_a_rate_at_the_grid_edge_is_marked_and_panels_have_ticks(tmp_path, monke
         assert len(ax.get_xticks()) >= 2 and len(ax.get_yticks()) >= 2
         if rule["edge"]:
             assert f"grid's {rule['edge']}" in ax.get_title()
+        else:
+            assert "grid's" not in ax.get_title()
     assert "at the grid's edge" in fig._suptitle.get_text()
