@@ -22,9 +22,10 @@ from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
-from ._backends import current as _backend
+from ._backends import NAME as _BACKEND
 
-_backend.load_kernels()  # the running backend's kernels for the classes above (torch)
+if _BACKEND == "torch":  # the torch kernels import the rule classes above and register themselves by class
+    from ._backends.torch import kernels as _torch_kernels, transforms as _torch_transforms  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,8 @@ the same point on each function.
 For every rule and function the learning rate is chosen from `RATES`: the one with the
 lowest mean value of the function along the path (a path that leaves the plot far behind or
 turns non-finite is out). The rate each panel uses is written in its title and in
-`DIR/gallery.json`. One PNG per function, one panel per rule; progress goes to stderr.
+`DIR/gallery.json`; a rate at an end of the grid is marked there (`"edge"`) and in the title,
+since a better one may lie beyond it. One PNG per function, one panel per rule; progress goes to stderr.
 
 The gradients are the functions' exact gradients, written in NumPy (the noisy quadratic adds
 Gaussian noise from a fixed seed, the same noise for every rule), so every backend draws the
@@ -202,6 +203,17 @@ def tune(entry, function, steps=STEPS, rates=RATES):
     return best
 
 
+def grid_edge(rate, rates=RATES):
+    """"lowest" or "highest" when `rate` is an end of the grid `rates` (a better one may lie beyond), else None."""
+    if rate is None or len(rates) < 2:
+        return None
+    if rate == min(rates):
+        return "lowest"
+    if rate == max(rates):
+        return "highest"
+    return None
+
+
 def plot(function, results, path, rates=RATES, columns=4):
     """One PNG: a contour panel per entry with its path."""
     import matplotlib
@@ -231,18 +243,24 @@ def plot(function, results, path, rates=RATES, columns=4):
             ax.plot(*m, "*", color="gold", mec="black", mew=0.5, ms=10)
         ax.set_xlim(function.xlim)
         ax.set_ylim(function.ylim)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.tick_params(labelsize=6.5, length=2, pad=1.5)
         rate = "no rate in the grid ran" if result["rate"] is None else f"η = {result['rate']:g}"
+        edge = grid_edge(result["rate"], rates)
+        if edge:
+            rate += f" (grid's {edge})"
+            ax.title.set_color("#a0522d")
         ax.set_title(f"{result['label']}\n{rate},  final f = {result['final']:.3g}", fontsize=8.5)
     for ax in list(axes.flat)[len(results) :]:
         ax.axis("off")
+    at_edge = sum(1 for result in results if grid_edge(result["rate"], rates))
     fig.suptitle(
         f"{function.title}\n{len(p) - 1} steps from {function.start} (●); ★ minimum; "
-        f"η: the rate of {', '.join(f'{r:g}' for r in rates)} with the lowest mean f along the path",
+        f"η: the rate of {', '.join(f'{r:g}' for r in rates)} with the lowest mean f along the path"
+        + (f"\n{at_edge} panel(s) chose a rate at the grid's edge (titles in brown): a better η may lie beyond it"
+           if at_edge else ""),
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.8 * rows + 0.6)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.75 if at_edge else 0.5) / (2.8 * rows + 0.6)))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
@@ -271,7 +289,10 @@ def make(out, functions=tuple(FUNCTIONS), steps=STEPS, rates=RATES, log=sys.stde
             "title": function.title,
             "start": list(function.start),
             "image": f"{fname}.png",
-            "rules": [{"label": r["label"], "rate": r["rate"], "final": r["final"]} for r in results],
+            "rules": [
+                {"label": r["label"], "rate": r["rate"], "final": r["final"], "edge": grid_edge(r["rate"], rates)}
+                for r in results
+            ],
         }
         print(f"[gallery] {fname}: {out / (fname + '.png')} ({time.perf_counter() - began:.1f} s)", file=log, flush=True)
     (out / "gallery.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))

@@ -356,6 +356,107 @@ def test_docstring_examples_run():
     assert tried > 0 and failures == 0
 
 
+# Issue 26 item 10 ------------------------------------------------------------------------
+def _dropout_model():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dropout(0.5)(keras.layers.Dense(8, activation="tanh")(inputs))
+    return keras.Model(inputs, keras.layers.Dense(2)(hidden))
+
+
+def test_search_trials_with_dropout_equal_fresh_runs_at_their_rate():
+    # Each rate must start from the same random state too: dropout's masks are drawn from
+    # seed variables that training advances (restored with the weights), or, for torch's
+    # unseeded dropout, from torch's global generator (seeded when training begins).
+    import keras_optx as ox
+
+    x, y = _data(80)
+    result = compare.compare(
+        _dropout_model, (x, y), [ox.Momentum(0.01)], loss=LOSS, epochs=1,
+        batch_size=16, tune=True, tune_epochs=1, tune_factors=[1.0, 10.0, 0.1], progress=False,
+    )
+    (x_fit, y_fit), (x_val, y_val) = compare._split((x, y), 0.2)
+    for rate, val, _ in result.rows[0].trials[:3]:
+        keras.utils.set_random_seed(0)
+        model = _dropout_model()
+        model.compile(optimizer=ox.Momentum(rate), loss=LOSS)
+        order = compare._order(len(x_fit), 0, 0)
+        seeded = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: keras.utils.set_random_seed(0))
+        model.fit(x_fit[order], y_fit[order], batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[seeded])
+        fresh = model.evaluate(x_val, y_val, batch_size=16, verbose=0, return_dict=True)["loss"]
+        assert val == pytest.approx(fresh, rel=1e-5), rate
+
+
+def test_tune_works_on_a_model_without_an_input():
+    # `Sequential([Dense(8), Dense(3)])` has no weights until it sees data.
+    x, y = _data(60)
+    result = compare.compare(
+        lambda: keras.Sequential([keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)]), (x, y),
+        ["descent"], loss=LOSS, epochs=1, batch_size=20, tune=True, tune_epochs=1, tune_factors=[0.1, 1.0],
+        progress=False,
+    )
+    (row,) = result.rows
+    assert row.tuned and len(row.trials) >= 2 and all(np.isfinite(v) for _, v, _ in row.trials[:2])
+    assert row.trials[0][1] != row.trials[1][1]  # two rates, two results: each trial trained
+
+
+def _shuffled_dataset(x, y):
+    tf = pytest.importorskip("tensorflow", reason="tf.data is TensorFlow's; it is installed for every backend here")
+    return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x)).batch(8)
+
+
+class _BatchLog(keras.callbacks.Callback):
+    """The loss of each batch: with the same start and the same rule, equal batches give equal losses."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.log.append(float(keras.ops.convert_to_numpy(logs["loss"])))
+
+
+def test_a_reshuffling_tf_dataset_is_refused_and_a_factory_gives_every_rule_the_same_order():
+    x, y = _data(48)
+    dataset = _shuffled_dataset(x, y)
+    with pytest.raises(ValueError, match=r"data: .*reshuffle_each_iteration.*lambda"):
+        compare.compare(_user_model, dataset, ["descent"], loss=LOSS, epochs=1, progress=False)
+    # A function returning the dataset: every run builds its own after seeding. The same rule
+    # twice then sees the same batches in the same order, epoch after epoch: equal curves.
+    result = compare.compare(
+        _user_model, lambda: _shuffled_dataset(x, y), ["descent", "descent"], loss=LOSS, epochs=3, seeds=2,
+        progress=False,
+    )
+    first, second = result.rows
+    np.testing.assert_array_equal(first.curves, second.curves)
+    assert first.curves[0] != first.curves[1]  # the seeds differ
+    tf = pytest.importorskip("tensorflow")
+    fixed = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(48, reshuffle_each_iteration=False).batch(8)
+    result = compare.compare(_user_model, fixed, ["descent", "descent"], loss=LOSS, epochs=2, progress=False)
+    np.testing.assert_array_equal(result.rows[0].curves, result.rows[1].curves)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"tune": True, "tune_factors": 5}, TypeError, "tune_factors"),
+        ({"tune_factors": ["x"]}, ValueError, "tune_factors"),
+        ({"data": (np.zeros((10, 4), "float32"), np.zeros(9, "int32"))}, ValueError, r"data: x, y .* lengths"),
+        ({"test_data": (np.zeros((10, 4), "float32"), np.zeros(9, "int32"))}, ValueError, "test_data"),
+        ({"build_model": _user_model()}, TypeError, "build_model must be a function"),
+        ({"seeds": [0, 0]}, ValueError, "seeds must be distinct"),
+        ({"seeds": "01"}, TypeError, "seeds"),
+        ({"higher_is_better": "up"}, TypeError, "higher_is_better"),
+        ({"validation_split": True}, ValueError, "validation_split"),
+    ],
+)
+def test_more_bad_arguments_are_refused_before_training(kwargs, error, message):
+    built = []
+    kwargs = {"build_model": lambda: built.append(1) or _user_model(), "data": _data(), "rules": ["adam"], "loss": LOSS, **kwargs}
+    with pytest.raises(error, match=message):
+        compare.compare(**kwargs, progress=False)
+    assert not built
+
+
 def test_cautious_wraps_the_rest_and_the_2024_rules_have_names():
     import keras_optx as ox
 

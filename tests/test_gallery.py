@@ -72,3 +72,25 @@ def test_command_line_refuses_an_unknown_function(tmp_path):
     result = subprocess.run([sys.executable, "-m", "keras_optx.gallery", "--functions", "rastrigin", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "rastrigin" in result.stderr
+
+
+def test_a_rate_at_the_grid_edge_is_marked_and_panels_have_ticks(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    assert gallery.grid_edge(0.1, (0.1, 0.3)) == "lowest" and gallery.grid_edge(0.3, (0.1, 0.3)) == "highest"
+    assert gallery.grid_edge(0.2, (0.1, 0.2, 0.3)) is None and gallery.grid_edge(None) is None
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    summary = gallery.make(tmp_path, ("saddle",), steps=3, rates=(0.1, 0.3))
+    rules = summary["functions"]["saddle"]["rules"]
+    assert all(r["edge"] == gallery.grid_edge(r["rate"], (0.1, 0.3)) for r in rules)  # two rates: both edges
+    (fig,) = saved
+    drawn = [ax for ax in fig.axes if ax.get_title()]
+    assert len(drawn) == len(rules)
+    for ax, rule in zip(drawn, rules):
+        assert len(ax.get_xticks()) >= 2 and len(ax.get_yticks()) >= 2
+        if rule["edge"]:
+            assert f"grid's {rule['edge']}" in ax.get_title()
+        else:
+            assert "grid's" not in ax.get_title()
+    assert "at the grid's edge" in fig._suptitle.get_text()

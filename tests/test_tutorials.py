@@ -1,4 +1,8 @@
-"""Every tutorial notebook runs top to bottom on the current backend (its own `assert`s included)."""
+"""Every tutorial notebook runs top to bottom on the current backend (its own `assert`s included).
+
+Each notebook's reviewed source is the Jupytext percent-format `.py` beside it (`# %%` cells);
+the `.ipynb` is generated from it (`jupytext --sync tutorials/*.py`) and must hold the same cells.
+"""
 
 import os
 import pathlib
@@ -29,6 +33,24 @@ def test_every_notebook_is_collected_and_committed_without_outputs():
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, f"{path.name} has saved outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_matches_its_py_source(path):
+    jupytext = pytest.importorskip("jupytext", reason="the notebooks' sources are read with jupytext (keras-optx[test])")
+    source = path.with_suffix(".py")
+    assert source.exists(), f"{path.name} has no percent-format source {source.name}"
+    cells = lambda nb: [(cell.cell_type, cell.source) for cell in nb.cells]  # noqa: E731
+    notebook = nbformat.read(path, as_version=4)
+    assert cells(notebook) == cells(jupytext.read(source)), (
+        f"{path.name} differs from {source.name}: edit the .py, then run `jupytext --sync tutorials/{source.name}`"
+    )
+    assert notebook.metadata["jupytext"]["formats"] == "ipynb,py:percent"  # paired: --sync keeps both
+
+
+def test_every_source_has_its_notebook():
+    sources = sorted(p.with_suffix(".ipynb") for p in TUTORIALS.glob("[0-9]*.py"))
+    assert sources == NOTEBOOKS
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -16,7 +16,10 @@ backend is here, behind one small interface. `current` is the module for the run
 - `assign(rule, pairs)`: set each `(variable, value)` (cast to the variable's dtype), as `write` sets slots.
 - `replicas(rule)`: replicas a wrapped Keras optimizer sums over (tensorflow's strategy; else 1).
 - `EAGER`: whether the step always runs eagerly (torch), so per-step flags may be read as Python values.
-- `load_kernels()`: register the backend's kernels (called once the rule classes exist).
+
+Kernels (torch) live in modules that import the rule classes they serve and register themselves by
+class (`torch/kernels.py`, `torch/transforms.py`); `keras_optx/__init__.py` imports them after the
+rules, and nothing else does: the rules reach this package, never the kernels (tests/test_imports.py).
 
 `Many`'s arithmetic (`_tensors.py` holds no backend code; results are built as `type(many)(…)`):
 

@@ -65,10 +65,6 @@ def replicas(rule):
     return 1
 
 
-def load_kernels():
-    """No kernels to register."""
-
-
 # `Many`'s arithmetic: one keras.ops call per variable. Results are built as `type(many)(items)`
 # (this module is loaded before `_tensors`); no pending scale is ever kept.
 _BINARY = {

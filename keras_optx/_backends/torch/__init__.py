@@ -42,12 +42,8 @@ from .registry import into_of, kernel_of, register_into, register_kernel, takes_
 from .step import EAGER, apply_kernel, assign, prepare_slots, scalar, step_numbers, update_step, values, write
 
 __all__ = [
-    "EAGER", "apply_kernel", "assign", "binary", "clip", "global_norm", "into_of", "kernel_of", "load_kernels", "norms", "prepare_slots",
+    "EAGER", "apply_kernel", "assign", "binary", "clip", "global_norm", "into_of", "kernel_of", "norms", "prepare_slots",
     "register_into", "register_kernel", "replicas", "scalar", "scale_items", "step_numbers", "takes_weight_decay", "unary",
     "update_step", "value_and_grad", "values", "write",
 ]
 
-
-def load_kernels():
-    """Register the built-in kernels (they name the rule classes, so they load after them)."""
-    from . import kernels, transforms  # noqa: F401
