@@ -18,9 +18,10 @@ from . import _checks as check
 from . import _rounding, _scale
 from ._backends import current as backend
 from ._frozen import FreezingMixin
-from ._hyper import HyperMixin, _assign_checked, _hyper_owners, _in_step, attach, deserialize_value, serialize_value
+from ._hyper import HyperMixin, _assign_checked, _checked_rate, _hyper_owners, _in_step, attach, deserialize_value, serialize_value
 from ._identity import _same, _set_cache
 from ._tensors import Many, ops
+from ._variables import _track_once, _variable_path
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 _LOW_PRECISION = ("float16", "bfloat16")
@@ -791,21 +792,6 @@ def _check_shapes(grads, shapes, targets):
             )
 
 
-def _checked_rate(value):
-    """A rate set after construction: the constructor's check for numbers (tensors holding one
-    included, where they can be read); schedules and callables as they are."""
-    if isinstance(value, keras.Variable):
-        value = value.value
-    if keras.ops.is_tensor(value) and not isinstance(value, (int, float)) and len(value.shape) == 0:
-        try:
-            number = float(keras.ops.convert_to_numpy(value))
-        except Exception:  # a traced value (inside a compiled step): not readable here
-            return value
-        check.nonnegative("learning_rate", number)
-        return value
-    return check.learning_rate(value)
-
-
 def _set_all(optimizer, weights):
     """`optimizer.set_weights(weights)` over `optimizer.variables`, refused on a length or shape
     mismatch before any variable is written."""
@@ -832,16 +818,6 @@ def _plus_decay(a, x, factor, mask):
     if mask is None:
         return a + factor * x
     return Many(ai + factor * xi if decays else ai for ai, xi, decays in zip(a.items, x.items, mask))
-
-
-def _track_once(optimizer, variable):
-    """Track a variable unless already tracked (Keras also tracks Variables set as attributes)."""
-    if not any(v is variable for v in optimizer._variables):
-        optimizer._track_variable(variable)
-
-
-def _variable_path(variable):
-    return getattr(variable, "path", variable.name).replace("/", "_").replace(":", "_")
 
 
 def _state_dtype(dtype):

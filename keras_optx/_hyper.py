@@ -27,6 +27,7 @@ import weakref
 import keras
 import numpy as np
 
+from . import _checks as check
 from ._backends import current as backend
 from ._identity import _set_cache
 
@@ -368,6 +369,21 @@ def deserialize_value(value, custom_objects=None):
     return value
 
 
+def _checked_rate(value):
+    """A rate set after construction: the constructor's check for numbers (tensors holding one
+    included, where they can be read); schedules and callables as they are."""
+    if isinstance(value, keras.Variable):
+        value = value.value
+    if keras.ops.is_tensor(value) and not isinstance(value, (int, float)) and len(value.shape) == 0:
+        try:
+            number = float(keras.ops.convert_to_numpy(value))
+        except Exception:  # a traced value (inside a compiled step): not readable here
+            return value
+        check.nonnegative("learning_rate", number)
+        return value
+    return check.learning_rate(value)
+
+
 # adjust ------------------------------------------------------------------------------
 def adjust(optimizer, **values):
     """Set hyperparameters of `optimizer` and of every rule inside it (Flux's `adjust!`).
@@ -389,8 +405,6 @@ def adjust(optimizer, **values):
 
     Optimisers.jl `adjust!` (Innes 2018, arXiv:1811.01457); optax `inject_hyperparams`.
     """
-    from ._base import _checked_rate
-
     rules = list(_walk(optimizer))
     targets, checked = {}, {}
     for name, value in values.items():

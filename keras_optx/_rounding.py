@@ -23,6 +23,9 @@ float32 and float64 variables are written as before (x − Δ in their dtype) wh
 
 import keras
 
+from . import _scale
+from ._variables import _track_once, _variable_path
+
 MODES = ("nearest", "kahan", "stochastic")
 LOW_PRECISION = ("float16", "bfloat16")
 _DROPPED_BITS = {"bfloat16": 16, "float16": 13}  # float32 mantissa bits below the dtype's
@@ -44,9 +47,6 @@ def build(rule, variables):
     """Make the state `rule.rounding` needs for `variables` (after its slots): "kahan": one
     compensation slot per low-precision variable, in its dtype, laid out like it; "stochastic": a
     seed generator, when some variable is low-precision. Nothing for "nearest" or float32 models."""
-    from . import _scale
-    from ._base import _track_once, _variable_path
-
     rule._compensation = None
     rule._rounding_seed = None
     low = [_low(v.dtype) for v in variables]
