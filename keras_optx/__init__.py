@@ -14,6 +14,7 @@ from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .lookahead import Lookahead
+from .matrix import Muon
 from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
@@ -44,6 +45,7 @@ __all__ = [
     "Lion",
     "Lookahead",
     "Momentum",
+    "Muon",
     "NADAM",
     "Nesterov",
     "OADAM",

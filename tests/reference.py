@@ -378,3 +378,42 @@ def _subset_call(rule, positions, gs, xs, n):
             gs = _subset_call(member, positions, gs, xs, n)
         return gs
     return rule(gs, xs, n)  # stateless (ClipGlobalNorm, Scale)
+
+
+# Matrix rules (keras_optx/matrix.py) ---------------------------------------------------------------
+def _as_matrix(shape):
+    """Muon's 2-D view of a variable: itself, or a Keras convolution kernel (k…, in, out) as (k…·in, out)."""
+    return tuple(shape) if len(shape) == 2 else (int(np.prod(shape[:-1])), shape[-1])
+
+
+def newton_schulz(u, steps=5, coefficients=(3.4445, -4.775, 2.0315), eps=1e-7):
+    """X₀ = U/max(‖U‖_F, ϵ) (transposed if tall); Xₖ₊₁ = a·Xₖ + (b·Aₖ + c·Aₖ²)·Xₖ, Aₖ = XₖXₖᵀ."""
+    a, b, c = coefficients
+    x = np.asarray(u, DTYPE).reshape(_as_matrix(np.shape(u)))
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / max(np.linalg.norm(x), eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).reshape(np.shape(u))
+
+
+class Muon(Reference):
+    """torch.optim.Muon's step (torch/optim/_muon.py), in float64; weight decay is Keras's keyword, not here."""
+
+    init = {"B": 0.0}
+
+    def __init__(self, eta=0.02, momentum=0.95, nesterov=True, ns_steps=5, coefficients=(3.4445, -4.775, 2.0315),
+                 eps=1e-7, adjust_lr=None):
+        super().__init__()
+        self.eta, self.mu, self.nesterov, self.ns_steps = eta, momentum, nesterov, ns_steps
+        self.coefficients, self.eps, self.adjust_lr = coefficients, eps, adjust_lr
+
+    def step(self, s, g, x, n):  # B = μB + (1−μ)g; U = (1−μ)g + μB (nesterov) or B; Δ = η·r·NS(U)
+        mu = self.mu
+        s["B"] = mu * s["B"] + (1 - mu) * g
+        u = (1 - mu) * g + mu * s["B"] if self.nesterov else s["B"]
+        rows, cols = _as_matrix(x.shape)
+        r = 0.2 * np.sqrt(max(rows, cols)) if self.adjust_lr == "match_rms_adamw" else np.sqrt(max(1.0, rows / cols))
+        return _rate(self.eta, n) * r * newton_schulz(u, self.ns_steps, self.coefficients, self.eps)
