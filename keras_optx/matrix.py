@@ -181,10 +181,12 @@ class Muon(Rule):
         norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(keras.ops.cast(x, "float32"))))
         x = x / keras.ops.cast(keras.ops.maximum(norm, self.epsilon), ns)
         for _ in range(self.ns_steps):
-            # Products in `ns_dtype`; each sum in float32, rounded once (as torch's `addmm`).
-            gram = keras.ops.matmul(x, keras.ops.transpose(x))
-            poly = _rounded(b * _wide(gram) + c * _wide(keras.ops.matmul(gram, gram)), ns)
-            x = _rounded(a * _wide(x) + _wide(keras.ops.matmul(poly, x)), ns)
+            # Each of torch's three matrix products (`@`, `addmm`, `addmm`) from `ns_dtype` values,
+            # accumulated in float32 and rounded to `ns_dtype` once, as its kernels do.
+            wide = _wide(x)
+            gram = _wide(_rounded(keras.ops.matmul(wide, keras.ops.transpose(wide)), ns))
+            poly = _wide(_rounded(b * gram + c * keras.ops.matmul(gram, gram), ns))
+            x = _rounded(a * wide + keras.ops.matmul(poly, wide), ns)
         if rows > cols:
             x = keras.ops.transpose(x)
         return keras.ops.cast(keras.ops.reshape(x, shape), dtype)

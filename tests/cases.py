@@ -115,6 +115,18 @@ RULES = [
          reliability=_rate(lambda lr, **kw: ox.ADAMW(lr, decay=1e-2, **kw), 0.01)),
     Case("ADAMW(0.001,(0.89,0.995),0.1)", lambda: ox.ADAMW(0.001, (0.89, 0.995), 0.1),
          lambda: ref.ADAMW(0.001, (0.89, 0.995), 0.1), fit=False, kernel=True, varying_rate=True),
+    # Muon takes matrices only: its rows route the (3, 4) kernel and the (2, 3, 2) conv kernel (as (6, 2)) to
+    # it, the rest to ADAM. Newton–Schulz in float32, so float32 tolerance holds (bfloat16: tests/test_matrix.py).
+    Case("Partition(kernel:Muon,.*:ADAM)",
+         lambda: ox.Partition({"kernel": ox.Muon(0.02, ns_dtype="float32"), ".*": ox.ADAM(0.01)}),
+         lambda: ref.Partition([("kernel", ref.Muon(0.02)), (".*", ref.ADAM(0.01))], PATHS),
+         reliability=_rate(lambda lr, **kw: ox.Partition({"kernel": ox.Muon(lr, ns_dtype="float32"), ".*": ox.ADAM(lr)},
+                                                         **kw), 0.01)),
+    Case("Partition(kernel:Muon(0.05,0.8,nesterov=False,ns_steps=3,match_rms_adamw),.*:Descent)",
+         lambda: ox.Partition({"kernel": ox.Muon(0.05, 0.8, False, 3, (3.0, -3.2, 1.2), 1e-6, "match_rms_adamw",
+                                                  "float32"), ".*": ox.Descent(0.1)}),
+         lambda: ref.Partition([("kernel", ref.Muon(0.05, 0.8, False, 3, (3.0, -3.2, 1.2), 1e-6, "match_rms_adamw")),
+                                (".*", ref.Descent(0.1))], PATHS), fit=False),
 ]
 
 SCHEDULES = [
@@ -389,4 +401,14 @@ BAD = [
     (lambda: oxt.Adam(eps=-1e-8), ValueError, "eps"),
     (lambda: oxt.Adam(amsgrad="yes"), TypeError, "amsgrad"),
     (lambda: oxt.AdamW(weight_decay=-0.01), ValueError, "weight_decay"),
+    (lambda: ox.Muon(momentum=1.0), ValueError, "momentum"),
+    (lambda: ox.Muon(nesterov="yes"), TypeError, "nesterov"),
+    (lambda: ox.Muon(ns_steps=0), ValueError, "ns_steps"),
+    (lambda: ox.Muon(ns_steps=100), ValueError, "ns_steps"),
+    (lambda: ox.Muon(ns_steps=2.5), TypeError, "ns_steps"),
+    (lambda: ox.Muon(ns_coefficients=(3.4, -4.7)), ValueError, "ns_coefficients.*length 3"),
+    (lambda: ox.Muon(ns_coefficients=(3.4, "b", 2.0)), TypeError, r"ns_coefficients\[1\]"),
+    (lambda: ox.Muon(epsilon=-1e-7), ValueError, "epsilon"),
+    (lambda: ox.Muon(adjust_lr="rms"), ValueError, "adjust_lr.*match_rms_adamw"),
+    (lambda: ox.Muon(ns_dtype="float16"), ValueError, "ns_dtype.*bfloat16"),
 ]
