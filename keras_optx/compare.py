@@ -13,8 +13,9 @@ A rule is `NAME[:X]`: X replaces the first positional argument (the learning rat
 most rules, ρ for ADADelta, the threshold for clipping, wd for weightdecay, η for
 expdecay, γ for invdecay). `A+B+…` is the chain `Optimiser(A, B, …)`, e.g.
 `clipnorm+weightdecay:1e-4+adam` or `expdecay+descent`. `lookahead[:K]+…` wraps the rest
-in `Lookahead` (sync period K, default 6), e.g. `lookahead+radam`. `lion` and `rprop`
-(beyond Flux v0.12) are named but not in the default run.
+in `Lookahead` (sync period K, default 6), e.g. `lookahead+radam`. `lion`, `rprop` and `muon`
+(beyond Flux v0.12) are named but not in the default run; `muon` updates the layers' kernels
+and routes the other variables to `ADAMW()` (`Partition({"kernel": Muon(η), ".*": ADAMW()})`).
 
 In Python, `compare(build_model, data, rules, loss=..., ...)` runs the same comparison on
 your model and data and returns a `Comparison` (`.table()`, `.to_dicts()`, `.plot(path)`).
@@ -32,7 +33,7 @@ import time
 import keras
 
 import keras_optx as ox
-from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, TORCH_RULES, TRANSFORMS  # every rule by name: one list
+from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, MATRIX_RULES, TORCH_RULES, TRANSFORMS  # every rule by name: one list
 
 PROG = "keras-optx-compare"
 BACKENDS = ("jax", "torch", "tensorflow")
@@ -68,7 +69,10 @@ def _member(part):
         except ValueError:
             raise UsageError(f"bad number {value!r} in rule {part!r}; write NAME:X, e.g. adam:0.01") from None
     if key in FLUX_RULES or key in EXTRA_RULES:
-        return getattr(ox, {**FLUX_RULES, **EXTRA_RULES}[key])(*args)
+        name = {**FLUX_RULES, **EXTRA_RULES}[key]
+        if name in MATRIX_RULES:  # matrices only: the kernels to it, the rest (biases) to ADAMW
+            return ox.Partition({"kernel": getattr(ox, name)(*args), ".*": ox.ADAMW()})
+        return getattr(ox, name)(*args)
     if key in TRANSFORMS:
         cls, default = TRANSFORMS[key]
         return getattr(ox, cls)(*(args or (default,)))

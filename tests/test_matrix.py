@@ -218,3 +218,32 @@ def test_differs_from_optax_muon():
     transformation = optax.contrib.muon(learning_rate=0.02)
     updates, _ = transformation.update([jnp.ones(4)], transformation.init([jnp.ones(4)]), [jnp.ones(4)])
     assert np.all(np.asarray(updates[0]) != 0)
+
+
+# compare and the gallery ----------------------------------------------------------------------------------
+def test_compare_routes_kernels_to_muon_and_the_rest_to_adamw():
+    from test_conformance import regression_data, small_model
+
+    from keras_optx import compare
+
+    optimizer = compare.build_optimizer("muon:0.01")
+    assert isinstance(optimizer, ox.Partition) and isinstance(optimizer.rules[0], ox.Muon)
+    assert float(keras.ops.convert_to_numpy(optimizer.rules[0].learning_rate)) == pytest.approx(0.01)
+    assert repr(optimizer.rules[1]) == repr(ox.ADAMW())
+    x, y = regression_data()
+    model = small_model()
+    model.compile(optimizer=optimizer, loss="mse")
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False)
+    assert model.evaluate(x, y, verbose=0) < before
+
+
+def test_gallery_moves_muons_point_as_a_1x2_matrix_along_the_gradient():
+    pytest.importorskip("matplotlib", reason="keras_optx.gallery draws with matplotlib")
+    from keras_optx import gallery
+
+    entry = next(e for e in gallery.entries() if e.label == "Muon")
+    f = gallery.FUNCTIONS["rosenbrock"]
+    path = gallery.run_path(entry, f, 0.01, 1)
+    step, g = path[0] - path[1], np.array(f.grad(*f.start))
+    np.testing.assert_allclose(step / np.linalg.norm(step), g / np.linalg.norm(g), atol=1e-2)  # bfloat16 NS
