@@ -101,6 +101,7 @@ def optax_reference(name):
         "adabelief": lambda: optax.adabelief(0.001),  # bias-corrected, ϵ in s: Flux v0.12's is not
         "lion": lambda: optax.lion(0.001),
         "rprop": lambda: optax.rprop(0.001),
+        "contrib.muon": lambda: optax.contrib.muon(0.02),
     }[name]()
 
 

@@ -79,6 +79,9 @@ def rule_table(quick):
         "AdaBelief": (lambda **k: ox.AdaBelief(**k), None, None, "adabelief"),
         "Lion": (lambda **k: ox.Lion(**k), lambda: K.Lion(), None, "lion"),
         "Rprop": (lambda **k: ox.Rprop(**k), None, ("Rprop", {"lr": 0.001}), "rprop"),
+        # On these (n, 8) matrices: one buffer per matrix. torch.optim.Muon has no foreach variant.
+        "Muon": (lambda **k: ox.Muon(**k), lambda: K.Muon(weight_decay=0.0), ("Muon", {"lr": 0.02, "weight_decay": 0.0, "foreach": None}),
+                 "contrib.muon"),
         "chain(ClipNorm,WeightDecay,ADAM)": (
             lambda **k: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM(), **k), None, None, None),
         "chain(ClipNorm,RMSProp)": (lambda **k: ox.Optimiser(ox.ClipNorm(1.0), ox.RMSProp(), **k), None, None, None),
@@ -90,7 +93,7 @@ def rule_table(quick):
     }
     if quick:
         rules = {k: v for k, v in rules.items() if k in ("Momentum", "ADAM", "ADADelta", "chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)",
-                                                       "chain(ClipNorm,NADAM)", "chain(ClipValue,ADADelta)", "torch.Adam")}
+                                                       "chain(ClipNorm,NADAM)", "chain(ClipValue,ADADelta)", "torch.Adam", "Muon")}
     return rules
 
 
@@ -269,7 +272,8 @@ class Torch(_Eager):
         params = [torch.nn.Parameter(torch.from_numpy(a)) for a in arrays(self.np, self.count, self.total, 0)]
         for p, g in zip(params, arrays(self.np, self.count, self.total, 1)):
             p.grad = torch.from_numpy(g)
-        opt = getattr(torch.optim, name)(params, **kwargs, foreach=True)
+        kwargs = {"foreach": True, **kwargs}
+        opt = getattr(torch.optim, name)(params, **{k: v for k, v in kwargs.items() if v is not None})
         ms = timed(opt.step, rounds)
         state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor))
         return {"ms": ms, "state": state / self.total}
