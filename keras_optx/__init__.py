@@ -18,6 +18,7 @@ from .matrix import Muon
 from .partition import Frozen, Partition
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
+from .soap import SOAP
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
 from ._backends import current as _backend
@@ -55,6 +56,7 @@ __all__ = [
     "RMSProp",
     "Rprop",
     "Rule",
+    "SOAP",
     "SkipNonFinite",
     "Transform",
     "WeightDecay",
