@@ -135,7 +135,8 @@ class SOAP(Rule):
         step = t - 1
         rate = lr
         if self.correct_bias:
-            rate = lr * ops.sqrt(ops.one_minus_pow(b2, step + (t == 1))) / ops.one_minus_pow(b1, step + (t == 1))
+            counted = ops.maximum(step, 1)  # t = 1 takes no step: any finite rate
+            rate = lr * ops.sqrt(ops.one_minus_pow(b2, counted)) / ops.one_minus_pow(b1, counted)
         out = {name: [] for name in ("m", "v", "L", "QL", "R", "QR")}
         deltas = []
         for i, gi in enumerate(g.items):

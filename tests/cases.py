@@ -127,6 +127,12 @@ RULES = [
                                                   "float32"), ".*": ox.Descent(0.1)}),
          lambda: ref.Partition([("kernel", ref.Muon(0.05, 0.8, False, 3, (3.0, -3.2, 1.2), 1e-6, "match_rms_adamw")),
                                 (".*", ref.Descent(0.1))], PATHS), fit=False),
+    # SOAP takes rank ≤ 2 (the (2, 3, 2) conv kernel to ADAM); eigenbases refreshed at t = 4, 7, …, 19.
+    Case("Partition(conv:ADAM,.*:SOAP(0.01,frequency=3))",
+         lambda: ox.Partition({"conv": ox.ADAM(0.01), ".*": ox.SOAP(0.01, precondition_frequency=3)}),
+         lambda: ref.Partition([("conv", ref.ADAM(0.01)), (".*", ref.SOAP(0.01, frequency=3))], PATHS),
+         reliability=_rate(lambda lr, **kw: ox.Partition({"conv": ox.ADAM(lr), ".*": ox.SOAP(lr, precondition_frequency=2)},
+                                                         **kw), 0.01)),
 ]
 
 SCHEDULES = [
@@ -411,4 +417,13 @@ BAD = [
     (lambda: ox.Muon(epsilon=-1e-7), ValueError, "epsilon"),
     (lambda: ox.Muon(adjust_lr="rms"), ValueError, "adjust_lr.*match_rms_adamw"),
     (lambda: ox.Muon(ns_dtype="float16"), ValueError, "ns_dtype.*bfloat16"),
+    (lambda: ox.SOAP(beta=(0.95, 1.0)), ValueError, r"beta\[1\]"),
+    (lambda: ox.SOAP(shampoo_beta=1.5), ValueError, "shampoo_beta"),
+    (lambda: ox.SOAP(epsilon=-1.0), ValueError, "epsilon"),
+    (lambda: ox.SOAP(precondition_frequency=0), ValueError, "precondition_frequency"),
+    (lambda: ox.SOAP(max_precondition_dim=0), ValueError, "max_precondition_dim"),
+    (lambda: ox.SOAP(merge_dims=True), ValueError, "merge_dims.*not implemented"),
+    (lambda: ox.SOAP(precondition_1d="yes"), TypeError, "precondition_1d"),
+    (lambda: ox.SOAP(correct_bias=None), TypeError, "correct_bias"),
+    (lambda: ox.SOAP(state_dtype="bfloat16"), ValueError, "state_dtype"),
 ]
