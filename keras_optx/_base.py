@@ -55,7 +55,22 @@ class Slot:
     factor `Slot(lambda shape: (shape[0], shape[0]))`. `initial`: its value everywhere (default 0).
 
     Such a slot is laid out replicated (under `keras.distribution`), never split by `shard_state`,
-    and kept out of torch's kernels and packed-buffer fast paths (they pair slots with variables)."""
+    and kept out of torch's kernels and packed-buffer fast paths (they pair slots with variables).
+
+    Example:
+        A rule keeping a running average of g·gᵀ per matrix (Shampoo's left factor):
+
+        >>> class LeftFactor(keras_optx.Rule):
+        ...     slots = {"L": keras_optx.Slot(lambda shape: (shape[0], shape[0]))}
+        ...
+        ...     def delta(self, ops, g, x, s, t, lr):
+        ...         factors = [0.9 * f + 0.1 * keras.ops.matmul(gi, keras.ops.transpose(gi)) for f, gi in zip(s.L.items, g.items)]
+        ...         return lr * g, {"L": type(g)(factors)}  # a `Many`, one tensor per variable
+        >>> opt, x = LeftFactor(0.1), keras.Variable(np.zeros((2, 3), "float32"))
+        >>> opt.apply([np.ones((2, 3), "float32")], [x])
+        >>> [tuple(v.shape) for v in opt.variables if v.path.endswith("_L")]
+        [(2, 2)]
+    """
 
     def __init__(self, shape, initial=0.0):
         if not callable(shape):

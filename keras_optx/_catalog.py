@@ -36,6 +36,7 @@ EXTRA_RULES = {  # rules beyond Flux v0.12, at their documented defaults (not in
     "lion": "Lion",
     "rprop": "Rprop",
     "muon": "Muon",
+    "soap": "SOAP",
 }
 # Rules that update matrices only (rank ≥ 2), by class name: `compare` routes a model's other
 # variables (biases, norms' scales) to ADAMW() with a Partition on "kernel"; the gallery runs its

@@ -90,9 +90,9 @@ class Muon(Rule):
         >>> x = keras.Variable([[1.0, 0.0], [0.0, 1.0]])
         >>> opt = keras_optx.Muon(0.1, ns_dtype="float32")
         >>> opt.apply([np.array([[1.0, 0.0], [0.0, -2.0]], "float32")], [x])
-        >>> print(np.round(keras.ops.convert_to_numpy(x), 2))  # each singular direction moved by ≈ η
-        [[0.91 0.  ]
-         [0.   1.09]]
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 2))  # each singular direction by 0.7η–1.2η, not by |g|
+        [[0.89 0.  ]
+         [0.   1.07]]
 
     Equals `torch.optim.Muon(lr=η, momentum=μ, nesterov=…, ns_coefficients=…, eps=ϵ,
     ns_steps=…, adjust_lr_fn=…, weight_decay=λ)` step by step (its default λ is 0.1, Keras's
