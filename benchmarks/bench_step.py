@@ -33,6 +33,7 @@ float32 parameter; Momentum and Nesterov 20; Descent 12), on the same cores, int
 import argparse
 import gc
 import glob
+import importlib
 import os
 import statistics
 import time
@@ -45,7 +46,8 @@ QUICK_LAYOUTS = {"4x250k": (4, 1_000_000), "200x1k": (200, 200_000)}
 # matrices instead: GPT-2 small's 24 of 768x768 (attention, per head block) and 12 of 768x3072 (MLP).
 MATRIX_LAYOUTS = {"24x768x768+12x768x3072": [(768, 768)] * 24 + [(768, 3072)] * 12}
 QUICK_MATRIX_LAYOUTS = {"4x64x64+2x64x256": [(64, 64)] * 4 + [(64, 256)] * 2}
-NO_FOREACH = {"Muon"}  # torch.optim classes without foreach/fused variants: their one (for-loop) step is timed
+ON_MATRICES = ("SOAP",)  # also timed on MATRIX_LAYOUTS: on vectors SOAP is Adam
+NO_FOREACH = {"Muon", "pytorch_optimizer.SOAP"}  # torch.optim classes without foreach/fused variants: their one (for-loop) step is timed
 
 
 def main():
@@ -112,6 +114,7 @@ def run(args):
         # Matrix rules (MATRIX_LAYOUTS): Newton–Schulz in bfloat16 on both sides; Keras's Muon runs it in float32.
         "Muon": (lambda: ox.Muon(0.02), lambda: K.Muon(0.02, weight_decay=0.0), ("Muon", dict(lr=0.02, weight_decay=0.0)),
                  "contrib.muon"),
+        "SOAP": (lambda: ox.SOAP(), None, ("pytorch_optimizer.SOAP", dict(lr=3e-3, weight_decay=0.0)), None),
         # keras_optx.torch: torch's rules with torch's names (ported PyTorch code).
         "torch.SGD(momentum)": (lambda: ox.torch.SGD(0.01, momentum=0.9), lambda: K.SGD(0.01, momentum=0.9), ("SGD", dict(lr=0.01, momentum=0.9)), "momentum"),
         "torch.Adam": (lambda: ox.torch.Adam(), lambda: K.Adam(), ("Adam", dict(lr=0.001)), "adam"),
@@ -134,7 +137,7 @@ def run(args):
 
     harness = {"torch": TorchHarness, "jax": JaxHarness, "tensorflow": TfHarness}[backend](np)
     header(backend, keras, rounds, args.threads, harness.describe())
-    matrix_rules = {k: v for k, v in rules.items() if k.split("(")[0] in MATRIX_RULES}
+    matrix_rules = {k: v for k, v in rules.items() if k.split("(")[0] in (*MATRIX_RULES, *ON_MATRICES)}
     rules = {k: v for k, v in rules.items() if k not in matrix_rules}
     matrix_layouts = QUICK_MATRIX_LAYOUTS if args.quick else MATRIX_LAYOUTS
     sections = [(rules, layout, count, total) for layout, (count, total) in layouts.items()]
@@ -304,10 +307,11 @@ class TorchHarness:
         if torch_ref is None:
             return
         name, kwargs = torch_ref
-        cls = getattr(self.torch.optim, name)
+        module, _, class_name = name.rpartition(".")  # torch.optim's, or a package's ("pytorch_optimizer.SOAP")
+        cls = getattr(importlib.import_module(module) if module else self.torch.optim, class_name)
         kinds = [None] if name in NO_FOREACH else ["foreach"] + (["fused"] if name in ("SGD", "Adam", "AdamW", "Adagrad") else [])
         for kind in kinds:
-            yield f"torch.optim.{name} {kind or 'for-loop'}", lambda kind=kind: self._torch_case(cls, kwargs, kind, count, total)
+            yield f"{'torch.optim.' if '.' not in name else ''}{name} {kind or 'for-loop'}", lambda kind=kind: self._torch_case(cls, kwargs, kind, count, total)
 
     def _torch_case(self, cls, kwargs, kind, count, total):
         torch = self.torch
