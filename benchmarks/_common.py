@@ -104,6 +104,7 @@ def optax_reference(name):
         "contrib.adopt": lambda: optax.contrib.adopt(0.001),  # clips at (t−1)^¼: the same work per step
         "contrib.ademamix": lambda: optax.contrib.ademamix(0.001),
         "contrib.prodigy": lambda: optax.contrib.prodigy(1.0),  # a slightly different estimate, the same reductions
+        "contrib.muon": lambda: optax.contrib.muon(0.02),
     }[name]()
 
 

@@ -29,6 +29,7 @@ digits, trained with float32 and with bfloat16 state, final training loss and te
 """
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -81,6 +82,12 @@ def rule_table(quick):
         "AdaBelief": (lambda **k: ox.AdaBelief(**k), None, None, "adabelief"),
         "Lion": (lambda **k: ox.Lion(**k), lambda: K.Lion(), None, "lion"),
         "Rprop": (lambda **k: ox.Rprop(**k), None, ("Rprop", {"lr": 0.001}), "rprop"),
+        # On these (n, 8) matrices: one buffer per matrix. torch.optim.Muon has no foreach variant.
+        "Muon": (lambda **k: ox.Muon(**k), lambda: K.Muon(weight_decay=0.0), ("Muon", {"lr": 0.02, "weight_decay": 0.0, "foreach": None}),
+                 "contrib.muon"),
+        # max_precondition_dim=1000 on both sides: the quick model's (2000, 8) matrices get the 8×8 factor only.
+        "SOAP": (lambda **k: ox.SOAP(max_precondition_dim=1000, **k), None,
+                 ("pytorch_optimizer.SOAP", {"lr": 3e-3, "weight_decay": 0.0, "max_precondition_dim": 1000, "foreach": None}), None),
         "chain(ClipNorm,WeightDecay,ADAM)": (
             lambda **k: ox.Optimiser(ox.ClipNorm(1.0), ox.WeightDecay(1e-4), ox.ADAM(), **k), None, None, None),
         "chain(ClipNorm,RMSProp)": (lambda **k: ox.Optimiser(ox.ClipNorm(1.0), ox.RMSProp(), **k), None, None, None),
@@ -92,7 +99,7 @@ def rule_table(quick):
     }
     if quick:
         rules = {k: v for k, v in rules.items() if k in ("Momentum", "ADAM", "ADADelta", "chain(ClipNorm,WeightDecay,ADAM)", "chain(ClipNorm,RMSProp)",
-                                                       "chain(ClipNorm,NADAM)", "chain(ClipValue,ADADelta)", "torch.Adam")}
+                                                       "chain(ClipNorm,NADAM)", "chain(ClipValue,ADADelta)", "torch.Adam", "Muon", "SOAP")}
     return rules
 
 
@@ -134,7 +141,8 @@ def run(args):
         if builtin is not None:
             refs.append(("keras " + type(builtin()).__name__, lambda: harness.keras_row(lambda **k: builtin(), rounds, scale=False)))
         if torch_ref is not None and backend == "torch":
-            refs.append((f"torch.optim.{torch_ref[0]}", lambda: harness.torch_row(*torch_ref, rounds)))
+            label = torch_ref[0] if "." in torch_ref[0] else f"torch.optim.{torch_ref[0]}"
+            refs.append((label, lambda: harness.torch_row(*torch_ref, rounds)))
         if optax_ref is not None and backend == "jax":
             refs.append((f"optax.{optax_ref}", lambda: harness.optax_row(optax_ref, rounds)))
         for label, measure in refs:
@@ -298,10 +306,24 @@ class Torch(_Eager):
         params = [torch.nn.Parameter(torch.from_numpy(a)) for a in arrays(self.np, self.count, self.total, 0)]
         for p, g in zip(params, arrays(self.np, self.count, self.total, 1)):
             p.grad = torch.from_numpy(g)
-        opt = getattr(torch.optim, name)(params, **kwargs, foreach=True)
+        kwargs = {"foreach": True, **kwargs}
+        module, _, class_name = name.rpartition(".")  # torch.optim's, or a package's ("pytorch_optimizer.SOAP")
+        cls = getattr(importlib.import_module(module) if module else torch.optim, class_name)
+        opt = cls(params, **{k: v for k, v in kwargs.items() if v is not None})
         ms = timed(opt.step, rounds)
-        state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor))
+        state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in _tensors(s.values()))
         return {"ms": ms, "state": state / self.total}
+
+
+def _tensors(values):
+    """The tensors in an optimizer's per-parameter state, in lists too (pytorch_optimizer.SOAP's factors)."""
+    import torch
+
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from _tensors(value)
 
 
 class Tf(_Eager):

@@ -33,6 +33,7 @@ float32 parameter; Momentum and Nesterov 20; Descent 12), on the same cores, int
 import argparse
 import gc
 import glob
+import importlib
 import os
 import statistics
 import time
@@ -41,6 +42,12 @@ from _common import limit_threads, machine, optax_reference, optax_step, per_bac
 
 LAYOUTS = {"4x2.5M": (4, 10_000_000), "200x10k": (200, 2_000_000)}
 QUICK_LAYOUTS = {"4x250k": (4, 1_000_000), "200x1k": (200, 200_000)}
+# Rules that update matrices only (keras_optx._catalog.MATRIX_RULES) are timed on a transformer's
+# matrices instead: GPT-2 small's 24 of 768x768 (attention, per head block) and 12 of 768x3072 (MLP).
+MATRIX_LAYOUTS = {"24x768x768+12x768x3072": [(768, 768)] * 24 + [(768, 3072)] * 12}
+QUICK_MATRIX_LAYOUTS = {"4x64x64+2x64x256": [(64, 64)] * 4 + [(64, 256)] * 2}
+ON_MATRICES = ("SOAP",)  # also timed on MATRIX_LAYOUTS: on vectors SOAP is Adam
+NO_FOREACH = {"Muon", "pytorch_optimizer.SOAP"}  # torch.optim classes without foreach/fused variants: their one (for-loop) step is timed
 
 
 def main():
@@ -77,7 +84,7 @@ def run(args):
 
     import keras
     import keras_optx as ox
-    from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, TORCH_RULES
+    from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, MATRIX_RULES, TORCH_RULES
 
     backend = keras.backend.backend()
     layouts = QUICK_LAYOUTS if args.quick else LAYOUTS
@@ -109,6 +116,10 @@ def run(args):
         "AdEMAMix": (lambda: ox.AdEMAMix(), None, ("Adam", dict(lr=0.001)), "contrib.ademamix"),
         "Prodigy": (lambda: ox.Prodigy(), None, ("Adam", dict(lr=0.001)), "contrib.prodigy"),
         "Cautious(Lion)": (lambda: ox.Cautious(ox.Lion()), lambda: K.Lion(), ("Adam", dict(lr=0.001)), None),
+        # Matrix rules (MATRIX_LAYOUTS): Newton–Schulz in bfloat16 on both sides; Keras's Muon runs it in float32.
+        "Muon": (lambda: ox.Muon(0.02), lambda: K.Muon(0.02, weight_decay=0.0), ("Muon", dict(lr=0.02, weight_decay=0.0)),
+                 "contrib.muon"),
+        "SOAP": (lambda: ox.SOAP(), None, ("pytorch_optimizer.SOAP", dict(lr=3e-3, weight_decay=0.0)), None),
         # keras_optx.torch: torch's rules with torch's names (ported PyTorch code).
         "torch.SGD(momentum)": (lambda: ox.torch.SGD(0.01, momentum=0.9), lambda: K.SGD(0.01, momentum=0.9), ("SGD", dict(lr=0.01, momentum=0.9)), "momentum"),
         "torch.Adam": (lambda: ox.torch.Adam(), lambda: K.Adam(), ("Adam", dict(lr=0.001)), "adam"),
@@ -131,8 +142,17 @@ def run(args):
 
     harness = {"torch": TorchHarness, "jax": JaxHarness, "tensorflow": TfHarness}[backend](np)
     header(backend, keras, rounds, args.threads, harness.describe())
-    for layout, (count, total) in layouts.items():
-        print(f"\n### {backend}, layout {layout}: {count} variables, {total / 1e6:g}M parameters\n")
+    matrix_rules = {k: v for k, v in rules.items() if k.split("(")[0] in (*MATRIX_RULES, *ON_MATRICES)}
+    rules = {k: v for k, v in rules.items() if k not in matrix_rules}
+    matrix_layouts = QUICK_MATRIX_LAYOUTS if args.quick else MATRIX_LAYOUTS
+    sections = [(rules, layout, count, total) for layout, (count, total) in layouts.items()]
+    sections += [(matrix_rules, layout, shapes, sum(a * b for a, b in shapes)) for layout, shapes in matrix_layouts.items()
+                 if matrix_rules]
+    for rules, layout, count, total in sections:
+        if not rules:
+            continue
+        count_text = count if isinstance(count, int) else len(count)
+        print(f"\n### {backend}, layout {layout}: {count_text} variables, {total / 1e6:g}M parameters\n")
         print("| rule | keras_optx ms (wall median / min, CPU median) | reference | ref ms (wall median / min, CPU median) "
               "| CPU/wall (keras_optx / ref) | ratio of wall medians | ratio of wall minima | ratio of CPU medians |")
         print("|---|---:|---|---:|---:|---:|---:|---:|")
@@ -251,9 +271,10 @@ def header(backend, keras, rounds, threads, device):
 
 
 def _arrays(np, count, total, seed):
+    """`count` vectors of `total // count` elements, or, where `count` is a list of shapes, one array of each."""
     rng = np.random.default_rng(seed)
-    size = total // count
-    return [rng.normal(0, 0.1, size).astype("float32") for _ in range(count)]
+    shapes = count if isinstance(count, list) else [(total // count,)] * count
+    return [rng.normal(0, 0.1, shape).astype("float32") for shape in shapes]
 
 
 class TorchHarness:
@@ -291,17 +312,18 @@ class TorchHarness:
         if torch_ref is None:
             return
         name, kwargs = torch_ref
-        cls = getattr(self.torch.optim, name)
-        kinds = ["foreach"] + (["fused"] if name in ("SGD", "Adam", "AdamW", "Adagrad") else [])
+        module, _, class_name = name.rpartition(".")  # torch.optim's, or a package's ("pytorch_optimizer.SOAP")
+        cls = getattr(importlib.import_module(module) if module else self.torch.optim, class_name)
+        kinds = [None] if name in NO_FOREACH else ["foreach"] + (["fused"] if name in ("SGD", "Adam", "AdamW", "Adagrad") else [])
         for kind in kinds:
-            yield f"torch.optim.{name} {kind}", lambda kind=kind: self._torch_case(cls, kwargs, kind, count, total)
+            yield f"{'torch.optim.' if '.' not in name else ''}{name} {kind or 'for-loop'}", lambda kind=kind: self._torch_case(cls, kwargs, kind, count, total)
 
     def _torch_case(self, cls, kwargs, kind, count, total):
         torch = self.torch
         params = [torch.nn.Parameter(torch.from_numpy(a).to(self.device)) for a in _arrays(self.np, count, total, 0)]
         for p, g in zip(params, _arrays(self.np, count, total, 1)):
             p.grad = torch.from_numpy(g).to(self.device)
-        opt = cls(params, **kwargs, **{kind: True})
+        opt = cls(params, **kwargs, **({kind: True} if kind else {}))
         return opt.step
 
 

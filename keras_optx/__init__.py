@@ -4,7 +4,7 @@ Runs on the JAX, PyTorch and TensorFlow backends. See the README for the rule ta
 """
 
 from . import _checks as checks
-from ._base import Rule, Transform
+from ._base import Rule, Slot, Transform
 from ._grad import gradient, value_and_gradient
 from ._hyper import adjust
 from .adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
@@ -14,12 +14,14 @@ from .chain import Optimiser
 from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .lookahead import Lookahead
+from .matrix import Muon
 from .partition import Frozen, Partition
 from .predicates import matrices
 from .prodigy import Prodigy
 from .recent import ADOPT, AdEMAMix, AdEMAMixAlphaWarmup, AdEMAMixBeta3Warmup, Cautious
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
+from .soap import SOAP
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from . import torch as _torch_compat  # noqa: F401  registers keras_optx.torch's classes so saved models load
 from ._backends import NAME as _BACKEND
@@ -53,6 +55,7 @@ __all__ = [
     "Lion",
     "Lookahead",
     "Momentum",
+    "Muon",
     "NADAM",
     "Nesterov",
     "OADAM",
@@ -63,7 +66,9 @@ __all__ = [
     "RMSProp",
     "Rprop",
     "Rule",
+    "SOAP",
     "SkipNonFinite",
+    "Slot",
     "Transform",
     "WeightDecay",
     "adjust",

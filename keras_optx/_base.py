@@ -57,6 +57,37 @@ _KERAS_UPDATE_KEYWORDS = {
 }
 
 
+class Slot:
+    """A slot whose shape is a function of its variable's shape, for `Rule.slots`: e.g. a Kronecker
+    factor `Slot(lambda shape: (shape[0], shape[0]))`. `initial`: its value everywhere (default 0).
+
+    Such a slot is laid out replicated (under `keras.distribution`), never split by `shard_state`,
+    and kept out of torch's kernels and packed-buffer fast paths (they pair slots with variables).
+
+    Example:
+        A rule keeping a running average of g·gᵀ per matrix (Shampoo's left factor):
+
+        >>> class LeftFactor(keras_optx.Rule):
+        ...     slots = {"L": keras_optx.Slot(lambda shape: (shape[0], shape[0]))}
+        ...
+        ...     def delta(self, ops, g, x, s, t, lr):
+        ...         factors = [0.9 * f + 0.1 * keras.ops.matmul(gi, keras.ops.transpose(gi)) for f, gi in zip(s.L.items, g.items)]
+        ...         return lr * g, {"L": type(g)(factors)}  # a `Many`, one tensor per variable
+        >>> opt, x = LeftFactor(0.1), keras.Variable(np.zeros((2, 3), "float32"))
+        >>> opt.apply([np.ones((2, 3), "float32")], [x])
+        >>> [tuple(v.shape) for v in opt.variables if v.path.endswith("_L")]
+        [(2, 2)]
+    """
+
+    def __init__(self, shape, initial=0.0):
+        if not callable(shape):
+            raise TypeError(f"`Slot(shape)` takes a function of the variable's shape; received {shape!r}.")
+        self.shape, self.initial = shape, initial
+
+    def shape_for(self, variable_shape):
+        return tuple(int(d) for d in self.shape(tuple(int(d) for d in variable_shape)))
+
+
 class State(dict):
     """A rule's slots for all variables, read as attributes: `s.m`, `s.v`."""
 
@@ -70,7 +101,8 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
 
     - `hyperparameters`: `{name: check}`; each value given to `__init__` is validated
       by its check, stored as an attribute and written to `get_config()`.
-    - `slots`: `{name: initial value}`; one variable per slot and model variable.
+    - `slots`: `{name: initial value}`; one variable per slot and model variable, of its shape,
+      or of another shape where the value is a `Slot` (a function of the variable's shape).
     - `delta(ops, g, x, s, t, lr)`: returns `(Δ, new_slots)` for the update `x ← x − Δ`.
       `g`, `x` and each `s.<slot>` hold every variable's tensor at once (`Many`),
       `t` = 1, 2, … counts the updates, `lr` is the current learning rate, and
@@ -274,18 +306,24 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
         self._slot_variables = {}
         low = self._slot_dtypes()
         self._low_precision_state = any(low.values())
-        for name, (initial, has) in self._slot_owners(variables).items():
+        owners = self._slot_owners(variables)
+        # Kernels and packed buffers (torch) pair each slot with its variable: not for `Slot`s of their own shape.
+        self._shaped_slots = any(isinstance(initial, Slot) for initial, _ in owners.values())
+        for name, (initial, has) in owners.items():
             # Each slot laid out like its variable (sharded like it under keras.distribution);
             # None where a variable keeps no such slot (a Partition's rule holds state for its variables only).
+            spec = initial if isinstance(initial, Slot) else None
             self._slot_variables[name] = [
                 _scale.slot_variable(
-                    self, v, f"{_variable_path(v)}_{name}", initial, low.get(name) or _state_dtype(v.dtype), self.shard_state
+                    self, v, f"{_variable_path(v)}_{name}", spec.initial if spec else initial,
+                    low.get(name) or _state_dtype(v.dtype), self.shard_state, spec.shape_for(v.shape) if spec else None,
                 )
                 if own
                 else None
                 for v, own in zip(variables, has)
             ]
-            backend.prepare_slots([s for s in self._slot_variables[name] if s is not None])
+            if spec is None:
+                backend.prepare_slots([s for s in self._slot_variables[name] if s is not None])
         for v in self._build_state(variables):
             _track_once(self, v)
         _rounding.build(self, variables)  # after every other variable: files without it keep their layout

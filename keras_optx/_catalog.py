@@ -8,6 +8,7 @@ Names are lower-case, as `python -m keras_optx.compare --rules` takes them. A ru
 - `EXTRA_RULES`: the same for rules beyond Flux v0.12 (not in `compare`'s default run).
 - `TRANSFORMS`: chain members that transform the gradient (and `ExpDecay`, `InvDecay`, schedule members):
   name → (class name, the first argument used when none is given).
+- `MATRIX_RULES`: the class names among them that update matrices only (Muon).
 - `TORCH_RULES`: name → class name in `keras_optx.torch` (torch's rules with torch's names).
 
 >>> from keras_optx import _catalog
@@ -37,7 +38,13 @@ EXTRA_RULES = {  # rules beyond Flux v0.12, at their documented defaults (not in
     "adopt": "ADOPT",
     "ademamix": "AdEMAMix",
     "prodigy": "Prodigy",
+    "muon": "Muon",
+    "soap": "SOAP",
 }
+# Rules that update matrices only (rank ≥ 2), by class name: `compare` routes a model's other
+# variables (biases, norms' scales) to ADAMW() with a Partition on "kernel"; the gallery runs its
+# point as a 1×2 matrix; bench_step and bench_memory time them on matrices.
+MATRIX_RULES = ("Muon",)
 TRANSFORMS = {
     "clipnorm": ("ClipNorm", 1.0),
     "clipglobalnorm": ("ClipGlobalNorm", 1.0),

@@ -46,17 +46,30 @@ def warn_once(key, message):
         warnings.warn(message, UserWarning, stacklevel=4)
 
 
-def slot_variable(optimizer, variable, name, initial, dtype, shard):
-    """A slot variable for `variable`, laid out like it (and split over the data axis if `shard`)."""
-    layout = slot_layout(variable, shard)
+def slot_variable(optimizer, variable, name, initial, dtype, shard, shape=None):
+    """A slot variable for `variable`, laid out like it (and split over the data axis if `shard`);
+    of `shape` where given and not the variable's (a `Slot`): then replicated on every device."""
+    if shape is None or tuple(shape) == tuple(variable.shape):
+        shape, layout = variable.shape, slot_layout(variable, shard)
+    else:
+        layout = _replicated(len(shape))
     with _colocated(optimizer, variable):
         return optimizer.add_variable(
-            shape=variable.shape,
+            shape=shape,
             dtype=dtype,
             initializer=keras.initializers.Constant(initial),
             name=name,
             **({"layout": layout} if layout is not None else {}),
         )
+
+
+def _replicated(rank):
+    """A replicated layout of `rank` under a `keras.distribution` (else None): a slot of its own shape
+    takes no layout from its variable's, nor from a layout map matching its path."""
+    distribution = keras.distribution.distribution() if _BACKEND == "jax" else None
+    if distribution is None:
+        return None
+    return keras.distribution.TensorLayout([None] * rank, distribution.device_mesh)
 
 
 @contextlib.contextmanager

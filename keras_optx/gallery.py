@@ -4,7 +4,8 @@
 
 Runs on the backend Keras is set to (`KERAS_BACKEND`). Every rule of the package's catalog
 (`keras_optx._catalog`: Flux's rules, the others, `keras_optx.torch`'s) and a few chains start from
-the same point on each function.
+the same point on each function (a rule that updates matrices only, Muon, moves it as a 1×2
+matrix, where its orthogonalised momentum is the momentum's direction).
 For every rule and function the learning rate is chosen from `RATES`: the one with the
 lowest mean value of the function along the path (a path that leaves the plot far behind or
 turns non-finite is out). The rate each panel uses is written in its title and in
@@ -123,6 +124,7 @@ class Entry:
 
     label: str
     make: object
+    shape: tuple = (2,)  # the point's variable: (1, 2) for a rule that updates matrices only (Muon)
 
 
 def _rule_classes():
@@ -153,6 +155,9 @@ def entries():
     for label, cls in _rule_classes():
         if label == "torch.SGD":
             rules.append(Entry("torch.SGD(momentum=0.9)", lambda lr, c=cls: c(lr, momentum=0.9)))
+        elif label in _catalog.MATRIX_RULES:
+            # On a 1×2 matrix Muon's orthogonalised momentum is its direction: normalised momentum.
+            rules.append(Entry(label, lambda lr, c=cls: c(learning_rate=lr), shape=(1, 2)))
         else:
             rules.append(Entry(label, lambda lr, c=cls: c(learning_rate=lr)))
     return rules + _chains()
@@ -161,7 +166,7 @@ def entries():
 def run_path(entry, function, rate, steps=STEPS, seed=0):
     """The points visited (steps + 1, 2) by `entry` at `rate` on `function`."""
     opt = entry.make(rate)
-    point = keras.Variable(np.asarray(function.start, "float32"), name="point")
+    point = keras.Variable(np.asarray(function.start, "float32").reshape(entry.shape), name="point")
     noise = np.random.default_rng(seed).normal(0.0, function.noise, (steps, 2)) if function.noise else None
     path = np.empty((steps + 1, 2))
     path[0] = function.start
@@ -170,8 +175,8 @@ def run_path(entry, function, rate, steps=STEPS, seed=0):
         g = np.array(function.grad(x, y), "float64")
         if noise is not None:
             g = g + noise[i]
-        opt.apply([g.astype("float32")], [point])
-        path[i + 1] = keras.ops.convert_to_numpy(point)
+        opt.apply([g.astype("float32").reshape(entry.shape)], [point])
+        path[i + 1] = keras.ops.convert_to_numpy(point).reshape(2)
         if not np.all(np.isfinite(path[i + 1])) or np.max(np.abs(path[i + 1])) > 1e3:
             path[i + 2 :] = np.nan
             break

@@ -137,6 +137,24 @@ RULES = [
     # tolerance from the float64 path (prodigyopt's float32 run as much); d₀ = 1e-4 stays within 0.25x.
     Case("Prodigy(β₁=0,d₀=1e-4)", lambda: ox.Prodigy(beta=(0.0, 0.999), d0=1e-4),
          lambda: ref.Prodigy(beta=(0.0, 0.999), d0=1e-4), fit=False),
+    # Muon takes matrices only: its rows route the (3, 4) kernel and the (2, 3, 2) conv kernel (as (6, 2)) to
+    # it, the rest to ADAM. Newton–Schulz in float32, so float32 tolerance holds (bfloat16: tests/test_matrix.py).
+    Case("Partition(kernel:Muon,.*:ADAM)",
+         lambda: ox.Partition({"kernel": ox.Muon(0.02, ns_dtype="float32"), ".*": ox.ADAM(0.01)}),
+         lambda: ref.Partition([("kernel", ref.Muon(0.02)), (".*", ref.ADAM(0.01))], PATHS),
+         reliability=_rate(lambda lr, **kw: ox.Partition({"kernel": ox.Muon(lr, ns_dtype="float32"), ".*": ox.ADAM(lr)},
+                                                         **kw), 0.01)),
+    Case("Partition(kernel:Muon(0.05,0.8,nesterov=False,ns_steps=3,match_rms_adamw),.*:Descent)",
+         lambda: ox.Partition({"kernel": ox.Muon(0.05, 0.8, False, 3, (3.0, -3.2, 1.2), 1e-6, "match_rms_adamw",
+                                                  "float32"), ".*": ox.Descent(0.1)}),
+         lambda: ref.Partition([("kernel", ref.Muon(0.05, 0.8, False, 3, (3.0, -3.2, 1.2), 1e-6, "match_rms_adamw")),
+                                (".*", ref.Descent(0.1))], PATHS), fit=False),
+    # SOAP takes rank ≤ 2 (the (2, 3, 2) conv kernel to ADAM); eigenbases refreshed at t = 4, 7, …, 19.
+    Case("Partition(conv:ADAM,.*:SOAP(0.01,frequency=3))",
+         lambda: ox.Partition({"conv": ox.ADAM(0.01), ".*": ox.SOAP(0.01, precondition_frequency=3)}),
+         lambda: ref.Partition([("conv", ref.ADAM(0.01)), (".*", ref.SOAP(0.01, frequency=3))], PATHS),
+         reliability=_rate(lambda lr, **kw: ox.Partition({"conv": ox.ADAM(lr), ".*": ox.SOAP(lr, precondition_frequency=2)},
+                                                         **kw), 0.01)),
 ]
 
 SCHEDULES = [
@@ -441,4 +459,23 @@ BAD = [
     (lambda: ox.Prodigy(weight_decay=-0.1), ValueError, "weight_decay"),
     (lambda: ox.Prodigy(use_bias_correction=1), TypeError, "use_bias_correction"),
     (lambda: ox.Prodigy(state_dtype="bfloat16"), ValueError, "Prodigy does not take state_dtype"),
+    (lambda: ox.Muon(momentum=1.0), ValueError, "momentum"),
+    (lambda: ox.Muon(nesterov="yes"), TypeError, "nesterov"),
+    (lambda: ox.Muon(ns_steps=0), ValueError, "ns_steps"),
+    (lambda: ox.Muon(ns_steps=100), ValueError, "ns_steps"),
+    (lambda: ox.Muon(ns_steps=2.5), TypeError, "ns_steps"),
+    (lambda: ox.Muon(ns_coefficients=(3.4, -4.7)), ValueError, "ns_coefficients.*length 3"),
+    (lambda: ox.Muon(ns_coefficients=(3.4, "b", 2.0)), TypeError, r"ns_coefficients\[1\]"),
+    (lambda: ox.Muon(epsilon=-1e-7), ValueError, "epsilon"),
+    (lambda: ox.Muon(adjust_lr="rms"), ValueError, "adjust_lr.*match_rms_adamw"),
+    (lambda: ox.Muon(ns_dtype="float16"), ValueError, "ns_dtype.*bfloat16"),
+    (lambda: ox.SOAP(beta=(0.95, 1.0)), ValueError, r"beta\[1\]"),
+    (lambda: ox.SOAP(shampoo_beta=1.5), ValueError, "shampoo_beta"),
+    (lambda: ox.SOAP(epsilon=-1.0), ValueError, "epsilon"),
+    (lambda: ox.SOAP(precondition_frequency=0), ValueError, "precondition_frequency"),
+    (lambda: ox.SOAP(max_precondition_dim=0), ValueError, "max_precondition_dim"),
+    (lambda: ox.SOAP(merge_dims=True), ValueError, "merge_dims.*not implemented"),
+    (lambda: ox.SOAP(precondition_1d="yes"), TypeError, "precondition_1d"),
+    (lambda: ox.SOAP(correct_bias=None), TypeError, "correct_bias"),
+    (lambda: ox.SOAP(state_dtype="bfloat16"), ValueError, "state_dtype"),
 ]

@@ -491,3 +491,101 @@ class Prodigy:
             step = s["m"] if b1 > 0 else d * g
             out.append(dlr * (step / (np.sqrt(s["v"]) + d * self.eps) + self.wd * x))
         return out
+
+
+# Matrix rules (keras_optx/matrix.py) ---------------------------------------------------------------
+def _as_matrix(shape):
+    """Muon's 2-D view of a variable: itself, or a Keras convolution kernel (k…, in, out) as (k…·in, out)."""
+    return tuple(shape) if len(shape) == 2 else (int(np.prod(shape[:-1])), shape[-1])
+
+
+def newton_schulz(u, steps=5, coefficients=(3.4445, -4.775, 2.0315), eps=1e-7):
+    """X₀ = U/max(‖U‖_F, ϵ) (transposed if tall); Xₖ₊₁ = a·Xₖ + (b·Aₖ + c·Aₖ²)·Xₖ, Aₖ = XₖXₖᵀ."""
+    a, b, c = coefficients
+    x = np.asarray(u, DTYPE).reshape(_as_matrix(np.shape(u)))
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / max(np.linalg.norm(x), eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).reshape(np.shape(u))
+
+
+class Muon(Reference):
+    """torch.optim.Muon's step (torch/optim/_muon.py), in float64; weight decay is Keras's keyword, not here."""
+
+    init = {"B": 0.0}
+
+    def __init__(self, eta=0.02, momentum=0.95, nesterov=True, ns_steps=5, coefficients=(3.4445, -4.775, 2.0315),
+                 eps=1e-7, adjust_lr=None):
+        super().__init__()
+        self.eta, self.mu, self.nesterov, self.ns_steps = eta, momentum, nesterov, ns_steps
+        self.coefficients, self.eps, self.adjust_lr = coefficients, eps, adjust_lr
+
+    def step(self, s, g, x, n):  # B = μB + (1−μ)g; U = (1−μ)g + μB (nesterov) or B; Δ = η·r·NS(U)
+        mu = self.mu
+        s["B"] = mu * s["B"] + (1 - mu) * g
+        u = (1 - mu) * g + mu * s["B"] if self.nesterov else s["B"]
+        rows, cols = _as_matrix(x.shape)
+        r = 0.2 * np.sqrt(max(rows, cols)) if self.adjust_lr == "match_rms_adamw" else np.sqrt(max(1.0, rows / cols))
+        return _rate(self.eta, n) * r * newton_schulz(u, self.ns_steps, self.coefficients, self.eps)
+
+
+class SOAP(Reference):
+    """pytorch_optimizer.SOAP's step (Vyas et al. 2024) for scalars, vectors and matrices, in float64.
+
+    t = 1 builds the factors L = (1−β_s)GGᵀ, R = (1−β_s)GᵀG and their eigenbases and takes no step; then Adam
+    in the eigenbasis, the factors' averages after each step, and at s = t−1 ≡ 0 (mod frequency) each basis
+    refreshed by Q ← QR(L·Q), columns (and v along that axis) sorted by diag(QᵀLQ), descending."""
+
+    def __init__(self, eta=3e-3, beta=(0.95, 0.95), shampoo_beta=None, eps=EPS, frequency=10, max_dim=10000,
+                 precondition_1d=False, correct_bias=True, normalize_gradient=False):
+        super().__init__()
+        self.eta, self.beta, self.eps, self.frequency, self.max_dim = eta, beta, eps, frequency, max_dim
+        self.shampoo_beta = beta[1] if shampoo_beta is None else shampoo_beta
+        self.precondition_1d, self.correct_bias, self.normalize = precondition_1d, correct_bias, normalize_gradient
+
+    def initial(self):
+        return {"m": 0.0, "v": 0.0}
+
+    def _axes(self, shape):
+        return [a < len(shape) and shape[a] <= self.max_dim and (len(shape) == 2 or self.precondition_1d) for a in (0, 1)]
+
+    @staticmethod
+    def _outer(g, axis):
+        return np.outer(g, g) if g.ndim == 1 else (g @ g.T if axis == 0 else g.T @ g)
+
+    @staticmethod
+    def _project(x, q, back=False):
+        if q[0] is not None:
+            x = (q[0] if back else q[0].T) @ x
+        if q[1] is not None:
+            x = x @ (q[1].T if back else q[1])
+        return x
+
+    def step(self, s, g, x, n):
+        (b1, b2), bs = self.beta, self.shampoo_beta
+        axes = self._axes(g.shape)
+        if n == 1:
+            s["F"] = [(1 - bs) * self._outer(g, a) if axes[a] else None for a in (0, 1)]
+            s["Q"] = [np.linalg.eigh(f)[1][:, ::-1] if f is not None else None for f in s["F"]]
+            return np.zeros_like(g)
+        step = n - 1
+        rate = _rate(self.eta, n)
+        if self.correct_bias:
+            rate = rate * np.sqrt(1 - b2**step) / (1 - b1**step)
+        s["m"] = b1 * s["m"] + (1 - b1) * g
+        s["v"] = b2 * s["v"] + (1 - b2) * self._project(g, s["Q"]) ** 2
+        d = self._project(self._project(s["m"], s["Q"]) / (np.sqrt(s["v"]) + self.eps), s["Q"], back=True)
+        if self.normalize:
+            d = d / (np.sqrt(np.mean(d**2)) + self.eps)
+        s["F"] = [bs * f + (1 - bs) * self._outer(g, a) if f is not None else None for a, f in enumerate(s["F"])]
+        if step % self.frequency == 0:
+            for a, (f, q) in enumerate(zip(s["F"], s["Q"])):
+                if f is not None:
+                    product = f @ q
+                    order = np.argsort(-np.sum(q * product, axis=0), kind="stable")
+                    s["v"] = np.take(s["v"], order, axis=a)
+                    s["Q"][a] = np.linalg.qr(product[:, order])[0]
+        return rate * d

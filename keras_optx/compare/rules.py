@@ -11,7 +11,7 @@ import inspect
 import keras
 
 import keras_optx as ox
-from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, TORCH_RULES, TRANSFORMS  # every rule by name: one list
+from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, MATRIX_RULES, TORCH_RULES, TRANSFORMS  # every rule by name: one list
 
 DEFAULT_RULES = tuple(FLUX_RULES)
 
@@ -43,7 +43,10 @@ def _member(part):
         except ValueError:
             raise UsageError(f"bad number {value!r} in rule {part!r}; write NAME:X, e.g. adam:0.01") from None
     if key in FLUX_RULES or key in EXTRA_RULES:
-        return getattr(ox, {**FLUX_RULES, **EXTRA_RULES}[key])(*args)
+        name = {**FLUX_RULES, **EXTRA_RULES}[key]
+        if name in MATRIX_RULES:  # matrices only: the kernels to it, the rest (biases) to ADAMW
+            return ox.Partition({"kernel": getattr(ox, name)(*args), ".*": ox.ADAMW()})
+        return getattr(ox, name)(*args)
     if key in TRANSFORMS:
         cls, default = TRANSFORMS[key]
         return getattr(ox, cls)(*(args or (default,)))

@@ -36,7 +36,7 @@ def apply_kernel(rule, grads, variables, slots):
     """Run the kernel registered for `rule`'s exact class, if any, where `fusable` allows;
     True when it applied the update (a kernel may decline before writing anything)."""
     kernel = kernel_of(rule)
-    if kernel is None:
+    if kernel is None or getattr(rule, "_shaped_slots", False):  # a slot not of its variable's shape (`Slot`)
         return False
     xs = values(variables)
     if not fusable(rule, grads, xs):
