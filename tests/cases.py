@@ -149,11 +149,12 @@ RULES = [
                                                   "float32"), ".*": ox.Descent(0.1)}),
          lambda: ref.Partition([("kernel", ref.Muon(0.05, 0.8, False, 3, (3.0, -3.2, 1.2), 1e-6, "match_rms_adamw")),
                                 (".*", ref.Descent(0.1))], PATHS), fit=False),
-    # SOAP takes rank ≤ 2 (the (2, 3, 2) conv kernel to ADAM); eigenbases refreshed at t = 4, 7, …, 19.
-    Case("Partition(conv:ADAM,.*:SOAP(0.01,frequency=3))",
-         lambda: ox.Partition({"conv": ox.ADAM(0.01), ".*": ox.SOAP(0.01, precondition_frequency=3)}),
-         lambda: ref.Partition([("conv", ref.ADAM(0.01)), (".*", ref.SOAP(0.01, frequency=3))], PATHS),
-         reliability=_rate(lambda lr, **kw: ox.Partition({"conv": ox.ADAM(lr), ".*": ox.SOAP(lr, precondition_frequency=2)},
+    # SOAP takes rank ≤ 2 (the (2, 3, 2) conv kernel to ADAM, and the biases: a key that routes a variable of
+    # every test model, fit's and the reliability tests' included, which have no conv kernel); eigenbases refreshed at t = 4, 7, …, 19.
+    Case("Partition(conv|bias:ADAM,.*:SOAP(0.01,frequency=3))",
+         lambda: ox.Partition({"conv|bias": ox.ADAM(0.01), ".*": ox.SOAP(0.01, precondition_frequency=3)}),
+         lambda: ref.Partition([("conv|bias", ref.ADAM(0.01)), (".*", ref.SOAP(0.01, frequency=3))], PATHS),
+         reliability=_rate(lambda lr, **kw: ox.Partition({"conv|bias": ox.ADAM(lr), ".*": ox.SOAP(lr, precondition_frequency=2)},
                                                          **kw), 0.01)),
 ]
 
