@@ -15,6 +15,7 @@ from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .lookahead import Lookahead
 from .partition import Frozen, Partition
+from .schedule_free import ScheduleFreeAdamW, ScheduleFreeEval, ScheduleFreeSGD
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
@@ -53,6 +54,9 @@ __all__ = [
     "RMSProp",
     "Rprop",
     "Rule",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeEval",
+    "ScheduleFreeSGD",
     "SkipNonFinite",
     "Transform",
     "WeightDecay",
