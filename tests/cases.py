@@ -115,6 +115,15 @@ RULES = [
          reliability=_rate(lambda lr, **kw: ox.ADAMW(lr, decay=1e-2, **kw), 0.01)),
     Case("ADAMW(0.001,(0.89,0.995),0.1)", lambda: ox.ADAMW(0.001, (0.89, 0.995), 0.1),
          lambda: ref.ADAMW(0.001, (0.89, 0.995), 0.1), fit=False, kernel=True, varying_rate=True),
+    Case("ScheduleFreeAdamW", lambda: ox.ScheduleFreeAdamW(), lambda: ref.ScheduleFree(0.0025, 0.9, 0.999),
+         reliability=_rate(lambda lr, **kw: ox.ScheduleFreeAdamW(lr, warmup_steps=2, **kw), 0.01)),
+    Case("ScheduleFreeAdamW(0.01,(0.85,0.99),wd=0.1,warmup=5,r=1,p=1)",
+         lambda: ox.ScheduleFreeAdamW(0.01, (0.85, 0.99), 1e-6, weight_decay=0.1, warmup_steps=5, r=1.0, weight_lr_power=1.0),
+         lambda: ref.ScheduleFree(0.01, 0.85, 0.99, 1e-6, wd=0.1, warmup=5, r=1.0, power=1.0), fit=False),
+    Case("ScheduleFreeSGD(0.01)", lambda: ox.ScheduleFreeSGD(0.01), lambda: ref.ScheduleFree(0.01, 0.9),
+         reliability=_rate(lambda lr, **kw: ox.ScheduleFreeSGD(lr, weight_decay=1e-3, **kw), 0.05)),
+    Case("ScheduleFreeSGD(0.003,0.8,wd=0.05,warmup=4)", lambda: ox.ScheduleFreeSGD(0.003, 0.8, weight_decay=0.05, warmup_steps=4),
+         lambda: ref.ScheduleFree(0.003, 0.8, wd=0.05, warmup=4), fit=False),
 ]
 
 SCHEDULES = [
@@ -389,4 +398,17 @@ BAD = [
     (lambda: oxt.Adam(eps=-1e-8), ValueError, "eps"),
     (lambda: oxt.Adam(amsgrad="yes"), TypeError, "amsgrad"),
     (lambda: oxt.AdamW(weight_decay=-0.01), ValueError, "weight_decay"),
+    (lambda: ox.ScheduleFreeAdamW(beta=(0.0, 0.999)), ValueError, r"beta\[0\].*\(0, 1\)"),
+    (lambda: ox.ScheduleFreeAdamW(beta=(0.9, 1.0)), ValueError, r"beta\[1\]"),
+    (lambda: ox.ScheduleFreeAdamW(epsilon=-1.0), ValueError, "epsilon"),
+    (lambda: ox.ScheduleFreeAdamW(weight_decay=-0.1), ValueError, "weight_decay"),
+    (lambda: ox.ScheduleFreeAdamW(warmup_steps=2.5), TypeError, "warmup_steps"),
+    (lambda: ox.ScheduleFreeAdamW(warmup_steps=-1), ValueError, "warmup_steps"),
+    (lambda: ox.ScheduleFreeAdamW(r=-1.0), ValueError, "r"),
+    (lambda: ox.ScheduleFreeAdamW(weight_lr_power=float("nan")), ValueError, "weight_lr_power"),
+    (lambda: ox.ScheduleFreeAdamW(-0.1), ValueError, "learning_rate"),
+    (lambda: ox.ScheduleFreeSGD(momentum=0.0), ValueError, r"momentum.*\(0, 1\)"),
+    (lambda: ox.ScheduleFreeSGD(momentum=1.0), ValueError, "momentum"),
+    (lambda: ox.ScheduleFreeSGD(weight_decay=-1e-4), ValueError, "weight_decay"),
+    (lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.ScheduleFreeSGD()), ValueError, "cannot be a member"),
 ]
