@@ -101,6 +101,8 @@ def optax_reference(name):
         "adabelief": lambda: optax.adabelief(0.001),  # bias-corrected, ϵ in s: Flux v0.12's is not
         "lion": lambda: optax.lion(0.001),
         "rprop": lambda: optax.rprop(0.001),
+        "contrib.schedule_free_adamw": lambda: optax.contrib.schedule_free_adamw(0.0025),
+        "contrib.schedule_free_sgd": lambda: optax.contrib.schedule_free_sgd(1.0),
     }[name]()
 
 

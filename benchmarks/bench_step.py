@@ -104,6 +104,11 @@ def run(args):
         "Lion": (lambda: ox.Lion(), lambda: K.Lion(), None, "lion"),
         "Rprop": (lambda: ox.Rprop(), None, ("Rprop", dict(lr=0.001)), "rprop"),
         "Lookahead(ADAM)": (lambda: ox.Lookahead(ox.ADAM()), None, None, None),
+        # Schedule-free: the reference is the schedulefree package's torch optimizer (foreach), in train mode.
+        "ScheduleFreeAdamW": (lambda: ox.ScheduleFreeAdamW(), None, ("schedulefree.AdamWScheduleFree", dict(lr=0.0025)),
+                              "contrib.schedule_free_adamw"),
+        "ScheduleFreeSGD": (lambda: ox.ScheduleFreeSGD(), None, ("schedulefree.SGDScheduleFree", dict(lr=1.0)),
+                            "contrib.schedule_free_sgd"),
         # keras_optx.torch: torch's rules with torch's names (ported PyTorch code).
         "torch.SGD(momentum)": (lambda: ox.torch.SGD(0.01, momentum=0.9), lambda: K.SGD(0.01, momentum=0.9), ("SGD", dict(lr=0.01, momentum=0.9)), "momentum"),
         "torch.Adam": (lambda: ox.torch.Adam(), lambda: K.Adam(), ("Adam", dict(lr=0.001)), "adam"),
@@ -286,6 +291,12 @@ class TorchHarness:
         if torch_ref is None:
             return
         name, kwargs = torch_ref
+        if name.startswith("schedulefree."):  # the schedulefree package (test dependency), foreach only
+            import schedulefree
+
+            cls = getattr(schedulefree, name.split(".", 1)[1])
+            yield f"{name} foreach", lambda: self._torch_case(cls, kwargs, "foreach", count, total)
+            return
         cls = getattr(self.torch.optim, name)
         kinds = ["foreach"] + (["fused"] if name in ("SGD", "Adam", "AdamW", "Adagrad") else [])
         for kind in kinds:
@@ -297,6 +308,8 @@ class TorchHarness:
         for p, g in zip(params, _arrays(self.np, count, total, 1)):
             p.grad = torch.from_numpy(g).to(self.device)
         opt = cls(params, **kwargs, **{kind: True})
+        if hasattr(opt, "train"):
+            opt.train()  # schedulefree's optimizers step in train mode only
         return opt.step
 
 

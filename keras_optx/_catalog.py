@@ -34,6 +34,8 @@ FLUX_RULES = {
 EXTRA_RULES = {  # rules beyond Flux v0.12, at their documented defaults (not in compare's default run)
     "lion": "Lion",
     "rprop": "Rprop",
+    "schedulefree-adamw": "ScheduleFreeAdamW",  # compare scores it at its averaged weights x (ScheduleFreeEval)
+    "schedulefree-sgd": "ScheduleFreeSGD",
 }
 TRANSFORMS = {
     "clipnorm": ("ClipNorm", 1.0),
