@@ -57,6 +57,14 @@ def known_names():
     return names
 
 
+def _scored_at_average(model):
+    """A schedule-free rule is scored at its averaged weights x (its eval weights): `ScheduleFreeEval`
+    switches to them at the end of each fit and back to y at the start of the next."""
+    from .schedule_free import ScheduleFreeEval, _ScheduleFree
+
+    return [ScheduleFreeEval()] if isinstance(model.optimizer, _ScheduleFree) else []
+
+
 def _member(part):
     """One `NAME[:X]` → a keras_optx object (rule, transform, torch rule or schedule)."""
     name, _, value = part.partition(":")
@@ -806,7 +814,7 @@ def compare(
     def fit(model, train, seed, stop, describe, start=0, callbacks=()):
         """Epochs `start` … `stop − 1`; returns (losses, history). Array data is fed in the order
         `_order(n, seed, epoch)` (not Keras's shuffle, whose draws depend on the model's past)."""
-        callbacks = [*callbacks, keras.callbacks.TerminateOnNaN()]
+        callbacks = [*callbacks, keras.callbacks.TerminateOnNaN(), *_scored_at_average(model)]
         if not _is_arrays(train):
             if describe is not None:
                 callbacks.append(_Epochs(bar, describe, stop))

@@ -299,3 +299,22 @@ def test_witness_optax_schedule_free_adamw_warms_up_from_zero():
 def test_chain_membership_refused():
     with pytest.raises(ValueError, match="cannot be a member"):
         ox.Optimiser(ox.ScheduleFreeAdamW())
+
+
+def test_compare_runs_schedule_free_by_name_and_scores_it_at_x():
+    """`compare` builds both by name and trains them with `ScheduleFreeEval`, so the score it reports
+    is taken at the averaged weights x (the other rules get no such callback)."""
+    from keras_optx import compare
+
+    x, y = _regression(n=64)
+    model = _model()
+    model.compile(ox.ScheduleFreeSGD(0.05), "mse")
+    assert [type(c) for c in compare._scored_at_average(model)] == [ox.ScheduleFreeEval]
+    model.compile(ox.ADAM(), "mse")
+    assert compare._scored_at_average(model) == []
+    result = compare.compare(_model, (x, y), ["schedulefree-adamw:0.01", "schedulefree-sgd:0.05"], loss="mse",
+                             epochs=2, batch_size=16, seeds=1, test_data=(x, y), progress=False)
+    assert [type(compare._member(r)).__name__ for r in ("schedulefree-adamw", "schedulefree-sgd")] == [
+        "ScheduleFreeAdamW", "ScheduleFreeSGD"]
+    for row in result.rows:
+        assert all(np.isfinite(row.losses)) and not row.diverged
