@@ -121,7 +121,7 @@ class _ScheduleFree(Rule):
     def _switch(self, train):
         if not self.built or self._train_mode_host == train:
             return  # unbuilt: no step was taken, x = y
-        updates = int(keras.ops.convert_to_numpy(self.iterations)) // (self.gradient_accumulation_steps or 1)
+        updates = int(keras.ops.convert_to_numpy(self.iterations))  # updates applied (accumulated steps count once)
         if updates > 0:  # z exists from the first update on, as the package's state['z']
             beta = self._averaging_beta()
             weight = 1.0 - beta if train else 1.0 - 1.0 / beta

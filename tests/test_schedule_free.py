@@ -318,3 +318,21 @@ def test_compare_runs_schedule_free_by_name_and_scores_it_at_x():
         "ScheduleFreeAdamW", "ScheduleFreeSGD"]
     for row in result.rows:
         assert all(np.isfinite(row.losses)) and not row.diverged
+
+
+def test_eval_with_gradient_accumulation_counts_updates():
+    """With `gradient_accumulation_steps=2`, one micro-step applies no update (eval changes nothing);
+    after the second, eval gives the oracle's x for the averaged gradient."""
+    w = keras.Variable([1.0, 2.0])
+    opt = ox.ScheduleFreeSGD(0.1, gradient_accumulation_steps=2)
+    g1, g2 = np.array([1.0, -1.0], "float32"), np.array([3.0, 1.0], "float32")
+    opt.apply([g1], [w])
+    opt.eval()
+    np.testing.assert_array_equal(_np([w])[0], [1.0, 2.0])
+    opt.train()
+    opt.apply([g2], [w])
+    oracle = ref.ScheduleFree(0.1, 0.9)
+    y = np.array([1.0, 2.0]) - oracle([(g1 + g2) / 2.0], [np.array([1.0, 2.0])], 1)[0]
+    assert_close(_np([w])[0], y, "y after one accumulated update")
+    opt.eval()
+    assert_close(_np([w])[0], oracle.eval_weights([y])[0], "x after one accumulated update")
