@@ -6,6 +6,11 @@ to evaluate) and y = (1−β)·z + β·x (where gradients are taken). As in the 
 package, the model's variables hold y while training; x is not stored but recovered from y and z
 (x = y + (1 − 1/β)·(z − y)). `opt.eval()` writes x into the variables and `opt.train()` writes y
 back, with a mode flag (an optimizer variable, saved) that says which they hold.
+
+The slot keeps z as its offset from y, u = z − y (starting at 0: z starts at y, as the package's
+z = clone(y) at a variable's first update). A variable that has not been updated yet (no gradient
+so far) then has no offset, and eval and train leave it as it is, as the package skips parameters
+without a z.
 """
 
 import numbers
@@ -16,7 +21,7 @@ from . import _checks as check
 from ._backends import current as backend
 from ._base import Rule, _plus_decay
 from ._tensors import ops
-from .torch import _WeightDecay
+from .torch import _may_decay, _WeightDecay
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
@@ -52,9 +57,10 @@ class _ScheduleFree(Rule):
     sched = min(t/warmup_steps, 1) (1 without warm-up);  ηₜ = η·sched;  η_max ← max(η_max, ηₜ)
     wₜ = tʳ · η_max^p (p = weight_lr_power);  W ← W + wₜ;  cₜ = wₜ/W
     y ← (1−cₜ)·y + cₜ·z − ηₜ·(1 − β·(1−cₜ))·d;   z ← z − ηₜ·d
+    kept as u = z − y:  Δ = ηₜ·(1 − β(1−cₜ))·d − cₜ·u;  u ← (1−cₜ)·(u − ηₜ·β·d)
     """
 
-    slots = {"z": 0.0}
+    slots = {"z_offset": 0.0}
     low_precision_refusal = "z is a copy of the weights, which would lose their precision"
     weight_decay = _WeightDecay("weight_decay")  # the rule's own, in the attribute Keras keeps its decay in
 
@@ -70,7 +76,16 @@ class _ScheduleFree(Rule):
         # The package's lr_max starts at −1 (any rate ≥ 0 replaces it); train_mode 1: model.fit trains from the start.
         self._lr_max, self._weight_sum, self._train_mode = scalar("lr_max", -1.0), scalar("weight_sum", 0.0), scalar("train_mode", 1.0)
         self._train_mode_host = True
+        # A decay of 0 at build makes steps without a decay term (as keras_optx.torch's classes).
+        self.__dict__["_decay_term"] = _may_decay(self._static("weight_decay"))
         return made + [self._lr_max, self._weight_sum, self._train_mode]
+
+    def _hyper_check(self, name, value):
+        if name == "weight_decay" and self.__dict__.get("_decay_term") is False and _may_decay(value):
+            raise ValueError(
+                f"`weight_decay` was 0 when the optimizer was built, so its steps have no decay term; it cannot "
+                f"become {value!r} now. Construct it with the weight_decay (or a schedule) to adjust during training."
+            )
 
     def _apply_weight_decay(self, variables):
         """Keras's own decoupled decay: never (`weight_decay` is the rule's, applied at y in the step)."""
@@ -121,13 +136,12 @@ class _ScheduleFree(Rule):
     def _switch(self, train):
         if not self.built or self._train_mode_host == train:
             return  # unbuilt: no step was taken, x = y
-        updates = int(keras.ops.convert_to_numpy(self.iterations))  # updates applied (accumulated steps count once)
-        if updates > 0:  # z exists from the first update on, as the package's state['z']
-            beta = self._averaging_beta()
-            weight = 1.0 - beta if train else 1.0 - 1.0 / beta
-            for variable, z in zip(self._trainable_variables, self._slot_variables["z"]):
-                value = keras.ops.cast(variable.value, z.dtype)
-                variable.assign(keras.ops.cast(value + weight * (z.value - value), variable.dtype))
+        # x = y + (1 − 1/β)·u and y = x − (1 − 1/β)·u, u = z − y (0 for a variable not updated yet)
+        weight = 1.0 - 1.0 / self._averaging_beta()
+        weight = -weight if train else weight
+        for variable, offset in zip(self._trainable_variables, self._slot_variables["z_offset"]):
+            value = keras.ops.cast(variable.value, offset.dtype)
+            variable.assign(keras.ops.cast(value + weight * offset.value, variable.dtype))
         self._train_mode.assign(1.0 if train else 0.0)
         self._train_mode_host = train
 
@@ -141,14 +155,13 @@ class _ScheduleFree(Rule):
         weight = t**self.r * lr_max**self.weight_lr_power
         weight_sum = old_sum + weight
         c = _ratio(weight, weight_sum)
-        # The package creates z as a copy of y at the first update.
-        z = ops.where(t == 1, x, state["z"])
         d, slots = self._direction(g, x, state, t)
         beta = self._averaging_beta()
-        # Δ = y − y_new, with y_new = (1−c)·y + c·z − ηₜ·(1 − β(1−c))·d
-        delta = c * (x - z) + (lr_t * (1 - beta * (1 - c))) * d
+        u = state["z_offset"]  # z − y
+        # Δ = y − y_new with y_new = (1−c)·y + c·z − ηₜ·(1 − β(1−c))·d;  z_new − y_new = (1−c)·(u − ηₜ·β·d)
+        delta = (lr_t * (1 - beta * (1 - c))) * d - c * u
         self.__dict__["_scalar_writes"] = [(self._lr_max, lr_max), (self._weight_sum, weight_sum)]
-        return delta, {"z": z - lr_t * d, **slots}
+        return delta, {"z_offset": (1 - c) * (u - (lr_t * beta) * d), **slots}
 
     def _update_step(self, grads, variables):
         super()._update_step(grads, variables)
@@ -156,7 +169,7 @@ class _ScheduleFree(Rule):
 
     def _decayed(self, d, y):
         """d + λ·y (the package's weight decay, at y), for the variables that decay."""
-        if isinstance(self._static("weight_decay"), float) and self._static("weight_decay") == 0.0:
+        if not self.__dict__.get("_decay_term", True):
             return d
         return _plus_decay(d, y, self.weight_decay, self._decay_mask())
 
@@ -175,7 +188,9 @@ class ScheduleFreeAdamW(_ScheduleFree):
     `opt.train()` puts y back; a step in eval mode is refused. `keras_optx.ScheduleFreeEval()`
     in `model.fit(callbacks=…)` does the switching: validation, a later `model.evaluate` and
     `model.save` see x. The mode is an optimizer variable (saved): a model saved in eval mode
-    loads in eval mode, and after `train()` resumes the uninterrupted run exactly.
+    loads in eval mode, and after `train()` resumes the uninterrupted run exactly. State: the
+    slots `z_offset` (u = z − y, so z starts at y for each variable at its first update, as the
+    package's copy) and `v`; the scalars η_max, W and the mode.
 
     Args:
         learning_rate: η ≥ 0, default 0.0025 (a number, schedule or callable; the warm-up multiplies it).
@@ -218,7 +233,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
         "r": check.nonnegative,
         "weight_lr_power": check.nonnegative,
     }
-    slots = {"z": 0.0, "v": 0.0}
+    slots = {"z_offset": 0.0, "v": 0.0}
 
     def __init__(self, learning_rate=0.0025, beta=(0.9, 0.999), epsilon=1e-8, weight_decay=0.0, warmup_steps=0,
                  r=0.0, weight_lr_power=2.0, **kwargs):

@@ -336,3 +336,40 @@ def test_eval_with_gradient_accumulation_counts_updates():
     assert_close(_np([w])[0], y, "y after one accumulated update")
     opt.eval()
     assert_close(_np([w])[0], oracle.eval_weights([y])[0], "x after one accumulated update")
+
+
+def test_a_variable_without_gradients_at_first_starts_its_z_then_and_eval_leaves_it():
+    """schedulefree skips a parameter without a gradient and makes its z at its first update; eval
+    and train leave a parameter without z alone. The same here (Keras skips None gradients)."""
+    values = initial_values()[:2]
+    variables = [keras.Variable(v) for v in values]
+    params = [torch.tensor(v, requires_grad=True) for v in values]
+    opt, package = ox.ScheduleFreeAdamW(0.01, warmup_steps=2), schedulefree.AdamWScheduleFree(params, lr=0.01, warmup_steps=2)
+    package.train()
+    for n, grads in zip(range(6), gradient_stream()):
+        grads = grads[:2] if n >= 3 else [grads[0], None]
+        opt.apply([None if g is None else keras.ops.convert_to_tensor(g) for g in grads], variables)
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else torch.tensor(g)
+        package.step()
+        if n == 1:  # the second variable has had no update yet: eval and train leave it
+            opt.eval(), package.eval()
+            np.testing.assert_array_equal(_np(variables)[1], values[1])
+            opt.train(), package.train()
+        for i, (v, p) in enumerate(zip(_np(variables), params)):
+            assert_close(v, p.detach().numpy(), f"variable {i} at step {n + 1}")
+    opt.eval(), package.eval()
+    for i, (v, p) in enumerate(zip(_np(variables), params)):
+        assert_close(v, p.detach().numpy(), f"eval weights {i}")
+
+
+def test_weight_decay_zero_at_build_cannot_become_nonzero():
+    w = keras.Variable([1.0])
+    opt = ox.ScheduleFreeSGD(0.1)
+    opt.apply([np.array([1.0], "float32")], [w])
+    with pytest.raises(ValueError, match="weight_decay.*was 0 when the optimizer was built"):
+        opt.weight_decay = 0.1
+    decaying = ox.ScheduleFreeSGD(0.1, weight_decay=0.1)
+    decaying.apply([np.array([1.0], "float32")], [keras.Variable([1.0])])
+    decaying.weight_decay = 0.0  # a term that exists may be set to 0 and back
+    decaying.weight_decay = 0.2
