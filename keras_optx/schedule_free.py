@@ -61,7 +61,7 @@ class _ScheduleFree(Rule):
     """
 
     slots = {"z_offset": 0.0}
-    low_precision_refusal = "z is a copy of the weights, which would lose their precision"
+    low_precision_refusal = "x and y are recovered from z − y, which must keep the weights' precision"
     weight_decay = _WeightDecay("weight_decay")  # the rule's own, in the attribute Keras keeps its decay in
 
     # Keras glue ---------------------------------------------------------------

@@ -411,4 +411,7 @@ BAD = [
     (lambda: ox.ScheduleFreeSGD(momentum=1.0), ValueError, "momentum"),
     (lambda: ox.ScheduleFreeSGD(weight_decay=-1e-4), ValueError, "weight_decay"),
     (lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.ScheduleFreeSGD()), ValueError, "cannot be a member"),
+    (lambda: ox.ScheduleFreeAdamW(state_dtype="bfloat16"), ValueError, "ScheduleFreeAdamW does not take state_dtype"),
+    (lambda: ox.ScheduleFreeAdamW(beta=(keras.optimizers.schedules.ExponentialDecay(0.9, 10, 0.5), 0.999)), TypeError,
+     "beta"),
 ]
