@@ -15,7 +15,7 @@ from .descent import Descent, Momentum, Nesterov
 from .guard import SkipNonFinite
 from .lookahead import Lookahead
 from .partition import Frozen, Partition
-from .schedule_free import ScheduleFreeAdamW, ScheduleFreeEval, ScheduleFreeSGD
+from .schedule_free import ScheduleFree, ScheduleFreeAdamW, ScheduleFreeEval, ScheduleFreeSGD
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
@@ -54,6 +54,7 @@ __all__ = [
     "RMSProp",
     "Rprop",
     "Rule",
+    "ScheduleFree",
     "ScheduleFreeAdamW",
     "ScheduleFreeEval",
     "ScheduleFreeSGD",

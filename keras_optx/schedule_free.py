@@ -19,7 +19,7 @@ import keras
 
 from . import _checks as check
 from ._backends import current as backend
-from ._base import Rule, _plus_decay
+from ._base import Rule, _lead_rate, _plus_decay, _track_once
 from ._tensors import ops
 from .torch import _may_decay, _WeightDecay
 
@@ -76,8 +76,8 @@ class _ScheduleFree(Rule):
         # The package's lr_max starts at −1 (any rate ≥ 0 replaces it); train_mode 1: model.fit trains from the start.
         self._lr_max, self._weight_sum, self._train_mode = scalar("lr_max", -1.0), scalar("weight_sum", 0.0), scalar("train_mode", 1.0)
         self._train_mode_host = True
-        # A decay of 0 at build makes steps without a decay term (as keras_optx.torch's classes).
-        self.__dict__["_decay_term"] = _may_decay(self._static("weight_decay"))
+        if "weight_decay" in self.hyperparameters:  # a decay of 0 at build: steps without a decay term (as keras_optx.torch)
+            self.__dict__["_decay_term"] = _may_decay(self._static("weight_decay"))
         return made + [self._lr_max, self._weight_sum, self._train_mode]
 
     def _hyper_check(self, name, value):
@@ -147,21 +147,26 @@ class _ScheduleFree(Rule):
 
     # The step -------------------------------------------------------------------------
     def _transform(self, g, x, state, t, step):
-        lr = self._rate(step)
+        lr = self._base_rate(step)
         warmup = self.warmup_steps
-        lr_t = lr * ops.minimum(t / warmup, 1.0) if warmup else lr
+        sched = ops.minimum(t / warmup, 1.0) if warmup else 1.0
+        lr_t = lr * sched
         old_max, old_sum = (backend.scalar(v) for v in backend.values([self._lr_max, self._weight_sum]))
         lr_max = ops.maximum(lr_t, old_max)
         weight = t**self.r * lr_max**self.weight_lr_power
         weight_sum = old_sum + weight
         c = _ratio(weight, weight_sum)
-        d, slots = self._direction(g, x, state, t)
+        d, scale, slots = self._direction(g, x, state, t, step, lr_t, sched)  # the z step ηₜ·d = scale·d
         beta = self._averaging_beta()
         u = state["z_offset"]  # z − y
         # Δ = y − y_new with y_new = (1−c)·y + c·z − ηₜ·(1 − β(1−c))·d;  z_new − y_new = (1−c)·(u − ηₜ·β·d)
-        delta = (lr_t * (1 - beta * (1 - c))) * d - c * u
+        delta = (scale * (1 - beta * (1 - c))) * d - c * u
         self.__dict__["_scalar_writes"] = [(self._lr_max, lr_max), (self._weight_sum, weight_sum)]
-        return delta, {"z_offset": (1 - c) * (u - (lr_t * beta) * d), **slots}
+        return delta, {"z_offset": (1 - c) * (u - (scale * beta) * d), **slots}
+
+    def _base_rate(self, step):
+        """η, the rate the warm-up multiplies and the average weights by."""
+        return self._rate(step)
 
     def _update_step(self, grads, variables):
         super()._update_step(grads, variables)
@@ -243,11 +248,11 @@ class ScheduleFreeAdamW(_ScheduleFree):
     def _averaging_beta(self):
         return self.beta[0]
 
-    def _direction(self, g, y, s, t):
+    def _direction(self, g, y, s, t, step, lr_t, sched):
         b2 = self.beta[1]
         v = b2 * s["v"] + (1 - b2) * g * g
         d = g / (ops.sqrt(v / ops.one_minus_pow(b2, t)) + self.epsilon)
-        return self._decayed(d, y), {"v": v}
+        return self._decayed(d, y), lr_t, {"v": v}
 
 
 @_register
@@ -302,8 +307,114 @@ class ScheduleFreeSGD(_ScheduleFree):
     def _averaging_beta(self):
         return self.momentum
 
-    def _direction(self, g, y, s, t):
-        return self._decayed(g, y), {}
+    def _direction(self, g, y, s, t, step, lr_t, sched):
+        return self._decayed(g, y), lr_t, {}
+
+
+@_register
+class ScheduleFree(_ScheduleFree):
+    """Schedule-free around any keras_optx rule or chain (`optax.contrib.schedule_free(base, …)`).
+
+    The base's update Δ_b (with its own rate η and state) is the z step, scaled by the warm-up:
+    sched = min(t/warmup_steps, 1);  ηₜ = η·sched;  η_max ← max(η_max, ηₜ)
+    wₜ = tʳ · η_max^p;  W ← W + wₜ;  cₜ = wₜ/W
+    z ← z − sched·Δ_b;   y ← (1−cₜ)·y + cₜ·z_old − (1 − β(1−cₜ))·sched·Δ_b
+    The base is evaluated at y; give it no momentum (the interpolation replaces it).
+
+    The named cases, step for step:
+    `ScheduleFreeSGD(η, μ, weight_decay=λ)` = `ScheduleFree(Optimiser(WeightDecay(λ), Descent(η)), μ)`;
+    `ScheduleFreeAdamW(η, (β₁, β₂), ϵ, λ)` = `ScheduleFree(Optimiser(ADAM(1.0, (0.0, β₂), ϵ),
+    WeightDecay(λ), Descent(η)), β₁)` (Adam without momentum is the normalised gradient).
+    Train and eval weights, the mode and saving as `ScheduleFreeAdamW`.
+
+    Args:
+        base: a keras_optx rule or chain with a learning rate (η: `learning_rate` reads and
+            sets the base's, so Keras callbacks steer it).
+        beta: β ∈ (0, 1), default 0.9: the interpolation y = (1−β)·z + β·x (a number).
+        warmup_steps: an integer ≥ 0, default 0.
+        r: ≥ 0, default 0: polynomial weighting tʳ of the average.
+        weight_lr_power: p ≥ 0, default 2.
+        **kwargs: any `keras.optimizers.Optimizer` keyword except `weight_decay` (decay goes in
+            the base: `Optimiser(WeightDecay(λ), …)` decays at y, as the package).
+
+    Example:
+        >>> x = keras.Variable([1.0, 2.0])
+        >>> opt = keras_optx.ScheduleFree(keras_optx.Descent(0.1), beta=0.9)  # = ScheduleFreeSGD(0.1, 0.9)
+        >>> for _ in range(3): opt.apply([np.array([1.0, -1.0], "float32")], [x])
+        >>> print(np.round(keras.ops.convert_to_numpy(x), 4))
+        [0.79 2.21]
+
+    optax's `schedule_free` takes the rate schedule apart from the base and warms up from 0 (see
+    `ScheduleFreeAdamW`). Defazio et al. 2024, "The Road Less Scheduled", arXiv:2405.15682.
+    """
+
+    hyperparameters = {
+        "beta": _averaging_beta,
+        "warmup_steps": check.nonnegative_int,
+        "r": check.nonnegative,
+        "weight_lr_power": check.nonnegative,
+    }
+    has_learning_rate = False
+    weight_decay = None  # Keras's keyword, refused below (the named classes' own λ does not apply here)
+
+    def __init__(self, base, beta=0.9, warmup_steps=0, r=0.0, weight_lr_power=2.0, **kwargs):
+        if isinstance(base, dict):  # from_config
+            base = keras.optimizers.deserialize(base)
+        if not isinstance(base, Rule) or isinstance(base, _ScheduleFree):
+            raise TypeError(f"`base` must be a keras_optx rule or chain (not schedule-free itself); received {base!r}.")
+        if not base._steers_rate():
+            raise ValueError(f"`base` must have a learning rate (η, which the warm-up and the average use); {base!r} has none.")
+        if kwargs.get("weight_decay") is not None:
+            raise ValueError(
+                "ScheduleFree takes no Keras `weight_decay=`: put the decay in the base, "
+                "ScheduleFree(Optimiser(WeightDecay(λ), rule)), which decays at y as schedulefree does."
+            )
+        super().__init__(1.0, beta=beta, warmup_steps=warmup_steps, r=r, weight_lr_power=weight_lr_power, **kwargs)
+        self.base = base
+        base._claim(self)
+        _lead_rate(self, [base], drop_own=True)
+        for v in base._rate_variables():
+            _track_once(self, v)
+
+    def _parts(self):
+        base = self.__dict__.get("base")
+        return None if base is None else (base,)
+
+    @property
+    def slots(self):
+        return {"z_offset": 0.0, **{f"0_{k}": v for k, v in self.base.slots.items()}}
+
+    def _slot_owners(self, variables):
+        own = {"z_offset": (0.0, [True] * len(variables))}
+        return {**own, **{f"0_{k}": spec for k, spec in self.base._slot_owners(variables).items()}}
+
+    def _build_state(self, variables):
+        return super()._build_state(variables) + self.base._build_state(variables)
+
+    def _steers_rate(self):
+        return True
+
+    def _rate_variables(self):
+        return self.base._rate_variables()
+
+    def _averaging_beta(self):
+        return self.beta
+
+    def _base_rate(self, step):
+        return self.base._rate(step)
+
+    def _direction(self, g, y, s, t, step, lr_t, sched):
+        base_state = {k[2:]: v for k, v in s.items() if k.startswith("0_")}
+        d, new = self.base._transform(g, y, base_state, t, step)
+        return d, sched, {f"0_{k}": v for k, v in new.items()}
+
+    def get_config(self):
+        config = super().get_config()
+        config["base"] = keras.optimizers.serialize(self.base)
+        return config
+
+    def __repr__(self):
+        return f"ScheduleFree({self.base!r}, beta={self.beta!r})"
 
 
 class ScheduleFreeEval(keras.callbacks.Callback):

@@ -124,6 +124,16 @@ RULES = [
          reliability=_rate(lambda lr, **kw: ox.ScheduleFreeSGD(lr, weight_decay=1e-3, **kw), 0.05)),
     Case("ScheduleFreeSGD(0.003,0.8,wd=0.05,warmup=4)", lambda: ox.ScheduleFreeSGD(0.003, 0.8, weight_decay=0.05, warmup_steps=4),
          lambda: ref.ScheduleFree(0.003, 0.8, wd=0.05, warmup=4), fit=False),
+    # The wrapper, as its named cases: Adam without momentum (the normalised gradient), decay at y, then η.
+    Case("ScheduleFree(ADAM(1,(0,0.99))>WeightDecay>Descent,0.85,warmup=3)",
+         lambda: ox.ScheduleFree(ox.Optimiser(ox.ADAM(1.0, (0.0, 0.99), 1e-6), ox.WeightDecay(0.1), ox.Descent(0.01)),
+                                 0.85, warmup_steps=3),
+         lambda: ref.ScheduleFree(0.01, 0.85, 0.99, 1e-6, wd=0.1, warmup=3),
+         reliability=_rate(lambda lr, **kw: ox.ScheduleFree(ox.Optimiser(ox.ADAM(1.0, (0.0, 0.999)), ox.Descent(lr)),
+                                                            warmup_steps=2, **kw), 0.01)),
+    Case("ScheduleFree(WeightDecay>Descent,0.8,r=1)",
+         lambda: ox.ScheduleFree(ox.Optimiser(ox.WeightDecay(0.05), ox.Descent(0.003)), 0.8, r=1.0),
+         lambda: ref.ScheduleFree(0.003, 0.8, wd=0.05, r=1.0), fit=False),
 ]
 
 SCHEDULES = [
@@ -412,6 +422,11 @@ BAD = [
     (lambda: ox.ScheduleFreeSGD(weight_decay=-1e-4), ValueError, "weight_decay"),
     (lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.ScheduleFreeSGD()), ValueError, "cannot be a member"),
     (lambda: ox.ScheduleFreeAdamW(state_dtype="bfloat16"), ValueError, "ScheduleFreeAdamW does not take state_dtype"),
+    (lambda: ox.ScheduleFree(keras.optimizers.SGD()), TypeError, "base"),
+    (lambda: ox.ScheduleFree(ox.ScheduleFreeSGD()), TypeError, "base"),
+    (lambda: ox.ScheduleFree(ox.ClipNorm(1.0)), ValueError, "base.*learning rate"),
+    (lambda: ox.ScheduleFree(ox.Descent(), beta=1.0), ValueError, "beta"),
+    (lambda: ox.ScheduleFree(ox.Descent(), weight_decay=0.1), ValueError, "weight_decay.*WeightDecay"),
     (lambda: ox.ScheduleFreeAdamW(beta=(keras.optimizers.schedules.ExponentialDecay(0.9, 10, 0.5), 0.999)), TypeError,
      "beta"),
 ]

@@ -41,6 +41,17 @@ PAIRS = {
         lambda ps: schedulefree.SGDScheduleFree(ps, lr=0.003, weight_decay=0.05),
         lambda: ref.ScheduleFree(0.003, 0.9, wd=0.05),
     ),
+    "ScheduleFree(ADAM>WD>Descent)=AdamW": (
+        lambda: ox.ScheduleFree(ox.Optimiser(ox.ADAM(1.0, (0.0, 0.99)), ox.WeightDecay(0.1), ox.Descent(0.01)),
+                                warmup_steps=5),
+        lambda ps: schedulefree.AdamWScheduleFree(ps, lr=0.01, betas=(0.9, 0.99), weight_decay=0.1, warmup_steps=5),
+        lambda: ref.ScheduleFree(0.01, 0.9, 0.99, wd=0.1, warmup=5),
+    ),
+    "ScheduleFree(WD>Descent)=SGD": (
+        lambda: ox.ScheduleFree(ox.Optimiser(ox.WeightDecay(0.05), ox.Descent(0.003)), 0.8, warmup_steps=4),
+        lambda ps: schedulefree.SGDScheduleFree(ps, lr=0.003, momentum=0.8, weight_decay=0.05, warmup_steps=4),
+        lambda: ref.ScheduleFree(0.003, 0.8, wd=0.05, warmup=4),
+    ),
 }
 
 
