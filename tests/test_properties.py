@@ -90,6 +90,11 @@ RULE_SPACE["ScheduleFreeSGD"] = (
     lambda p: ox.ScheduleFreeSGD(p["lr"], p["b1"], p["wd"], p["warmup"]),
     lambda p: ref.ScheduleFree(p["lr"], p["b1"], wd=p["wd"], warmup=p["warmup"]), False,
 )
+RULE_SPACE["ScheduleFree"] = (  # the wrapper around a decayed Descent: ScheduleFreeSGD's named case
+    {"lr": rate, "b1": sf_beta, "wd": wd, "warmup": st.integers(0, 4)},
+    lambda p: ox.ScheduleFree(ox.Optimiser(ox.WeightDecay(p["wd"]), ox.Descent(p["lr"])), p["b1"], p["warmup"]),
+    lambda p: ref.ScheduleFree(p["lr"], p["b1"], wd=p["wd"], warmup=p["warmup"]), False,
+)
 
 TRANSFORMS = {  # each followed by Descent(η) so that it moves the variables
     "WeightDecay": ({"wd": wd}, lambda p: ox.WeightDecay(p["wd"]), lambda p: ref.WeightDecay(p["wd"]), False),
