@@ -105,6 +105,8 @@ def optax_reference(name):
         "contrib.ademamix": lambda: optax.contrib.ademamix(0.001),
         "contrib.prodigy": lambda: optax.contrib.prodigy(1.0),  # a slightly different estimate, the same reductions
         "contrib.muon": lambda: optax.contrib.muon(0.02),
+        "contrib.schedule_free_adamw": lambda: optax.contrib.schedule_free_adamw(0.0025),
+        "contrib.schedule_free_sgd": lambda: optax.contrib.schedule_free_sgd(1.0),
     }[name]()
 
 

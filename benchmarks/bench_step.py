@@ -120,6 +120,11 @@ def run(args):
         "Muon": (lambda: ox.Muon(0.02), lambda: K.Muon(0.02, weight_decay=0.0), ("Muon", dict(lr=0.02, weight_decay=0.0)),
                  "contrib.muon"),
         "SOAP": (lambda: ox.SOAP(), None, ("pytorch_optimizer.SOAP", dict(lr=3e-3, weight_decay=0.0)), None),
+        # Schedule-free: the reference is the schedulefree package's torch optimizer (foreach), in train mode.
+        "ScheduleFreeAdamW": (lambda: ox.ScheduleFreeAdamW(), None, ("schedulefree.AdamWScheduleFree", dict(lr=0.0025)),
+                              "contrib.schedule_free_adamw"),
+        "ScheduleFreeSGD": (lambda: ox.ScheduleFreeSGD(), None, ("schedulefree.SGDScheduleFree", dict(lr=1.0)),
+                            "contrib.schedule_free_sgd"),
         # keras_optx.torch: torch's rules with torch's names (ported PyTorch code).
         "torch.SGD(momentum)": (lambda: ox.torch.SGD(0.01, momentum=0.9), lambda: K.SGD(0.01, momentum=0.9), ("SGD", dict(lr=0.01, momentum=0.9)), "momentum"),
         "torch.Adam": (lambda: ox.torch.Adam(), lambda: K.Adam(), ("Adam", dict(lr=0.001)), "adam"),
@@ -314,7 +319,10 @@ class TorchHarness:
         name, kwargs = torch_ref
         module, _, class_name = name.rpartition(".")  # torch.optim's, or a package's ("pytorch_optimizer.SOAP")
         cls = getattr(importlib.import_module(module) if module else self.torch.optim, class_name)
-        kinds = [None] if name in NO_FOREACH else ["foreach"] + (["fused"] if name in ("SGD", "Adam", "AdamW", "Adagrad") else [])
+        if module == "schedulefree":  # the schedulefree package (test dependency), foreach only
+            kinds = ["foreach"]
+        else:
+            kinds = [None] if name in NO_FOREACH else ["foreach"] + (["fused"] if name in ("SGD", "Adam", "AdamW", "Adagrad") else [])
         for kind in kinds:
             yield f"{'torch.optim.' if '.' not in name else ''}{name} {kind or 'for-loop'}", lambda kind=kind: self._torch_case(cls, kwargs, kind, count, total)
 
@@ -324,6 +332,8 @@ class TorchHarness:
         for p, g in zip(params, _arrays(self.np, count, total, 1)):
             p.grad = torch.from_numpy(g).to(self.device)
         opt = cls(params, **kwargs, **({kind: True} if kind else {}))
+        if hasattr(opt, "train"):
+            opt.train()  # schedulefree's optimizers step in train mode only
         return opt.step
 
 

@@ -19,6 +19,7 @@ from .partition import Frozen, Partition
 from .predicates import matrices
 from .prodigy import Prodigy
 from .recent import ADOPT, AdEMAMix, AdEMAMixAlphaWarmup, AdEMAMixBeta3Warmup, Cautious
+from .schedule_free import ScheduleFree, ScheduleFreeAdamW, ScheduleFreeEval, ScheduleFreeSGD
 from .schedules import ExpDecay, InvDecay
 from .sign import Lion, Rprop
 from .soap import SOAP
@@ -67,6 +68,10 @@ __all__ = [
     "Rprop",
     "Rule",
     "SOAP",
+    "ScheduleFree",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeEval",
+    "ScheduleFreeSGD",
     "SkipNonFinite",
     "Slot",
     "Transform",

@@ -40,6 +40,8 @@ EXTRA_RULES = {  # rules beyond Flux v0.12, at their documented defaults (not in
     "prodigy": "Prodigy",
     "muon": "Muon",
     "soap": "SOAP",
+    "schedulefree-adamw": "ScheduleFreeAdamW",  # compare scores it at its averaged weights x (ScheduleFreeEval)
+    "schedulefree-sgd": "ScheduleFreeSGD",
 }
 # Rules that update matrices only (rank ≥ 2), by class name: `compare` routes a model's other
 # variables (biases, norms' scales) to ADAMW() with a Partition on "kernel"; the gallery runs its

@@ -589,3 +589,42 @@ class SOAP(Reference):
                     s["v"] = np.take(s["v"], order, axis=a)
                     s["Q"][a] = np.linalg.qr(product[:, order])[0]
         return rate * d
+
+
+class ScheduleFree:
+    """Defazio et al. 2024 (arXiv:2405.15682), as schedulefree's AdamWScheduleFree (`beta2` given) and
+    SGDScheduleFree (`beta2=None`) step: the model's values are y, z starts at y, and for the step
+    n = 1, 2, …:  ηₙ = η·min(n/warmup, 1);  η_max = max(η_max, ηₙ);  wₙ = nʳ·η_max^p;  W += wₙ;
+    c = wₙ/W (0 if W = 0);  d = g/(√(v/(1−β₂ⁿ)) + ϵ) (AdamW; v = β₂v + (1−β₂)g²) or g (SGD), plus λ·y;
+    y_new = (1−c)·y + c·z − ηₙ·(1 − β(1−c))·d;  z −= ηₙ·d.  Returns Δ = y − y_new.
+    `eval_weights(ys)`: x = y + (1 − 1/β)(z − y)."""
+
+    def __init__(self, eta, beta, beta2=None, eps=EPS, wd=0.0, warmup=0, r=0.0, power=2.0):
+        self.eta, self.beta, self.beta2, self.eps, self.wd = eta, beta, beta2, eps, wd
+        self.warmup, self.r, self.power = warmup, r, power
+        self.z, self.v = {}, {}
+        self.lr_max, self.weight_sum = -1.0, 0.0
+
+    def __call__(self, gs, xs, n):
+        lr = _rate(self.eta, n) * (min(n / self.warmup, 1.0) if self.warmup else 1.0)
+        self.lr_max = max(self.lr_max, lr)
+        weight = n**self.r * self.lr_max**self.power
+        self.weight_sum += weight
+        c = weight / self.weight_sum if self.weight_sum else 0.0
+        out = []
+        for i, (g, y) in enumerate(zip(gs, xs)):
+            g, y = np.asarray(g, DTYPE), np.asarray(y, DTYPE)
+            z = self.z.setdefault(i, y.copy())
+            d = g
+            if self.beta2 is not None:
+                self.v[i] = self.beta2 * self.v.get(i, 0.0) + (1 - self.beta2) * g * g
+                d = g / (np.sqrt(self.v[i] / (1 - self.beta2**n)) + self.eps)
+            d = d + self.wd * y
+            y_new = (1 - c) * y + c * z - lr * (1 - self.beta * (1 - c)) * d
+            self.z[i] = z - lr * d
+            out.append(y - y_new)
+        return out
+
+    def eval_weights(self, ys):
+        return [np.asarray(y, DTYPE) + (1 - 1 / self.beta) * (self.z[i] - np.asarray(y, DTYPE)) if i in self.z
+                else np.asarray(y, DTYPE) for i, y in enumerate(ys)]

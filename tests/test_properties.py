@@ -77,6 +77,24 @@ RULE_SPACE["Rprop"] = (
      "gamma": st.tuples(st.floats(1e-6, 1e-3), st.floats(1e-2, 10.0))},
     lambda p: ox.Rprop(p["lr"], p["ell"], p["gamma"]), lambda p: ref.Rprop(p["lr"], p["ell"], p["gamma"]), False,
 )
+# Schedule-free: β₁ (momentum) in (0, 1), as eval divides by it; a warm-up of 0 to 4 steps.
+sf_beta = st.floats(0.05, 0.99)
+RULE_SPACE["ScheduleFreeAdamW"] = (
+    {"lr": rate, "b1": sf_beta, "b2": st.one_of(st.just(0.0), st.floats(1e-6, 0.999)), "eps": eps, "wd": wd,
+     "warmup": st.integers(0, 4)},
+    lambda p: ox.ScheduleFreeAdamW(p["lr"], (p["b1"], p["b2"]), p["eps"], p["wd"], p["warmup"]),
+    lambda p: ref.ScheduleFree(p["lr"], p["b1"], p["b2"], p["eps"], p["wd"], p["warmup"]), True,
+)
+RULE_SPACE["ScheduleFreeSGD"] = (
+    {"lr": rate, "b1": sf_beta, "wd": wd, "warmup": st.integers(0, 4)},
+    lambda p: ox.ScheduleFreeSGD(p["lr"], p["b1"], p["wd"], p["warmup"]),
+    lambda p: ref.ScheduleFree(p["lr"], p["b1"], wd=p["wd"], warmup=p["warmup"]), False,
+)
+RULE_SPACE["ScheduleFree"] = (  # the wrapper around a decayed Descent: ScheduleFreeSGD's named case
+    {"lr": rate, "b1": sf_beta, "wd": wd, "warmup": st.integers(0, 4)},
+    lambda p: ox.ScheduleFree(ox.Optimiser(ox.WeightDecay(p["wd"]), ox.Descent(p["lr"])), p["b1"], p["warmup"]),
+    lambda p: ref.ScheduleFree(p["lr"], p["b1"], wd=p["wd"], warmup=p["warmup"]), False,
+)
 
 # The 2024 rules (keras_optx/recent.py, prodigy.py).
 RULE_SPACE["ADOPT"] = ({"lr": rate, "beta": beta, "eps": eps}, lambda p: ox.ADOPT(p["lr"], p["beta"], p["eps"]),

@@ -14,6 +14,14 @@ from .search import TUNE_FACTORS, search, search_epochs
 _HIGHER_IS_BETTER = ("acc", "auc", "precision", "recall", "f1", "iou", "r2")
 
 
+
+def _scored_at_average(model):
+    """A schedule-free rule is scored at its averaged weights x (its eval weights): `ScheduleFreeEval`
+    switches to them at the end of each fit and back to y at the start of the next."""
+    from ..schedule_free import ScheduleFreeEval, _ScheduleFree
+
+    return [ScheduleFreeEval()] if isinstance(model.optimizer, _ScheduleFree) else []
+
 def compare(
     build_model,
     data,
@@ -270,7 +278,7 @@ class _Run:
         first symbolic pass, which draws from it on torch): a dataset's own shuffling and the
         draws of layers without a seed of their own (torch's unseeded dropout uses torch's global
         generator) are then the same for every rule and every rate the search tries."""
-        callbacks = [*callbacks, _SeedAtTrainBegin(seed), keras.callbacks.TerminateOnNaN()]
+        callbacks = [*callbacks, _SeedAtTrainBegin(seed), keras.callbacks.TerminateOnNaN(), *_scored_at_average(model)]
         _seed_every_library(seed)
         if not _is_arrays(train):
             if describe is not None:
