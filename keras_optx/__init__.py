@@ -4,7 +4,8 @@ Runs on the JAX, PyTorch and TensorFlow backends. See the README for the rule ta
 """
 
 from . import _checks as checks
-from ._base import Rule, Slot, Transform
+from ._base import Rule, Slot
+from ._transform import Transform
 from ._grad import gradient, value_and_gradient
 from ._hyper import adjust
 from .adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad

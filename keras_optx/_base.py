@@ -2,14 +2,15 @@
 
 A subclass states its hyperparameters (with their checks), its slots (with their
 initial values) and `delta`, the update as a formula. Everything Keras-shaped lives
-here, once: validation, slot variables, the update step, config and serialization.
+here and beside it, once: validation, slot variables and the update step here; config,
+loading and format migration in `_saving`; the gradients' checks in `_gradients`;
+`Transform` (no rate, wraps a Keras optimizer) in `_transform`.
 What differs per backend (replica sums and cross-replica writes on TensorFlow, kernels
 and packed buffers on torch) is in `keras_optx._backends`, behind one small interface.
 """
 
 import contextlib
 import contextvars
-import copy
 import weakref
 
 import keras
@@ -18,26 +19,16 @@ from . import _checks as check
 from . import _rounding, _scale
 from ._backends import current as backend
 from ._frozen import FreezingMixin
-from ._hyper import HyperMixin, _assign_checked, _checked_rate, _hyper_owners, _in_step, attach, deserialize_value, serialize_value
+from ._gradients import _checked_gradients
+from ._hyper import HyperMixin, _checked_rate, _hyper_owners, _in_step, attach
 from ._identity import _same, _set_cache
+from ._saving import FORMAT_VERSION, SavingMixin, _versioned  # noqa: F401  (re-exported: the modules below read them here)
 from ._tensors import Many, ops
 from ._variables import _track_once, _variable_path
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 _LOW_PRECISION = ("float16", "bfloat16")
 EPSILON = 1e-8
-# The layout of a keras_optx optimizer's saved config and variables, written to every config as
-# "format_version". Raise it when a change adds, removes or reorders an optimizer's variables or
-# renames a config key, and teach `Rule._migrate_config`/`_migrate_variables` to read the old one:
-# tests/fixtures/checkpoints (files saved by earlier versions) must keep loading.
-FORMAT_VERSION = 4
-# Format 2 added one variable per rule with numeric hyperparameters (its "hyperparameters" vector,
-# made at build); `Rule._migrate_variables` fills it from the config for files of format ≤ 1.
-# Format 3: keras_optx.torch's SGD/Adam/AdamW hold `weight_decay` in that vector (one entry more);
-# a format-2 vector of another length takes the values of the loaded config.
-# Format 4: each param group of keras_optx.torch's rules saves its own rate (a variable, after the
-# others; older files: the loaded config's), and a group given as variables saves their positions in
-# the list the optimizer was built with ({"positions": [...]}, not a regex of their paths).
 
 
 # Keras optimizer keywords that change the update, with their defaults, and keras_optx's `rounding`
@@ -94,7 +85,7 @@ class State(dict):
     __getattr__ = dict.__getitem__
 
 
-class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
+class Rule(SavingMixin, HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
     """Base class of every keras_optx rule: a Keras optimizer whose update is `delta`.
 
     Subclasses define:
@@ -395,12 +386,6 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
         last member for which it is, as its own)."""
         return self.has_learning_rate
 
-    def set_weights(self, weights):
-        """Set every variable in `self.variables` (wrapped optimizers' included), in that order.
-
-        Unlike Keras's, a list of another length is refused (Keras would set a prefix)."""
-        _set_all(self, weights)
-
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         """Exclude variables from weight decay: Keras's `weight_decay=` keyword, `WeightDecay`
         members (also when called on the chain holding them), `ADAMW`'s decay and `keras_optx.torch`'s
@@ -493,77 +478,6 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
         (`iterations`), so with gradient accumulation a schedule advances once per update."""
         return backend.step_numbers(self)
 
-    def get_config(self):
-        for rule in _hyper_owners(self):
-            rule._refresh_hyper()
-        config = super().get_config()
-        if not self.has_learning_rate:
-            config.pop("learning_rate")
-        for name in self.hyperparameters:
-            config[name] = serialize_value(self._static(name))
-        config["shard_state"] = self.shard_state
-        config["state_dtype"] = self.state_dtype
-        config["rounding"] = self.rounding
-        config["format_version"] = FORMAT_VERSION
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        # Keras's from_config deserializes the schedule in place; keep the caller's dict intact.
-        config, version = _versioned(cls, config)
-        for name in cls.hyperparameters:
-            if name in config:
-                config[name] = deserialize_value(config[name], custom_objects)
-        optimizer = super().from_config(config, custom_objects=custom_objects)
-        optimizer._saved_format_version = version
-        return optimizer
-
-    # Saved-format migration ----------------------------------------------------------
-    @classmethod
-    def _migrate_config(cls, config, version):
-        """Return `config` (a dict saved with format `version` < FORMAT_VERSION) in today's form.
-
-        Version 0 is a file written before format versions existed; it has today's layout."""
-        return config
-
-    def _migrate_variables(self, arrays, version):
-        """Return the saved variable values (`arrays`, a list in saved order, format `version` <
-        FORMAT_VERSION) in the order and number of today's `self.variables`.
-
-        Format ≤ 1 had no hyperparameter vectors: each takes the values of the loaded config.
-        Format 2's vectors of keras_optx.torch's rules lacked `weight_decay`: likewise.
-        Format ≤ 3 lacked the variables marked `_keras_optx_added_in` (each torch param group's
-        rate): each keeps its value from the loaded config."""
-        variables = self.variables
-        if len(arrays) != len(variables):  # a file that has them all needs none filled
-            variables = [v for v in variables if getattr(v, "_keras_optx_added_in", 0) <= version]
-        arrays = _migrate_saved(variables, arrays, version)
-        if len(arrays) != len(variables) or len(variables) == len(self.variables):
-            return arrays  # a count mismatch is refused by the caller
-        saved = iter(arrays)
-        return [
-            next(saved) if getattr(v, "_keras_optx_added_in", 0) <= version else keras.ops.convert_to_numpy(v.value)
-            for v in self.variables
-        ]
-
-    def load_own_variables(self, store):
-        arrays = [store[str(i)] for i in range(len(store.keys()))]
-        version = getattr(self, "_saved_format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            arrays = self._migrate_variables(arrays, version)
-        variables = self.variables
-        if not variables and arrays:
-            return super().load_own_variables(store)  # not built: Keras warns and builds later
-        if len(arrays) != len(variables):
-            # Keras only warns and leaves the state at zero: a resumed run would silently restart
-            # its moments. Refuse instead.
-            raise ValueError(
-                f"Cannot load the saved state of optimizer {self.name!r}: it has {len(arrays)} variables, this "
-                f"{type(self).__name__} has {len(variables)}. Load it with the same optimizer configuration "
-                f"it was saved with (saved format version {version}, this keras_optx reads {FORMAT_VERSION})."
-            )
-        _assign_checked(self, variables, arrays)
-
     def _claim(self, owner):
         """Mark this rule as a member of `owner`: one rule, one chain, one set of slots."""
         given = [
@@ -613,93 +527,6 @@ class Rule(HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
         return f"{type(self).__name__}({', '.join(p for p in (rate, args) if p)})"
 
 
-class Transform(Rule):
-    """A gradient transformation without a learning rate (weight decay, clipping).
-
-    It is a chain member, and also wraps any Keras optimizer: `ClipNorm(1.0,
-    keras.optimizers.Adam())` transforms each gradient, then hands it to Adam.
-    Subclasses pass `optimizer` through and define `delta` (ignoring `lr`).
-
-    Example:
-        A transform that flips the gradient's sign (signSGD's direction, Bernstein et al. 2018,
-        arXiv:1802.04434):
-
-        >>> class Sign(keras_optx.Transform):
-        ...     def __init__(self, optimizer=None, **kwargs):
-        ...         super().__init__(optimizer, **kwargs)
-        ...
-        ...     def delta(self, ops, g, x, s, t, lr):
-        ...         return ops.sign(g), {}
-        >>> x = keras.Variable([1.0, 2.0])
-        >>> opt = keras_optx.Optimiser(Sign(), keras_optx.Descent(0.1))  # signSGD
-        >>> opt.apply([np.array([3.0, -0.5], "float32")], [x])
-        >>> print(np.round(keras.ops.convert_to_numpy(x), 3))
-        [0.9 2.1]
-    """
-
-    has_learning_rate = False
-
-    def __init__(self, optimizer=None, **kwargs):
-        super().__init__(1.0, **kwargs)
-        if isinstance(optimizer, dict):  # from_config; Keras rewrites the dict it deserializes
-            optimizer = keras.optimizers.deserialize(copy.deepcopy(optimizer))
-        if optimizer is not None and not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise TypeError(
-                f"`optimizer` must be a Keras optimizer (keras.optimizers.Optimizer) or None; received {optimizer!r}."
-            )
-        if optimizer is not None and self.shard_state and not self.slots:
-            raise ValueError(
-                f"{type(self).__name__} wrapping {type(optimizer).__name__} keeps no state of its own; "
-                f"`shard_state=True` cannot reach {type(optimizer).__name__}'s slots. Use a keras_optx chain, "
-                f"e.g. Optimiser({type(self).__name__}(...), ADAM(), shard_state=True)."
-            )
-        if optimizer is not None and self.rounding != "nearest":
-            raise ValueError(
-                f"{type(self).__name__} wrapping {type(optimizer).__name__} does not write the variables; "
-                f"rounding={self.rounding!r} cannot act. Give it to the wrapped optimizer if it is a keras_optx rule, "
-                f"or use a chain, e.g. Optimiser({type(self).__name__}(...), ADAM(), rounding={self.rounding!r})."
-            )
-        self.optimizer = optimizer
-        if optimizer is not None:
-            _adopt_rate(self, optimizer._learning_rate)
-            for v in optimizer.variables:
-                _track_once(self, v)
-
-    def build(self, variables):
-        if self.built:
-            return
-        super().build(variables)
-        if self.optimizer is not None:
-            self.optimizer.build(variables)
-            for v in self.optimizer.variables:
-                _track_once(self, v)
-
-    def _update_step(self, grads, variables):
-        if self.optimizer is None:
-            return super()._update_step(grads, variables)
-        t, step = self._step_numbers()
-        delta, _ = self._transform(Many(grads), Many(v.value for v in variables), {}, t, step)
-        self._apply_wrapped(delta.items, variables)
-
-    def _apply_wrapped(self, grads, variables):
-        """Hand `grads` to the wrapped optimizer, which updates `variables`."""
-        # On TensorFlow the base handed us the dense gradient summed over replicas (a norm of
-        # per-replica or IndexedSlices gradients is wrong); the wrapped optimizer sums over
-        # replicas again, so each replica passes its 1/n share.
-        replicas = backend.replicas(self)
-        self.optimizer.apply([g / replicas for g in grads] if replicas > 1 else list(grads), variables)
-
-    def get_config(self):
-        config = super().get_config()
-        if self.optimizer is not None:
-            config["optimizer"] = keras.optimizers.serialize(self.optimizer)
-        return config
-
-    def __repr__(self):
-        inner = "" if self.optimizer is None else f", {type(self.optimizer).__name__}"
-        return super().__repr__()[:-1] + inner + ")"
-
-
 # Helpers ---------------------------------------------------------------------------
 _STEP_VARIABLES = contextvars.ContextVar("keras_optx_step_variables", default=None)
 
@@ -721,45 +548,6 @@ def _current_variables():
     return variables
 
 
-def _migrate_saved(variables, arrays, version):
-    """`arrays` saved with format `version` ≤ 2 for `variables` (those of today's, less the ones added later)."""
-    if version < 2:
-        arrays, out = iter(arrays), []
-        for variable in variables:
-            if getattr(variable, "_keras_optx_hyperparameters", False):
-                out.append(keras.ops.convert_to_numpy(variable.value))
-            else:
-                out.append(next(arrays, None))
-        rest = list(arrays)
-        if rest or any(a is None for a in out):
-            return [a for a in out if a is not None] + rest  # a count mismatch: refused below
-        return out
-    if version < 3 and len(arrays) == len(variables):
-        arrays = [
-            keras.ops.convert_to_numpy(v.value)
-            if getattr(v, "_keras_optx_hyperparameters", False) and tuple(a.shape) != tuple(v.shape)
-            else a
-            for v, a in zip(variables, arrays)
-        ]
-    return arrays
-
-
-def _versioned(cls, config):
-    """`config` without its "format_version" (migrated by `cls._migrate_config`), and that version."""
-    config = dict(config)
-    version = config.pop("format_version", 0)
-    if not isinstance(version, int) or version < 0:
-        raise ValueError(f"{cls.__name__}: saved `format_version` must be an integer ≥ 0; received {version!r}.")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{cls.__name__} was saved by a newer keras_optx (format version {version}); this one reads format "
-            f"versions ≤ {FORMAT_VERSION}. Upgrade keras_optx to load it."
-        )
-    if version < FORMAT_VERSION:
-        config = cls._migrate_config(config, version)
-    return config, version
-
-
 def _adopt_rate(optimizer, rate):
     """Make `optimizer.learning_rate` read and set `rate` (a member's or wrapped optimizer's)."""
     own = optimizer._learning_rate
@@ -778,76 +566,6 @@ def _lead_rate(owner, members, drop_own):
     elif lead is not None:
         owner._learning_rate = lead._learning_rate
     return lead is not None
-
-
-def _checked_gradients(optimizer, grads, trainable_variables):
-    """`grads` and the variables as lists, refused (before any write) on a length or shape mismatch.
-
-    A gradient given as a nested Python list or a number becomes a tensor of its variable's dtype."""
-    grads = list(grads)
-    if trainable_variables is not None:
-        trainable_variables = list(trainable_variables)
-        if len(grads) != len(trainable_variables):
-            raise ValueError(
-                f"`grads` and `trainable_variables` must have the same length; received "
-                f"{len(grads)} gradients for {len(trainable_variables)} variables."
-            )
-    targets = trainable_variables if trainable_variables is not None else getattr(optimizer, "_trainable_variables", [])
-    # The variables' shapes, cached for the last list seen (reading 200 `.shape` properties
-    # costs more than comparing them).
-    cache = optimizer.__dict__.get("_shape_cache")
-    if cache is None or not _same(cache.variables, targets):
-        _refuse_foreign(targets)
-        cache = _set_cache(optimizer, "_shape_cache", variables=list(targets), shapes=[v.shape for v in targets])
-    try:
-        _check_shapes(grads, cache.shapes, targets)
-    except AttributeError:  # a nested list or a number among them (no `.shape`): one pass more, only then
-        grads = [
-            g if g is None or hasattr(g, "shape")
-            else keras.ops.convert_to_tensor(g, dtype=targets[i].dtype if i < len(targets) else None)
-            for i, g in enumerate(grads)
-        ]
-        _check_shapes(grads, cache.shapes, targets)
-    return grads, trainable_variables
-
-
-def _refuse_foreign(variables):
-    foreign = next((v for v in variables if not isinstance(v, keras.Variable)), None)
-    if foreign is not None:
-        raise TypeError(
-            f"keras_optx updates keras.Variable objects (a model's `trainable_variables`); received a "
-            f"{type(foreign).__module__}.{type(foreign).__name__}. Make it a keras.Variable(value, name=...) and train that."
-        )
-
-
-def _check_shapes(grads, shapes, targets):
-    # `shape != expected` first: a torch.Size equals a tuple, and the tuples are built only on a mismatch.
-    for i, (g, shape) in enumerate(zip(grads, shapes)):
-        if g is not None and g.shape != shape and tuple(g.shape) != tuple(shape):
-            raise ValueError(
-                f"Gradient {i} has shape {tuple(g.shape)} but its variable {_variable_path(targets[i])} has shape "
-                f"{tuple(targets[i].shape)}; `grads` must follow the order of `trainable_variables`."
-            )
-
-
-def _set_all(optimizer, weights):
-    """`optimizer.set_weights(weights)` over `optimizer.variables`, refused on a length or shape
-    mismatch before any variable is written."""
-    if not optimizer.built:
-        raise ValueError("Build the optimizer (`optimizer.build(variables)`) before calling `set_weights()`.")
-    variables, weights = optimizer.variables, list(weights)
-    if len(weights) != len(variables):
-        raise ValueError(
-            f"`set_weights` of {optimizer.name} takes {len(variables)} arrays (one per entry of "
-            f"`optimizer.variables`, wrapped optimizers' included); received {len(weights)}."
-        )
-    for variable, weight in zip(variables, weights):
-        if tuple(variable.shape) != tuple(weight.shape):
-            raise ValueError(
-                f"Optimizer variable {_variable_path(variable)} has shape {tuple(variable.shape)}; received an "
-                f"array of shape {tuple(weight.shape)}."
-            )
-    _assign_checked(optimizer, variables, weights)
 
 
 def _plus_decay(a, x, factor, mask):

@@ -3,7 +3,8 @@
 import keras
 
 from ._backends import current as backend
-from ._base import Rule, Transform, _lead_rate, _track_once, _versioned
+from ._base import Rule, _lead_rate, _track_once, _versioned
+from ._transform import Transform
 from ._tensors import Many
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")

@@ -3,7 +3,9 @@
 import keras
 from keras import ops
 
-from ._base import FORMAT_VERSION, _KERAS_UPDATE_KEYWORDS, Rule, _adopt_rate, _checked_gradients, _set_all, _versioned
+from ._base import FORMAT_VERSION, _KERAS_UPDATE_KEYWORDS, Rule, _adopt_rate, _versioned
+from ._gradients import _checked_gradients
+from ._saving import _set_all
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 

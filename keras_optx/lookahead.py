@@ -4,7 +4,8 @@ import keras
 
 from . import _checks as check
 from ._backends import current as backend
-from ._base import Transform, _cast, _state_dtype
+from ._base import _cast, _state_dtype
+from ._transform import Transform
 from ._tensors import Many, ops
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")

@@ -7,7 +7,8 @@ import keras
 import numpy as np
 
 from ._backends import current as backend
-from ._base import Rule, Transform, _current_variables, _lead_rate, _step_variables, _track_once, _versioned
+from ._base import Rule, _current_variables, _lead_rate, _step_variables, _track_once, _versioned
+from ._transform import Transform
 from ._frozen import _either_frozen
 from ._identity import _same, _set_cache
 from ._hyper import attach

@@ -11,7 +11,8 @@ On torch, in a chain before a rule with a kernel, each runs as its registered `i
 import keras
 
 from . import _checks as check
-from ._base import Transform, _plus_decay
+from ._base import _plus_decay
+from ._transform import Transform
 
 _register = keras.saving.register_keras_serializable(package="keras_optx")
 
