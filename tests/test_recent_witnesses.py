@@ -21,24 +21,9 @@ import numpy as np
 import pytest
 import reference as ref
 from test_conformance import MODES, SHAPES, gradient_stream, initial_values
-from test_witnesses import ATOL, STEPS, _assert_same_trajectory, _optax_run, _run
+from test_witnesses import ATOL, STEPS, _assert_same_trajectory, _optax_run, _run, _torch_run
 
 import keras_optx as ox
-
-
-def _torch_run(make, steps=STEPS):
-    """The trajectory of a torch optimizer `make(params)` in float32 on CPU (the real package)."""
-    import torch
-
-    params = [torch.nn.Parameter(torch.tensor(v)) for v in initial_values()]
-    optimizer = make(params)
-    trajectory = []
-    for _, grads in zip(range(steps), gradient_stream()):
-        for p, g in zip(params, grads):
-            p.grad = torch.tensor(g)
-        optimizer.step()
-        trajectory.append([p.detach().numpy().astype(np.float64) for p in params])
-    return trajectory
 
 
 def _oracle_run(oracle, steps=STEPS):

@@ -80,11 +80,12 @@ RPROP_SETTINGS = [
 ]
 
 
-def _torch_rprop(eta, ell, gamma, steps=STEPS):
+def _torch_run(make, steps=STEPS):
+    """The trajectory of a torch optimizer `make(params)` in float32 on CPU (the real package)."""
     import torch
 
     params = [torch.nn.Parameter(torch.tensor(v)) for v in initial_values()]
-    optimizer = torch.optim.Rprop(params, lr=eta, etas=ell, step_sizes=gamma)
+    optimizer = make(params)
     trajectory = []
     for _, grads in zip(range(steps), gradient_stream()):
         for p, g in zip(params, grads):
@@ -92,6 +93,12 @@ def _torch_rprop(eta, ell, gamma, steps=STEPS):
         optimizer.step()
         trajectory.append([p.detach().numpy().astype(np.float64) for p in params])
     return trajectory
+
+
+def _torch_rprop(eta, ell, gamma, steps=STEPS):
+    import torch
+
+    return _torch_run(lambda params: torch.optim.Rprop(params, lr=eta, etas=ell, step_sizes=gamma), steps)
 
 
 @pytest.mark.parametrize("mode", MODES)
