@@ -130,8 +130,9 @@ class Rprop(Rule):
 
     Equals `torch.optim.Rprop(lr=η₀, etas=ℓ, step_sizes=Γ)` step by step. Optimisers.jl's
     `Rprop` clamps only in the direction of the change (a step size started outside Γ stays
-    there until it moves), and `optax.rprop` leaves it unclamped where q = 0; the three agree
-    whenever η₀ lies in [Γ₋, Γ₊]. Keras has none. Meant for full-batch training: the
+    there until it moves); the two agree whenever η₀ lies in [Γ₋, Γ₊]. `optax.rprop` (0.2.8)
+    is another trajectory: its first update is zero and each later one is the step this rule
+    took one update earlier, where the sign has not flipped (a witness test shows it). Keras has none. Meant for full-batch training: the
     gradient's sign must be meaningful from step to step.
     Riedmiller & Braun 1993, "A direct adaptive method for faster backpropagation learning:
     the RPROP algorithm" (this is the variant without weight backtracking, "Rprop⁻").

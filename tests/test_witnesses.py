@@ -106,3 +106,22 @@ def _torch_rprop(eta, ell, gamma, steps=STEPS):
 def test_rprop_is_torch_rprop(eta, ell, gamma, mode):
     expected = _torch_rprop(eta, ell, gamma)
     _assert_same_trajectory(_run(ox.Rprop(eta, ell, gamma), mode), expected, f"Rprop({eta}, {ell}, {gamma})")
+
+
+def test_optax_rprop_lags_one_update_behind():
+    """optax 0.2.8's rprop is not this rule: its first update is zero, and where the gradient's sign
+    holds over two updates its step at update k + 1 is ours at update k (the README once said they agree)."""
+    import optax
+
+    ours = _run(ox.Rprop(0.01), "eager")
+    theirs = _optax_run(optax.rprop(0.01))
+    x0 = [v.astype(np.float64) for v in initial_values()]
+    step = lambda run, k: [a - b for a, b in zip(run[k], run[k - 1] if k else x0)]  # noqa: E731
+    assert all(np.all(d == 0) for d in step(theirs, 0)) and not all(np.all(d == 0) for d in step(ours, 0))
+    grads = list(zip(range(3), gradient_stream()))
+    held = [np.sign(a) == np.sign(b) for a, b in zip(grads[0][1], grads[1][1])]  # no flip between updates 0 and 1
+    for mine, late, keep in zip(step(ours, 0), step(theirs, 1), held):
+        np.testing.assert_allclose(late[keep], mine[keep], rtol=1e-5, atol=1e-7)
+    with pytest.raises(AssertionError):
+        _assert_same_trajectory(theirs, ours, "optax.rprop")
+
