@@ -26,6 +26,7 @@ def test_every_notebook_is_collected_and_committed_without_outputs():
         "04_composing.ipynb",
         "05_choosing_a_rule.ipynb",
         "06_fine_tuning.ipynb",
+        "07_bfloat16.ipynb",
     ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
