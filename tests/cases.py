@@ -142,7 +142,9 @@ RULES = [
     Case("Partition(kernel:Muon,.*:ADAM)",
          lambda: ox.Partition({"kernel": ox.Muon(0.02, ns_dtype="float32"), ".*": ox.ADAM(0.01)}),
          lambda: ref.Partition([("kernel", ref.Muon(0.02)), (".*", ref.ADAM(0.01))], PATHS),
-         reliability=_rate(lambda lr, **kw: ox.Partition({"kernel": ox.Muon(lr, ns_dtype="float32"), ".*": ox.ADAM(lr)},
+         # The reliability tests' variables are a (3, 2) matrix and a vector, not named "kernel": routed by rank.
+         # Muon's rate is fixed: the Partition's `learning_rate` is its last rule's (ADAM's), which those tests set.
+         reliability=_rate(lambda lr, **kw: ox.Partition({ox.matrices(): ox.Muon(0.02, ns_dtype="float32"), ".*": ox.ADAM(lr)},
                                                          **kw), 0.01)),
     Case("Partition(kernel:Muon(0.05,0.8,nesterov=False,ns_steps=3,match_rms_adamw),.*:Descent)",
          lambda: ox.Partition({"kernel": ox.Muon(0.05, 0.8, False, 3, (3.0, -3.2, 1.2), 1e-6, "match_rms_adamw",
@@ -154,8 +156,8 @@ RULES = [
     Case("Partition(conv|bias:ADAM,.*:SOAP(0.01,frequency=3))",
          lambda: ox.Partition({"conv|bias": ox.ADAM(0.01), ".*": ox.SOAP(0.01, precondition_frequency=3)}),
          lambda: ref.Partition([("conv|bias", ref.ADAM(0.01)), (".*", ref.SOAP(0.01, frequency=3))], PATHS),
-         reliability=_rate(lambda lr, **kw: ox.Partition({"conv|bias": ox.ADAM(lr), ".*": ox.SOAP(lr, precondition_frequency=2)},
-                                                         **kw), 0.01)),
+         # The reliability tests' variables are of rank ≤ 2: SOAP takes them all.
+         reliability=_rate(lambda lr, **kw: ox.SOAP(lr, precondition_frequency=2, **kw), 0.01)),
     Case("ScheduleFreeAdamW", lambda: ox.ScheduleFreeAdamW(), lambda: ref.ScheduleFree(0.0025, 0.9, 0.999),
          reliability=_rate(lambda lr, **kw: ox.ScheduleFreeAdamW(lr, warmup_steps=2, **kw), 0.01)),
     Case("ScheduleFreeAdamW(0.01,(0.85,0.99),wd=0.1,warmup=5,r=1,p=1)",
