@@ -163,24 +163,132 @@ def entries():
     return rules + _chains()
 
 
+def _noise(function, steps, seed):
+    """The gradient noise of every path on `function` (steps, 2), or None: the same for every rule and rate."""
+    return np.random.default_rng(seed).normal(0.0, function.noise, (steps, 2)) if function.noise else None
+
+
+def _gradient(function, points, noise, i):
+    """The float32 gradients (lanes, 2) at float64 `points` (lanes, 2), with step i's noise."""
+    g = np.stack(function.grad(points[:, 0], points[:, 1]), axis=-1).astype("float64")
+    if noise is not None:
+        g = g + noise[i]
+    return g.astype("float32")
+
+
+def _gone(point):
+    """True when a point has diverged: non-finite or beyond 1e3 (its path stops there)."""
+    return not np.all(np.isfinite(point)) or np.max(np.abs(point)) > 1e3
+
+
 def run_path(entry, function, rate, steps=STEPS, seed=0):
-    """The points visited (steps + 1, 2) by `entry` at `rate` on `function`."""
+    """The points visited (steps + 1, 2) by `entry` at `rate` on `function`: one `apply` per step."""
     opt = entry.make(rate)
     point = keras.Variable(np.asarray(function.start, "float32").reshape(entry.shape), name="point")
-    noise = np.random.default_rng(seed).normal(0.0, function.noise, (steps, 2)) if function.noise else None
+    noise = _noise(function, steps, seed)
     path = np.empty((steps + 1, 2))
     path[0] = function.start
     for i in range(steps):
-        x, y = path[i]
-        g = np.array(function.grad(x, y), "float64")
-        if noise is not None:
-            g = g + noise[i]
-        opt.apply([g.astype("float32").reshape(entry.shape)], [point])
+        g = _gradient(function, path[i : i + 1], noise, i)
+        opt.apply([g.reshape(entry.shape)], [point])
         path[i + 1] = keras.ops.convert_to_numpy(point).reshape(2)
-        if not np.all(np.isfinite(path[i + 1])) or np.max(np.abs(path[i + 1])) > 1e3:
+        if _gone(path[i + 1]):
             path[i + 2 :] = np.nan
             break
     return path
+
+
+def _accepted(entry, rates):
+    """[(rate, optimizer)] for the rates `entry` accepts (a rate outside a rule's range raises at construction)."""
+    made = []
+    for rate in rates:
+        try:
+            made.append((rate, entry.make(rate)))
+        except (TypeError, ValueError):
+            pass
+    return made
+
+
+def _lanes(function, steps, seed, count, step):
+    """Paths (count, steps + 1, 2) of `count` points moved together: `step(i, gradients, live)` applies step i to
+    every point (a diverged point's gradient is zero) and returns the new points (count, 2)."""
+    noise = _noise(function, steps, seed)
+    paths = np.full((count, steps + 1, 2), np.nan)
+    paths[:, 0] = function.start
+    live = np.ones(count, bool)
+    for i in range(steps):
+        g = _gradient(function, np.where(live[:, None], paths[:, i], 0.0), noise, i)
+        g[~live] = 0.0
+        points = step(i, g, live)
+        paths[live, i + 1] = points[live]
+        for k in np.flatnonzero(live):
+            if _gone(paths[k, i + 1]):
+                live[k] = False
+        if not live.any():
+            break
+    return paths
+
+
+def _run_partitioned(entry, function, made, steps, seed):
+    """{rate: path}: every rate's optimizer in one Partition over one point per rate, one `apply` per step."""
+    points = [
+        keras.Variable(np.asarray(function.start, "float32").reshape(entry.shape), name=f"point_{k}")
+        for k in range(len(made))
+    ]
+    try:
+        batch = ox.Partition([(lambda v, p=p: v is p, opt) for p, (_, opt) in zip(points, made)])
+        batch.build(points)
+    except ValueError:  # a rule a Partition refuses (ScheduleFree*, Lookahead): one path per rate
+        return {rate: run_path(entry, function, rate, steps, seed) for rate, _ in made}
+
+    def step(i, g, live):
+        batch.apply([row.reshape(entry.shape) for row in g], points)
+        return np.stack([keras.ops.convert_to_numpy(p).reshape(2) for p in points])
+
+    return dict(zip((rate for rate, _ in made), _lanes(function, steps, seed, len(made), step)))
+
+
+def _run_vmapped(entry, function, made, steps, seed, compiled):
+    """{rate: path} on jax: one compiled step of the first optimizer, mapped over every rate's state
+    (the rates differ only in their optimizer variables' values); `compiled` caches it by label."""
+    import jax
+    import jax.numpy as jnp
+
+    start = np.asarray(function.start, "float32").reshape(entry.shape)
+    points = [keras.Variable(start, name="point") for _ in made]
+    for point, (_, opt) in zip(points, made):
+        opt.build([point])
+    state = [jnp.stack(values) for values in zip(*([v.value for v in opt.variables] for _, opt in made))]
+    key = (entry.label, len(made))
+    if key not in compiled:
+        first = made[0][1]
+
+        def one(state, point, grad):
+            (point,), state = first.stateless_apply(list(state), [grad], [point])
+            return state, point
+
+        compiled[key] = jax.jit(jax.vmap(one))
+    move = compiled[key]
+    current = jnp.asarray(np.broadcast_to(start, (len(made), *entry.shape)))
+
+    def step(i, g, live):
+        nonlocal state, current
+        state, current = move(state, current, jnp.asarray(g.reshape(len(made), *entry.shape)))
+        return np.asarray(current, "float64").reshape(len(made), 2)
+
+    return dict(zip((rate for rate, _ in made), _lanes(function, steps, seed, len(made), step)))
+
+
+def run_paths(entry, function, rates=RATES, steps=STEPS, seed=0, compiled=None):
+    """{rate: path} for every rate in `rates` that `entry` accepts, all rates moved together: on jax one
+    compiled step mapped over the rates' states, elsewhere one Partition `apply` per step over a point per rate.
+    Each path equals `run_path`'s up to float32 rounding (tests/test_gallery.py)."""
+    made = _accepted(entry, rates)
+    if not made:
+        return {}
+    if keras.backend.backend() == "jax":
+        return _run_vmapped(entry, function, made, steps, seed, {} if compiled is None else compiled)
+    return _run_partitioned(entry, function, made, steps, seed)
 
 
 def _score(function, path):
@@ -194,14 +302,10 @@ def _score(function, path):
     return float(np.mean(function.value(path[:, 0], path[:, 1])))
 
 
-def tune(entry, function, steps=STEPS, rates=RATES):
-    """(rate, path, score) of the best rate in `rates` for `entry` on `function`."""
+def tune(entry, function, steps=STEPS, rates=RATES, compiled=None):
+    """(rate, path, score) of the best rate in `rates` for `entry` on `function` (the first of equal scores)."""
     best = None
-    for rate in rates:
-        try:
-            path = run_path(entry, function, rate, steps)
-        except (TypeError, ValueError):
-            continue  # a rate outside the rule's accepted range
+    for rate, path in run_paths(entry, function, rates, steps, compiled=compiled).items():
         score = _score(function, path)
         if best is None or score < best[2]:
             best = (rate, path, score)
@@ -275,6 +379,7 @@ def make(out, functions=tuple(FUNCTIONS), steps=STEPS, rates=RATES, log=sys.stde
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     panels = entries()
+    compiled = {}  # jax: each entry's compiled step, shared by the functions
     summary = {"backend": keras.backend.backend(), "steps": steps, "rates": list(rates), "functions": {}}
     for fname in functions:
         function = FUNCTIONS[fname]
@@ -282,7 +387,7 @@ def make(out, functions=tuple(FUNCTIONS), steps=STEPS, rates=RATES, log=sys.stde
         began = time.perf_counter()
         for i, entry in enumerate(panels, 1):
             print(f"[gallery] {fname}: {i}/{len(panels)} {entry.label}", file=log, flush=True)
-            best = tune(entry, function, steps, rates)
+            best = tune(entry, function, steps, rates, compiled)
             if best is None:
                 rate, p, final = None, np.array([function.start]), math.nan
             else:
