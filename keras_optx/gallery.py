@@ -248,9 +248,20 @@ def _run_partitioned(entry, function, made, steps, seed):
     return dict(zip((rate for rate, _ in made), _lanes(function, steps, seed, len(made), step)))
 
 
+def _stateless_step(optimizer):
+    """(state, point, grad) -> (state, point): one `stateless_apply` of `optimizer` on one point."""
+
+    def one(state, point, grad):
+        (point,), state = optimizer.stateless_apply(list(state), [grad], [point])
+        return state, point
+
+    return one
+
+
 def _run_vmapped(entry, function, made, steps, seed, compiled):
-    """{rate: path} on jax: one compiled step of the first optimizer, mapped over every rate's state
-    (the rates differ only in their optimizer variables' values); `compiled` caches it by label."""
+    """{rate: path} on jax: one compiled step of the first optimizer, mapped over every rate's state (the rates
+    differ only in their optimizer variables' values; where they do not, as ExpDecay's rate, one compiled step
+    per rate); `compiled` caches the steps by label."""
     import jax
     import jax.numpy as jnp
 
@@ -258,23 +269,27 @@ def _run_vmapped(entry, function, made, steps, seed, compiled):
     points = [keras.Variable(start, name="point") for _ in made]
     for point, (_, opt) in zip(points, made):
         opt.build([point])
-    state = [jnp.stack(values) for values in zip(*([v.value for v in opt.variables] for _, opt in made))]
-    key = (entry.label, len(made))
-    if key not in compiled:
-        first = made[0][1]
-
-        def one(state, point, grad):
-            (point,), state = first.stateless_apply(list(state), [grad], [point])
-            return state, point
-
-        compiled[key] = jax.jit(jax.vmap(one))
-    move = compiled[key]
-    current = jnp.asarray(np.broadcast_to(start, (len(made), *entry.shape)))
+    states = [[v.value for v in opt.variables] for _, opt in made]
+    distinct = len({tuple(np.asarray(v).tobytes() for v in state) for state in states}) == len(made)
+    if distinct:
+        key = (entry.label, len(made))
+        if key not in compiled:
+            compiled[key] = jax.jit(jax.vmap(_stateless_step(made[0][1])))
+        moves = [compiled[key]]
+        state = [[jnp.stack(values) for values in zip(*states)]]
+        current = [jnp.asarray(np.broadcast_to(start, (len(made), *entry.shape)))]
+    else:
+        for rate, opt in made:
+            compiled.setdefault((entry.label, rate), jax.jit(_stateless_step(opt)))
+        moves = [compiled[(entry.label, rate)] for rate, _ in made]
+        state = states
+        current = [jnp.asarray(start) for _ in made]
 
     def step(i, g, live):
-        nonlocal state, current
-        state, current = move(state, current, jnp.asarray(g.reshape(len(made), *entry.shape)))
-        return np.asarray(current, "float64").reshape(len(made), 2)
+        g = g.reshape(len(moves), -1, *entry.shape)
+        for k, move in enumerate(moves):
+            state[k], current[k] = move(state[k], current[k], jnp.asarray(g[k].reshape(current[k].shape)))
+        return np.concatenate([np.asarray(c, "float64").reshape(-1, 2) for c in current])
 
     return dict(zip((rate for rate, _ in made), _lanes(function, steps, seed, len(made), step)))
 
