@@ -176,9 +176,9 @@ def _gradient(function, points, noise, i):
     return g.astype("float32")
 
 
-def _gone(point):
-    """True when a point has diverged: non-finite or beyond 1e3 (its path stops there)."""
-    return not np.all(np.isfinite(point)) or np.max(np.abs(point)) > 1e3
+def _gone(points):
+    """For each point (…, 2): True when it has diverged, non-finite or beyond 1e3 (its path stops there)."""
+    return ~np.all(np.isfinite(points), axis=-1) | (np.max(np.abs(points), axis=-1) > 1e3)
 
 
 def run_path(entry, function, rate, steps=STEPS, seed=0):
@@ -221,9 +221,7 @@ def _lanes(function, steps, seed, count, step):
         g[~live] = 0.0
         points = step(i, g, live)
         paths[live, i + 1] = points[live]
-        for k in np.flatnonzero(live):
-            if _gone(paths[k, i + 1]):
-                live[k] = False
+        live &= ~_gone(paths[:, i + 1])
         if not live.any():
             break
     return paths
@@ -241,9 +239,9 @@ def _run_partitioned(entry, function, made, steps, seed):
     except ValueError:  # a rule a Partition refuses (ScheduleFree*, Lookahead): one path per rate
         return {rate: run_path(entry, function, rate, steps, seed) for rate, _ in made}
 
-    def step(i, g, live):
-        batch.apply([row.reshape(entry.shape) for row in g], points)
-        return np.stack([keras.ops.convert_to_numpy(p).reshape(2) for p in points])
+    def step(i, g, live):  # one conversion each way per step, not one per rate
+        batch.apply(keras.ops.unstack(keras.ops.convert_to_tensor(g.reshape(len(points), *entry.shape))), points)
+        return keras.ops.convert_to_numpy(keras.ops.stack([p.value for p in points])).reshape(len(points), 2)
 
     return dict(zip((rate for rate, _ in made), _lanes(function, steps, seed, len(made), step)))
 
