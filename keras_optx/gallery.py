@@ -227,6 +227,27 @@ def _lanes(function, steps, seed, count, step):
     return paths
 
 
+def _run_traced(entry, function, made, steps, seed):
+    """{rate: path} on tensorflow: every rate's optimizer applied to its own point in one `tf.function` per step."""
+    import tensorflow as tf
+
+    start = np.asarray(function.start, "float32").reshape(entry.shape)
+    points = [keras.Variable(start, name="point") for _ in made]
+    for point, (_, opt) in zip(points, made):
+        opt.build([point])
+
+    @tf.function
+    def move(g):
+        for grad, point, (_, opt) in zip(tf.unstack(g), points, made):
+            opt.apply([grad], [point])
+        return tf.stack([point.value for point in points])
+
+    def step(i, g, live):
+        return move(tf.constant(g.reshape(len(points), *entry.shape))).numpy().reshape(len(points), 2)
+
+    return dict(zip((rate for rate, _ in made), _lanes(function, steps, seed, len(made), step)))
+
+
 def _run_partitioned(entry, function, made, steps, seed):
     """{rate: path}: every rate's optimizer in one Partition over one point per rate, one `apply` per step."""
     points = [
@@ -301,6 +322,8 @@ def run_paths(entry, function, rates=RATES, steps=STEPS, seed=0, compiled=None):
         return {}
     if keras.backend.backend() == "jax":
         return _run_vmapped(entry, function, made, steps, seed, {} if compiled is None else compiled)
+    if keras.backend.backend() == "tensorflow":
+        return _run_traced(entry, function, made, steps, seed)
     return _run_partitioned(entry, function, made, steps, seed)
 
 
