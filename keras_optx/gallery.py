@@ -15,6 +15,12 @@ since a better one may lie beyond it. One PNG per function, one panel per rule; 
 The gradients are the functions' exact gradients, written in NumPy (the noisy quadratic adds
 Gaussian noise from a fixed seed, the same noise for every rule), so every backend draws the
 same picture up to float32 rounding.
+
+All rates of a rule move together, one step for all of them (`run_paths`): on jax one compiled
+`stateless_apply` mapped (`jax.vmap`) over the rates' optimizer states; on tensorflow every rate's
+`apply` in one `tf.function`, traced once per rule; on torch one `Partition` over a point per rate,
+one `apply` per step (rules a Partition refuses, ScheduleFree and Lookahead, one `apply` per rate).
+Each path equals the one-`apply`-per-step path (`run_path`) up to float32 rounding.
 """
 
 import argparse
