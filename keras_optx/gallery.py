@@ -15,6 +15,12 @@ since a better one may lie beyond it. One PNG per function, one panel per rule; 
 The gradients are the functions' exact gradients, written in NumPy (the noisy quadratic adds
 Gaussian noise from a fixed seed, the same noise for every rule), so every backend draws the
 same picture up to float32 rounding.
+
+All rates of a rule move together, one step for all of them (`run_paths`): on jax one compiled
+`stateless_apply` mapped (`jax.vmap`) over the rates' optimizer states; on tensorflow every rate's
+`apply` in one `tf.function`, traced once per rule; on torch one `Partition` over a point per rate,
+one `apply` per step (rules a Partition refuses, ScheduleFree and Lookahead, one `apply` per rate).
+Each path equals the one-`apply`-per-step path (`run_path`) up to float32 rounding.
 """
 
 import argparse
@@ -163,24 +169,181 @@ def entries():
     return rules + _chains()
 
 
+def _noise(function, steps, seed):
+    """The gradient noise of every path on `function` (steps, 2), or None: the same for every rule and rate."""
+    return np.random.default_rng(seed).normal(0.0, function.noise, (steps, 2)) if function.noise else None
+
+
+def _gradient(function, points, noise, i):
+    """The float32 gradients (lanes, 2) at float64 `points` (lanes, 2), with step i's noise."""
+    g = np.stack(function.grad(points[:, 0], points[:, 1]), axis=-1).astype("float64")
+    if noise is not None:
+        g = g + noise[i]
+    return g.astype("float32")
+
+
+def _gone(points):
+    """For each point (…, 2): True when it has diverged, non-finite or beyond 1e3 (its path stops there)."""
+    return ~np.all(np.isfinite(points), axis=-1) | (np.max(np.abs(points), axis=-1) > 1e3)
+
+
 def run_path(entry, function, rate, steps=STEPS, seed=0):
-    """The points visited (steps + 1, 2) by `entry` at `rate` on `function`."""
+    """The points visited (steps + 1, 2) by `entry` at `rate` on `function`: one `apply` per step."""
     opt = entry.make(rate)
     point = keras.Variable(np.asarray(function.start, "float32").reshape(entry.shape), name="point")
-    noise = np.random.default_rng(seed).normal(0.0, function.noise, (steps, 2)) if function.noise else None
+    noise = _noise(function, steps, seed)
     path = np.empty((steps + 1, 2))
     path[0] = function.start
     for i in range(steps):
-        x, y = path[i]
-        g = np.array(function.grad(x, y), "float64")
-        if noise is not None:
-            g = g + noise[i]
-        opt.apply([g.astype("float32").reshape(entry.shape)], [point])
+        g = _gradient(function, path[i : i + 1], noise, i)
+        opt.apply([g.reshape(entry.shape)], [point])
         path[i + 1] = keras.ops.convert_to_numpy(point).reshape(2)
-        if not np.all(np.isfinite(path[i + 1])) or np.max(np.abs(path[i + 1])) > 1e3:
+        if _gone(path[i + 1]):
             path[i + 2 :] = np.nan
             break
     return path
+
+
+def _accepted(entry, rates):
+    """[(rate, optimizer)] for the rates `entry` accepts (a rate outside a rule's range raises at construction)."""
+    made = []
+    for rate in rates:
+        try:
+            made.append((rate, entry.make(rate)))
+        except (TypeError, ValueError):
+            pass
+    return made
+
+
+def _lanes(function, steps, seed, count, step):
+    """Paths (count, steps + 1, 2) of `count` points moved together: `step(i, gradients, live)` applies step i to
+    every point (a diverged point's gradient is zero) and returns the new points (count, 2)."""
+    noise = _noise(function, steps, seed)
+    paths = np.full((count, steps + 1, 2), np.nan)
+    paths[:, 0] = function.start
+    live = np.ones(count, bool)
+    for i in range(steps):
+        g = _gradient(function, np.where(live[:, None], paths[:, i], 0.0), noise, i)
+        g[~live] = 0.0
+        points = step(i, g, live)
+        paths[live, i + 1] = points[live]
+        live &= ~_gone(paths[:, i + 1])
+        if not live.any():
+            break
+    return paths
+
+
+def _run_traced(entry, function, made, steps, seed, compiled):
+    """{rate: path} on tensorflow: every rate's optimizer applied to its own point in one `tf.function` per step.
+    `compiled` caches it by label: on the next function the first optimizers and points are reused (tracing
+    dominates), given the state the fresh optimizers in `made` build on this function's start."""
+    import tensorflow as tf
+
+    start = np.asarray(function.start, "float32").reshape(entry.shape)
+    points = [keras.Variable(start, name="point") for _ in made]
+    for point, (_, opt) in zip(points, made):
+        opt.build([point])
+    key = (entry.label, tuple(rate for rate, _ in made))
+    if key in compiled:
+        kept, kept_points, move = compiled[key]
+        for (_, opt), (_, fresh), point in zip(kept, made, kept_points):
+            for variable, value in zip(opt.variables, fresh.variables):
+                variable.assign(value.value)
+            point.assign(start)
+        points = kept_points
+    else:
+
+        @tf.function
+        def move(g):
+            for grad, point, (_, opt) in zip(tf.unstack(g), points, made):
+                opt.apply([grad], [point])
+            return tf.stack([point.value for point in points])
+
+        compiled[key] = (made, points, move)
+
+    def step(i, g, live):
+        return move(tf.constant(g.reshape(len(points), *entry.shape))).numpy().reshape(len(points), 2)
+
+    return dict(zip((rate for rate, _ in made), _lanes(function, steps, seed, len(made), step)))
+
+
+def _run_partitioned(entry, function, made, steps, seed):
+    """{rate: path}: every rate's optimizer in one Partition over one point per rate, one `apply` per step."""
+    points = [
+        keras.Variable(np.asarray(function.start, "float32").reshape(entry.shape), name=f"point_{k}")
+        for k in range(len(made))
+    ]
+    try:
+        batch = ox.Partition([(lambda v, p=p: v is p, opt) for p, (_, opt) in zip(points, made)])
+        batch.build(points)
+    except ValueError:  # a rule a Partition refuses (ScheduleFree*, Lookahead): one path per rate
+        return {rate: run_path(entry, function, rate, steps, seed) for rate, _ in made}
+
+    def step(i, g, live):  # one conversion each way per step, not one per rate
+        batch.apply(keras.ops.unstack(keras.ops.convert_to_tensor(g.reshape(len(points), *entry.shape))), points)
+        return keras.ops.convert_to_numpy(keras.ops.stack([p.value for p in points])).reshape(len(points), 2)
+
+    return dict(zip((rate for rate, _ in made), _lanes(function, steps, seed, len(made), step)))
+
+
+def _stateless_step(optimizer):
+    """(state, point, grad) -> (state, point): one `stateless_apply` of `optimizer` on one point."""
+
+    def one(state, point, grad):
+        (point,), state = optimizer.stateless_apply(list(state), [grad], [point])
+        return state, point
+
+    return one
+
+
+def _run_vmapped(entry, function, made, steps, seed, compiled):
+    """{rate: path} on jax: one compiled step of the first optimizer, mapped over every rate's state (the rates
+    differ only in their optimizer variables' values; where they do not, as ExpDecay's rate, one compiled step
+    per rate); `compiled` caches the steps by label."""
+    import jax
+    import jax.numpy as jnp
+
+    start = np.asarray(function.start, "float32").reshape(entry.shape)
+    points = [keras.Variable(start, name="point") for _ in made]
+    for point, (_, opt) in zip(points, made):
+        opt.build([point])
+    states = [[v.value for v in opt.variables] for _, opt in made]
+    distinct = len({tuple(np.asarray(v).tobytes() for v in state) for state in states}) == len(made)
+    if distinct:
+        key = (entry.label, len(made))
+        if key not in compiled:
+            compiled[key] = jax.jit(jax.vmap(_stateless_step(made[0][1])))
+        moves = [compiled[key]]
+        state = [[jnp.stack(values) for values in zip(*states)]]
+        current = [jnp.asarray(np.broadcast_to(start, (len(made), *entry.shape)))]
+    else:
+        for rate, opt in made:
+            compiled.setdefault((entry.label, rate), jax.jit(_stateless_step(opt)))
+        moves = [compiled[(entry.label, rate)] for rate, _ in made]
+        state = states
+        current = [jnp.asarray(start) for _ in made]
+
+    def step(i, g, live):
+        g = g.reshape(len(moves), -1, *entry.shape)
+        for k, move in enumerate(moves):
+            state[k], current[k] = move(state[k], current[k], jnp.asarray(g[k].reshape(current[k].shape)))
+        return np.concatenate([np.asarray(c, "float64").reshape(-1, 2) for c in current])
+
+    return dict(zip((rate for rate, _ in made), _lanes(function, steps, seed, len(made), step)))
+
+
+def run_paths(entry, function, rates=RATES, steps=STEPS, seed=0, compiled=None):
+    """{rate: path} for every rate in `rates` that `entry` accepts, all rates moved together: on jax one
+    compiled step mapped over the rates' states, elsewhere one Partition `apply` per step over a point per rate.
+    Each path equals `run_path`'s up to float32 rounding (tests/test_gallery.py)."""
+    made = _accepted(entry, rates)
+    if not made:
+        return {}
+    if keras.backend.backend() == "jax":
+        return _run_vmapped(entry, function, made, steps, seed, {} if compiled is None else compiled)
+    if keras.backend.backend() == "tensorflow":
+        return _run_traced(entry, function, made, steps, seed, {} if compiled is None else compiled)
+    return _run_partitioned(entry, function, made, steps, seed)
 
 
 def _score(function, path):
@@ -194,14 +357,10 @@ def _score(function, path):
     return float(np.mean(function.value(path[:, 0], path[:, 1])))
 
 
-def tune(entry, function, steps=STEPS, rates=RATES):
-    """(rate, path, score) of the best rate in `rates` for `entry` on `function`."""
+def tune(entry, function, steps=STEPS, rates=RATES, compiled=None):
+    """(rate, path, score) of the best rate in `rates` for `entry` on `function` (the first of equal scores)."""
     best = None
-    for rate in rates:
-        try:
-            path = run_path(entry, function, rate, steps)
-        except (TypeError, ValueError):
-            continue  # a rate outside the rule's accepted range
+    for rate, path in run_paths(entry, function, rates, steps, compiled=compiled).items():
         score = _score(function, path)
         if best is None or score < best[2]:
             best = (rate, path, score)
@@ -275,6 +434,7 @@ def make(out, functions=tuple(FUNCTIONS), steps=STEPS, rates=RATES, log=sys.stde
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     panels = entries()
+    compiled = {}  # jax: each entry's compiled step, shared by the functions
     summary = {"backend": keras.backend.backend(), "steps": steps, "rates": list(rates), "functions": {}}
     for fname in functions:
         function = FUNCTIONS[fname]
@@ -282,7 +442,7 @@ def make(out, functions=tuple(FUNCTIONS), steps=STEPS, rates=RATES, log=sys.stde
         began = time.perf_counter()
         for i, entry in enumerate(panels, 1):
             print(f"[gallery] {fname}: {i}/{len(panels)} {entry.label}", file=log, flush=True)
-            best = tune(entry, function, steps, rates)
+            best = tune(entry, function, steps, rates, compiled)
             if best is None:
                 rate, p, final = None, np.array([function.start]), math.nan
             else:
