@@ -126,7 +126,7 @@ def layouts():
         for v in net.trainable_variables:
             for s in slots_of(opt, v):
                 rows.append({"variable": v.path, "slot": s.path, "variable_spec": spec(v.value, len(v.shape)),
-                             "slot_spec": spec(s.value, len(s.shape))})
+                             "slot_spec": spec(s.value, len(s.shape)), "same_shape": tuple(s.shape) == tuple(v.shape)})
         result = {"slots": rows, "sharded_variables": sum(any(spec(v.value, len(v.shape))) for v in net.trainable_variables),
                   "eager_difference": difference([v.value for v in net.trainable_variables], [v.value for v in ref_net.trainable_variables]),
                   "moved": difference([v.value for v in ref_net.trainable_variables], [v.value for v in model(units).trainable_variables])}
@@ -135,7 +135,8 @@ def layouts():
             net, opt = run_fit(make, units, distribution)
             ref_net, _ = run_fit(make, units, None)
             result["fit_difference"] = difference([v.value for v in net.trainable_variables], [v.value for v in ref_net.trainable_variables])
-            result["fit_slots"] = [[spec(v.value, len(v.shape)), spec(s.value, len(s.shape))] for v in net.trainable_variables for s in slots_of(opt, v)]
+            result["fit_slots"] = [[spec(v.value, len(v.shape)), spec(s.value, len(s.shape)), tuple(s.shape) == tuple(v.shape)]
+                                   for v in net.trainable_variables for s in slots_of(opt, v)]
         out[name] = result
     return out
 

@@ -62,10 +62,13 @@ def test_every_slot_is_sharded_like_its_variable_under_model_parallel(tmp_path):
         assert result["sharded_variables"] == 3, name  # the layout map did shard the kernels and a bias
         if _stateful(name) or name == "ClipNorm(keras Adam)":
             assert result["slots"], name
+        # A slot of its variable's shape is laid out like it; a `Slot` of another shape (SOAP's Kronecker factors
+        # and eigenbases) is replicated, by design (keras_optx/_scale.py), and the steps still equal one device's.
         for row in result["slots"]:
-            assert row["slot_spec"] == row["variable_spec"], (name, row)
-        for variable_spec, slot_spec in result.get("fit_slots", []):
-            assert slot_spec == variable_spec, name
+            expected = row["variable_spec"] if row["same_shape"] else [None] * len(row["slot_spec"])
+            assert row["slot_spec"] == expected, (name, row)
+        for variable_spec, slot_spec, same_shape in result.get("fit_slots", []):
+            assert slot_spec == (variable_spec if same_shape else [None] * len(slot_spec)), name
         # the same steps on one device, to float32 rounding; and the steps did move the variables
         assert result["eager_difference"] <= 1e-6 and result["moved"] > 0, (name, result)
         assert result.get("fit_difference", 0.0) <= 1e-5, (name, result)

@@ -320,9 +320,9 @@ def test_compare_runs_schedule_free_by_name_and_scores_it_at_x():
     x, y = _regression(n=64)
     model = _model()
     model.compile(ox.ScheduleFreeSGD(0.05), "mse")
-    assert [type(c) for c in compare._scored_at_average(model)] == [ox.ScheduleFreeEval]
+    assert [type(c) for c in compare.api._scored_at_average(model)] == [ox.ScheduleFreeEval]
     model.compile(ox.ADAM(), "mse")
-    assert compare._scored_at_average(model) == []
+    assert compare.api._scored_at_average(model) == []
     result = compare.compare(_model, (x, y), ["schedulefree-adamw:0.01", "schedulefree-sgd:0.05"], loss="mse",
                              epochs=2, batch_size=16, seeds=1, test_data=(x, y), progress=False)
     assert [type(compare._member(r)).__name__ for r in ("schedulefree-adamw", "schedulefree-sgd")] == [
