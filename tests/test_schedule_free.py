@@ -325,7 +325,7 @@ def test_compare_runs_schedule_free_by_name_and_scores_it_at_x():
     assert compare.api._scored_at_average(model) == []
     result = compare.compare(_model, (x, y), ["schedulefree-adamw:0.01", "schedulefree-sgd:0.05"], loss="mse",
                              epochs=2, batch_size=16, seeds=1, test_data=(x, y), progress=False)
-    assert [type(compare._member(r)).__name__ for r in ("schedulefree-adamw", "schedulefree-sgd")] == [
+    assert [type(compare.rules._member(r)).__name__ for r in ("schedulefree-adamw", "schedulefree-sgd")] == [
         "ScheduleFreeAdamW", "ScheduleFreeSGD"]
     for row in result.rows:
         assert all(np.isfinite(row.losses)) and not row.diverged
