@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def test_the_extractor_finds_blocks_and_markers(tmp_path):
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p)], ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_page_examples_run(page, tmp_path):
-    if page.name != "README.md" and os.environ.get("KERAS_BACKEND", "jax") != "torch":
+    if page.name != "README.md" and keras.backend.backend() != "torch":
         pytest.skip("the docs pages' examples run once per CI run, in the torch run (see the module docstring)")
     found = blocks(page)
     for line, _, reason in found:
