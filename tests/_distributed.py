@@ -142,14 +142,17 @@ def layouts():
 
 
 def state_bytes(optimizer, variables):
-    """(total bytes of the slots kept for `variables`, bytes of them on the fullest device)."""
-    total, per_device = 0, {}
+    """Bytes of the slots kept for `variables`: {"total", "per_device" (on the fullest device)} over the
+    slots of their variable's shape, and the same over the slots of another shape ("factor_…": SOAP's)."""
+    totals, per_device = {"": 0, "factor_": 0}, {"": {}, "factor_": {}}
     for v in variables:
         for s in slots_of(optimizer, v):
-            total += s.value.nbytes
+            kind = "" if tuple(s.shape) == tuple(v.shape) else "factor_"
+            totals[kind] += s.value.nbytes
             for shard in s.value.addressable_shards:
-                per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
-    return total, max(per_device.values(), default=0)
+                per_device[kind][shard.device] = per_device[kind].get(shard.device, 0) + shard.data.nbytes
+    return {f"{kind}{key}": value for kind in totals
+            for key, value in (("total", totals[kind]), ("per_device", max(per_device[kind].values(), default=0)))}
 
 
 SHARD_CASES = [(c.id, c.make) for c in CASES if "keras SGD" not in c.id] + [
@@ -163,6 +166,7 @@ def shard():
     units = (64, 32, 3)  # d3's bias (3,) divides by no data axis of 8: its slots stay replicated
     out = {}
     for name, make in SHARD_CASES:
+        print(name, file=sys.stderr, flush=True)  # the case a failure's stderr tail ends at
         keras.utils.clear_session(free_memory=False)
 
         def sharded():
@@ -175,10 +179,9 @@ def shard():
 
         net, opt = run_eager(sharded, units, distribution)
         ref_net, _ = run_eager(make, units, distribution)
-        total, most = state_bytes(opt, net.trainable_variables)
         out[name] = {
-            "total": total, "per_device": most,
-            "slots": [[v.path, list(v.shape), spec(s.value, len(s.shape))] for v in net.trainable_variables for s in slots_of(opt, v)],
+            **state_bytes(opt, net.trainable_variables),
+            "slots": [[v.path, list(s.shape), spec(s.value, len(s.shape)), tuple(s.shape) == tuple(v.shape)] for v in net.trainable_variables for s in slots_of(opt, v)],
             "eager_difference": difference([v.value for v in net.trainable_variables], [v.value for v in ref_net.trainable_variables]),
         }
         if name in FIT:
@@ -186,9 +189,8 @@ def shard():
             net, opt = run_fit(sharded, units, distribution)
             ref_net, _ = run_fit(make, units, distribution)
             one_net, _ = run_fit(make, units, None)
-            total, most = state_bytes(opt, net.trainable_variables)
             out[name].update(
-                fit_total=total, fit_per_device=most,
+                **{f"fit_{key}": value for key, value in state_bytes(opt, net.trainable_variables).items()},
                 fit_difference=difference([v.value for v in net.trainable_variables], [v.value for v in ref_net.trainable_variables]),
                 fit_one_device_difference=difference([v.value for v in net.trainable_variables], [v.value for v in one_net.trainable_variables]),
             )

@@ -83,9 +83,11 @@ def test_shard_state_keeps_a_fraction_of_the_state_per_device_under_data_paralle
         if _stateful(name):
             assert result["total"] > 0, name
         assert result["per_device"] <= result["total"] / 5, (name, result)
-        for path, shape, spec in result["slots"]:
+        # a slot of another shape (SOAP's factors) stays whole on every device, by design (keras_optx/_scale.py)
+        assert result["factor_per_device"] == result["factor_total"], (name, result)
+        for path, shape, spec, same_shape in result["slots"]:
             # split over the data axis on the first dimension that divides by 8; d3's bias (3,) replicated
-            expected = [None] * len(shape) if shape == [3] else ["batch"] + [None] * (len(shape) - 1)
+            expected = [None] * len(shape) if shape == [3] or not same_shape else ["batch"] + [None] * (len(shape) - 1)
             assert spec == expected, (name, path, spec)
         assert result["eager_difference"] <= 1e-6, (name, result)
         for key in ("fit_difference", "fit_one_device_difference"):
