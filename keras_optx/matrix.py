@@ -162,34 +162,59 @@ class Muon(Rule):
         mu = self.momentum
         buffer = mu * s.momentum_buffer + (1 - mu) * g
         update = (1 - mu) * g + mu * buffer if self.nesterov else buffer
-        steps = []
-        for u in update.items:
-            rows, cols = as_matrix_shape(u.shape)
-            steps.append((lr * lr_ratio(self.adjust_lr, rows, cols)) * self.orthogonalise(u))
+        steps = [
+            (lr * lr_ratio(self.adjust_lr, *as_matrix_shape(u.shape))) * o
+            for u, o in zip(update.items, self.orthogonalise(update.items))
+        ]
         return Many(steps), {"momentum_buffer": buffer}
 
-    def orthogonalise(self, u):
-        """Newton–Schulz on `u` as a matrix (`as_matrix_shape`), in `ns_dtype`; returned in u's shape and dtype."""
-        shape, dtype = tuple(u.shape), u.dtype
-        rows, cols = as_matrix_shape(shape)
+    def orthogonalise(self, updates):
+        """Newton–Schulz on each of `updates` as a matrix (`as_matrix_shape`), in `ns_dtype`; each
+        returned in its own shape and dtype. Matrices of one shape run as one batch: one chain of
+        batched products instead of one per matrix (as the reference code batches them)."""
+        groups = {}
+        for index, u in enumerate(updates):
+            rows, cols = as_matrix_shape(u.shape)
+            groups.setdefault((min(rows, cols), max(rows, cols)), []).append(index)
+        out = [None] * len(updates)
+        for members in groups.values():
+            # Each as a wide matrix (transposed when it has more rows than columns), stacked.
+            wide = [_as_wide_matrix(updates[i], self.ns_dtype) for i in members]
+            batch = self._newton_schulz(keras.ops.stack(wide) if len(wide) > 1 else wide[0][None])
+            for k, i in enumerate(members):
+                shape, dtype = tuple(updates[i].shape), updates[i].dtype
+                x = batch[k]
+                if as_matrix_shape(shape)[0] > as_matrix_shape(shape)[1]:
+                    x = keras.ops.transpose(x)
+                out[i] = keras.ops.cast(keras.ops.reshape(x, shape), dtype)
+        return out
+
+    def _newton_schulz(self, x):
+        """The iteration on a batch (n, rows ≤ cols) in `ns_dtype`, each matrix normalised by its own norm."""
         ns = self.ns_dtype
         a, b, c = self.ns_coefficients
-        x = keras.ops.cast(keras.ops.reshape(u, (rows, cols)), ns)
-        if rows > cols:
-            x = keras.ops.transpose(x)
         # The norm summed in float32 (as torch reduces bfloat16), then rounded to `ns_dtype`.
-        norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(keras.ops.cast(x, "float32"))))
+        norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(_wide(x)), axis=(1, 2), keepdims=True))
         x = x / keras.ops.cast(keras.ops.maximum(norm, self.epsilon), ns)
         for _ in range(self.ns_steps):
             # Each of torch's three matrix products (`@`, `addmm`, `addmm`) from `ns_dtype` values,
             # accumulated in float32 and rounded to `ns_dtype` once, as its kernels do.
             wide = _wide(x)
-            gram = _wide(_rounded(keras.ops.matmul(wide, keras.ops.transpose(wide)), ns))
+            gram = _wide(_rounded(keras.ops.matmul(wide, _transposed(wide)), ns))
             poly = _wide(_rounded(b * gram + c * keras.ops.matmul(gram, gram), ns))
             x = _rounded(a * wide + keras.ops.matmul(poly, wide), ns)
-        if rows > cols:
-            x = keras.ops.transpose(x)
-        return keras.ops.cast(keras.ops.reshape(x, shape), dtype)
+        return x
+
+
+def _as_wide_matrix(u, dtype):
+    """`u` as its (rows, cols) matrix in `dtype`, transposed when rows > cols."""
+    rows, cols = as_matrix_shape(u.shape)
+    x = keras.ops.cast(keras.ops.reshape(u, (rows, cols)), dtype)
+    return keras.ops.transpose(x) if rows > cols else x
+
+
+def _transposed(batch):
+    return keras.ops.transpose(batch, (0, 2, 1))
 
 
 def _wide(x):
