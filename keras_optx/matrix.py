@@ -9,6 +9,7 @@ import math
 import keras
 
 from . import _checks as check
+from ._backends import current as backend
 from ._base import Rule, _variable_path
 from ._tensors import Many
 
@@ -191,6 +192,9 @@ class Muon(Rule):
 
     def _newton_schulz(self, x):
         """The iteration on a batch (n, rows ≤ cols) in `ns_dtype`, each matrix normalised by its own norm."""
+        kernel = backend.newton_schulz(x, self.ns_coefficients, self.ns_steps, self.epsilon)  # torch's batched products
+        if kernel is not None:
+            return kernel
         ns = self.ns_dtype
         a, b, c = self.ns_coefficients
         # The norm summed in float32 (as torch reduces bfloat16), then rounded to `ns_dtype`.

@@ -118,6 +118,40 @@ def test_equals_torch_muon_in_bfloat16_to_its_rounding(mode):
     assert np.abs((exact[0][0][0] - exact[0][1][0]) - (ours[0][0][0] - ours[0][1][0])).max() > 1e-5
 
 
+def _as_numpy(tensors):
+    return [np.asarray(keras.ops.convert_to_numpy(t), "float32") for t in tensors]
+
+
+def test_matrices_of_one_shape_run_as_one_batch_and_equal_one_at_a_time():
+    """(4, 6), its transpose (6, 4) and another (4, 6) run as one batch; each equals its own iteration."""
+    rng = np.random.default_rng(3)
+    shapes = [(4, 6), (6, 4), (5, 5), (4, 6), (2, 3, 4)]
+    updates = [keras.ops.convert_to_tensor(rng.standard_normal(s).astype("float32")) for s in shapes]
+    muon = ox.Muon(ns_dtype="float32")
+    together = _as_numpy(muon.orthogonalise(updates))
+    for u, got in zip(updates, together):
+        (alone,) = _as_numpy(muon.orthogonalise([u]))
+        assert got.shape == tuple(u.shape)
+        np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the Newton–Schulz kernel is torch's (jax and tensorflow run the formula, compiled by XLA)")
+@pytest.mark.parametrize("ns_dtype", ["float32", "bfloat16"])
+def test_torch_kernel_equals_the_formula(ns_dtype, monkeypatch):
+    """torch's batched baddbmm chain against the rule's formula (the kernel switched off)."""
+    rng = np.random.default_rng(4)
+    updates = [keras.ops.convert_to_tensor(rng.standard_normal(s).astype("float32")) for s in [(8, 16), (16, 8), (8, 16), (12, 12)]]
+    muon = ox.Muon(ns_dtype=ns_dtype)
+    kernel = _as_numpy(muon.orthogonalise(updates))
+    monkeypatch.setattr(ox.matrix.backend, "newton_schulz", lambda *args: None)
+    formula = _as_numpy(muon.orthogonalise(updates))
+    for got, expected in zip(kernel, formula):
+        if ns_dtype == "float32":
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        else:  # both round each product once to bfloat16; the kernels may order the sums otherwise
+            assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.02
+
+
 def test_rank_above_two_runs_as_fan_in_by_outputs(monkeypatch):
     """A (k, k, in, out) kernel steps as torch.optim.Muon on its (k·k·in, out) matrix."""
     monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz", _torch_ns_float32)

@@ -140,6 +140,11 @@ def global_norm(norms):
     return keras.ops.sqrt(sum(squares[1:], squares[0]))
 
 
+def newton_schulz(batch, coefficients, steps, epsilon):
+    """No kernel here: None, and Muon's formula runs (XLA compiles its products)."""
+    return None
+
+
 def value_and_grad(loss_fn, variables):
     """`(loss, grads)` of `loss_fn()` (a checked 0-d loss) with respect to `variables`: on JAX,
     `jax.value_and_grad` of the loss with the variables read through a `keras.StatelessScope`."""

@@ -10,12 +10,12 @@ import tensorflow as tf
 
 from . import default
 from .default import (
-    EAGER, apply_kernel, binary, clip, global_norm, norms, prepare_slots, scalar, scale_items, step_numbers, unary,
+    EAGER, apply_kernel, binary, clip, global_norm, newton_schulz, norms, prepare_slots, scalar, scale_items, step_numbers, unary,
     values,
 )
 
 __all__ = [
-    "EAGER", "apply_kernel", "assign", "binary", "clip", "global_norm", "norms", "prepare_slots", "replicas", "scalar",
+    "EAGER", "apply_kernel", "assign", "binary", "clip", "global_norm", "newton_schulz", "norms", "prepare_slots", "replicas", "scalar",
     "scale_items", "step_numbers", "unary", "update_step", "value_and_grad", "values", "write",
 ]
 

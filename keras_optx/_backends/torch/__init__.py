@@ -38,11 +38,12 @@ result to the last member's kernel; that is the chain's own kernel (`transforms.
 from ..default import replicas
 from .grad import value_and_grad
 from .many import binary, clip, global_norm, norms, scale_items, unary
+from .matrix import newton_schulz
 from .registry import into_of, kernel_of, register_into, register_kernel, takes_weight_decay
 from .step import EAGER, apply_kernel, assign, prepare_slots, scalar, step_numbers, update_step, values, write
 
 __all__ = [
-    "EAGER", "apply_kernel", "assign", "binary", "clip", "global_norm", "into_of", "kernel_of", "norms", "prepare_slots",
+    "EAGER", "apply_kernel", "assign", "binary", "clip", "global_norm", "into_of", "kernel_of", "newton_schulz", "norms", "prepare_slots",
     "register_into", "register_kernel", "replicas", "scalar", "scale_items", "step_numbers", "takes_weight_decay", "unary",
     "update_step", "value_and_grad", "values", "write",
 ]
