@@ -43,10 +43,13 @@ EXTRA_RULES = {  # rules beyond Flux v0.12, at their documented defaults (not in
     "schedulefree-adamw": "ScheduleFreeAdamW",  # compare scores it at its averaged weights x (ScheduleFreeEval)
     "schedulefree-sgd": "ScheduleFreeSGD",
 }
-# Rules that update matrices only (rank ≥ 2), by class name: `compare` routes a model's other
-# variables (biases, norms' scales) to ADAMW() with a Partition on "kernel"; the gallery runs its
-# point as a 1×2 matrix; bench_step and bench_memory time them on matrices.
+# Rules that update matrices only, by class name: `compare` gives them a model's 2-D variables and the
+# rest (biases, norms' scales, tensors of rank > 2) to ADAMW(); the gallery runs its point as a 1×2
+# matrix; bench_step and bench_memory time them on matrices.
 MATRIX_RULES = ("Muon",)
+# Rules that take variables of rank ≤ 2 only: `compare` gives tensors of rank > 2 (attention and
+# convolution kernels) to ADAMW().
+UP_TO_RANK_TWO = ("SOAP",)
 TRANSFORMS = {
     "clipnorm": ("ClipNorm", 1.0),
     "clipglobalnorm": ("ClipGlobalNorm", 1.0),

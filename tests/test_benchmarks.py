@@ -154,19 +154,15 @@ def test_bf16_benchmark_prints_a_loss_and_ratio_for_every_rounding():
             assert row[4] == "1.000", row
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="a tuned comparison of four rules: slow on every backend, and the script "
+@pytest.mark.skipif(BACKEND != "jax", reason="a tuned comparison of three rules: slow on every backend, and the script "
                     "runs compare(), tested on each backend in test_compare.py; its smoke run once, on the jax leg")
 def test_transformer_comparison_prints_a_row_per_rule():
     """compare_transformer.py --quick: a row for every rule, each with a finite training loss and a test accuracy."""
     stdout = _run("compare_transformer.py")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in _rows(stdout) if line[2:3].isdigit()]
     rules = [row[1] for row in rows]
-    assert sorted(rules) == sorted(set(rules)) and len(rules) == 4, rules
-    assert {"ADAMW", "Muon", "Muon, own η"} <= set(rules), rules
-    # SOAP refuses MultiHeadAttention's rank-3 kernels: the script says so and runs it with them routed to ADAMW.
-    assert any(rule.startswith("SOAP") for rule in rules), rules
-    if "SOAP" not in rules:
-        assert "`soap` refused by this model" in stdout
+    # compare routes what each cannot take (rank-3 attention kernels) to ADAMW: nothing is refused
+    assert sorted(rules) == ["ADAMW", "Muon", "SOAP"], rules
     for row in rows:
         loss, accuracy = float(row[4]), row[5]
         assert 0 <= loss < 100, row  # finite, not diverged

@@ -255,15 +255,22 @@ def test_differs_from_optax_muon():
 
 
 # compare and the gallery ----------------------------------------------------------------------------------
-def test_compare_routes_kernels_to_muon_and_the_rest_to_adamw():
+def test_compare_routes_matrices_to_muon_and_the_rest_to_adamw():
     from test_conformance import regression_data, small_model
 
     from keras_optx import compare
 
     optimizer = compare.build_optimizer("muon:0.01")
-    assert isinstance(optimizer, ox.Partition) and isinstance(optimizer.rules[0], ox.Muon)
-    assert float(keras.ops.convert_to_numpy(optimizer.rules[0].learning_rate)) == pytest.approx(0.01)
-    assert repr(optimizer.rules[1]) == repr(ox.ADAMW())
+    assert isinstance(optimizer, ox.Partition) and isinstance(optimizer.rules[1], ox.Muon)
+    assert repr(optimizer.rules[0]) == repr(ox.ADAMW())
+    # Muon comes last: the Partition's rate, which `--tune` searches, is Muon's
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.01)
+    assert float(keras.ops.convert_to_numpy(optimizer.rules[1].learning_rate)) == pytest.approx(0.01)
+    # a rank-3 kernel (attention's (d_model, heads, head_dim)) is not Muon's: ADAMW takes it, as SOAP's routing does
+    for name in ("muon", "soap"):
+        rng = np.random.default_rng(0)
+        variables = [keras.Variable(rng.standard_normal(s).astype("float32")) for s in [(4, 2, 3), (4, 6), (6,)]]
+        compare.build_optimizer(name).apply([np.ones(v.shape, "float32") for v in variables], variables)
     x, y = regression_data()
     model = small_model()
     model.compile(optimizer=optimizer, loss="mse")

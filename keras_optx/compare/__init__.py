@@ -15,8 +15,9 @@ expdecay, γ for invdecay). `A+B+…` is the chain `Optimiser(A, B, …)`, e.g.
 `clipnorm+weightdecay:1e-4+adam` or `expdecay+descent`. `lookahead[:K]+…` wraps the rest
 in `Lookahead` (sync period K, default 6), e.g. `lookahead+radam`; `cautious+…` in `Cautious`,
 e.g. `cautious+lion`. `lion`, `rprop`, `adopt`, `ademamix`, `prodigy`, `muon` and `soap` (beyond
-Flux v0.12) are named but not in the default run; `muon` updates the layers' kernels and routes the
-other variables to `ADAMW()` (`Partition({"kernel": Muon(η), ".*": ADAMW()})`).
+Flux v0.12) are named but not in the default run; `muon` updates the 2-D variables and routes the
+others to `ADAMW()`, `soap` all but tensors of rank > 2 (attention and convolution kernels), which go to
+`ADAMW()`; the rule comes last in its `Partition`, so its own η is the one `--tune` searches.
 
 In Python, `compare(build_model, data, rules, loss=..., ...)` runs the same comparison on
 your model and data and returns a `Comparison` (`.table()`, `.to_dicts()`, `.plot(path)`).

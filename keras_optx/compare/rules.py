@@ -11,7 +11,7 @@ import inspect
 import keras
 
 import keras_optx as ox
-from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, MATRIX_RULES, TORCH_RULES, TRANSFORMS  # every rule by name: one list
+from keras_optx._catalog import EXTRA_RULES, FLUX_RULES, MATRIX_RULES, TORCH_RULES, TRANSFORMS, UP_TO_RANK_TWO  # every rule by name: one list
 
 DEFAULT_RULES = tuple(FLUX_RULES)
 
@@ -32,6 +32,14 @@ def known_names():
     return names
 
 
+def _not(predicate):
+    return lambda variable: not predicate(variable)
+
+
+def _rank_above_two(variable):
+    return len(variable.shape) > 2
+
+
 def _member(part):
     """One `NAME[:X]` → a keras_optx object (rule, transform, torch rule or schedule)."""
     name, _, value = part.partition(":")
@@ -44,8 +52,12 @@ def _member(part):
             raise UsageError(f"bad number {value!r} in rule {part!r}; write NAME:X, e.g. adam:0.01") from None
     if key in FLUX_RULES or key in EXTRA_RULES:
         name = {**FLUX_RULES, **EXTRA_RULES}[key]
-        if name in MATRIX_RULES:  # matrices only: the kernels to it, the rest (biases) to ADAMW
-            return ox.Partition({"kernel": getattr(ox, name)(*args), ".*": ox.ADAMW()})
+        # A rule for some ranks only gets those and ADAMW the rest; the rule comes last, so that the
+        # Partition's rate (what `--tune` searches) is its own.
+        if name in MATRIX_RULES:
+            return ox.Partition({_not(ox.matrices()): ox.ADAMW(), ".*": getattr(ox, name)(*args)})
+        if name in UP_TO_RANK_TWO:
+            return ox.Partition({_rank_above_two: ox.ADAMW(), ".*": getattr(ox, name)(*args)})
         return getattr(ox, name)(*args)
     if key in TRANSFORMS:
         cls, default = TRANSFORMS[key]
