@@ -38,7 +38,6 @@ asserts a figure.
 """
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -145,25 +144,6 @@ def rules(names):
     return {display_name(name): name for name in names}
 
 
-def markdown(result):
-    """The compare table's cells as a markdown table (ranked: best test accuracy first)."""
-    several = len(result.seeds) > 1
-    lines = [f"| # | rule | η | tuned | train loss | {result.score_name} | ms/step | note |",
-             "|---:|---|---:|---|---:|---:|---:|---|"]
-    for rank, row in enumerate(result.ranked(), 1):
-        loss, loss_std = row.loss()
-        score, score_std = row.score()
-        if row.diverged:
-            loss_cell = score_cell = "diverged"
-        else:
-            loss_cell = f"{loss:.4f}" + (f" ± {loss_std:.4f}" if several else "")
-            score_cell = f"{100 * score:.1f}%" + (f" ± {100 * score_std:.1f}" if several else "")
-        rate = "—" if row.learning_rate is None else f"{row.learning_rate:.3g}"
-        ms = "—" if math.isnan(row.ms_per_step) else f"{row.ms_per_step:.2f}"
-        lines.append(f"| {rank} | {row.rule} | {rate} | {'yes' if row.tuned else 'no'} | {loss_cell} | {score_cell} | {ms} | {row.note} |")
-    return "\n".join(lines)
-
-
 def run(args):
     import keras
 
@@ -190,7 +170,7 @@ def run(args):
     print(f"\nTiny transformer ({args.blocks} block(s), d_model {D_MODEL}, {HEADS} heads, MLP {MLP_WIDTH}, "
           f"{model.count_params()} parameters) on digits as 8 tokens × 8 features: {len(x)} train / {len(test[0])} test, "
           f"{epochs} epochs × batch {BATCH}, {args.threads} thread(s){', --quick' if args.quick else ''}\n")
-    print(markdown(result))
+    print(result.markdown())
     print("\n" + result.details)
     print("\nPer seed (" + ", ".join(map(str, result.seeds)) + "): test accuracy / final train loss:")
     for row in result.rows:

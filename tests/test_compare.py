@@ -164,6 +164,10 @@ def test_api_runs_a_user_model_with_every_kind_of_rule(tmp_path):
     assert "± " in table and "over 2 seeds" in table
     for name in rules:
         assert name in table
+    # the same cells as Markdown: a header, its alignment row, one row per rule in the table's order
+    markdown = result.markdown().splitlines()
+    assert markdown[0].startswith("| # | rule | η | train loss |") and markdown[1].startswith("| ---: | --- | ---: |")
+    assert [line.split(" | ")[1] for line in markdown[2:]] == [row.rule for row in result.ranked()]
     pytest.importorskip("matplotlib", reason="plot() needs matplotlib (keras-optx[compare])")
     png = tmp_path / "curves.png"
     assert result.plot(png) == png and png.read_bytes()[:8] == PNG_MAGIC

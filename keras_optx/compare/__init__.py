@@ -20,7 +20,7 @@ others to `ADAMW()`, `soap` all but tensors of rank > 2 (attention and convoluti
 `ADAMW()`; the rule comes last in its `Partition`, so its own η is the one `--tune` searches.
 
 In Python, `compare(build_model, data, rules, loss=..., ...)` runs the same comparison on
-your model and data and returns a `Comparison` (`.table()`, `.to_dicts()`, `.plot(path)`).
+your model and data and returns a `Comparison` (`.table()`, `.markdown()`, `.to_dicts()`, `.plot(path)`).
 
 The package: `api` (`compare`), `cli` (the command line), `search` (the rate search),
 `report` (`Row`, `Comparison`: table and plot), `progress` (progress lines, time estimate),

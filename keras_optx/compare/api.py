@@ -102,7 +102,7 @@ def compare(
             receives each line instead; False is silent.
 
     Returns:
-        A `Comparison`: `.rows`, `.table()`, `.to_dicts()`, `.plot(path)`. Ctrl-C
+        A `Comparison`: `.rows`, `.table()`, `.markdown()`, `.to_dicts()`, `.plot(path)`. Ctrl-C
         (KeyboardInterrupt) stops the work and returns the rules that finished, with
         `.interrupted` set.
 

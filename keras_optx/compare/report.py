@@ -97,15 +97,11 @@ class Comparison:
             return f"{100 * value:.1f}%"
         return f"{value:.4f}"
 
-    def table(self):
-        """A fixed-width text table, ranked: rule, η, final training loss, score, ms per step, note.
-
-        With several seeds a cell reads `mean ± std` (sample standard deviation over the seeds).
-        A rule whose every run diverged reads `diverged` in its loss and score cells.
-        """
+    def _cells(self):
+        """The header and the ranked rows' cells: rank, rule, η, final training loss, score, ms per step, note
+        (the score column left out where it is the training loss)."""
         several = len(self.seeds) > 1
         header = ["#", "rule", "η", "train loss", self.score_name, "ms/step", "note"]
-        same = self.score_name == "train loss"  # the score is the loss column: shown once
         lines = []
         for rank, row in enumerate(self.ranked(), 1):
             loss, loss_std = row.loss()
@@ -122,9 +118,18 @@ class Comparison:
             rate = "—" if row.learning_rate is None else f"{row.learning_rate:.3g}"
             ms = "—" if math.isnan(row.ms_per_step) else f"{row.ms_per_step:.2f}"
             lines.append([str(rank), row.rule, rate, loss_cell, score_cell, ms, row.note])
-        if same:
+        if self.score_name == "train loss":  # the score is the loss column: shown once
             header, lines = [c for i, c in enumerate(header) if i != 4], [[c for i, c in enumerate(r) if i != 4] for r in lines]
-        right = {0, 2, 3, 4} if same else {0, 2, 3, 4, 5}
+        return header, lines
+
+    def table(self):
+        """A fixed-width text table, ranked: rule, η, final training loss, score, ms per step, note.
+
+        With several seeds a cell reads `mean ± std` (sample standard deviation over the seeds).
+        A rule whose every run diverged reads `diverged` in its loss and score cells.
+        """
+        header, lines = self._cells()
+        right = {i for i, name in enumerate(header) if name not in ("rule", "note")}
         widths = [max(len(r[i]) for r in [header] + lines) for i in range(len(header))]
 
         def fmt(cells):
@@ -137,6 +142,12 @@ class Comparison:
         if self.interrupted:
             text.append("interrupted (Ctrl-C): the rows above are the runs that finished")
         return "\n".join(text)
+
+    def markdown(self):
+        """The same table as Markdown (for a README or a report), without the notes below it."""
+        header, lines = self._cells()
+        align = ["---" if name in ("rule", "note") else "---:" for name in header]
+        return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, align] + lines)
 
     def __str__(self):
         return self.table()
