@@ -26,7 +26,7 @@ The rules (`--rules`, default adamw,muon,soap), by their compare names:
   matrix, (d_model, heads·head_dim), is not the (k…·in, out) flattening Muon gives a convolution kernel).
 - `soap`: SOAP on every variable of rank ≤ 2, ADAMW() at its default on the rank-3 attention kernels (SOAP
   refuses rank > 2).
-In both, the rule comes last in its Partition, so its own η is the one tuned.
+In both, the rule's own η is the one tuned (ADAMW's stays at its default).
 
 Progress goes to stderr; to stdout the machine, the markdown table (ranked by test accuracy), the per-seed
 figures, the rates each search tried, and the wall time. The process runs on `--threads` cores (default 1:

@@ -261,16 +261,25 @@ def test_compare_routes_matrices_to_muon_and_the_rest_to_adamw():
     from keras_optx import compare
 
     optimizer = compare.build_optimizer("muon:0.01")
-    assert isinstance(optimizer, ox.Partition) and isinstance(optimizer.rules[1], ox.Muon)
-    assert repr(optimizer.rules[0]) == repr(ox.ADAMW())
-    # Muon comes last: the Partition's rate, which `--tune` searches, is Muon's
-    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(0.01)
-    assert float(keras.ops.convert_to_numpy(optimizer.rules[1].learning_rate)) == pytest.approx(0.01)
+    assert isinstance(optimizer, ox.Partition) and isinstance(optimizer.rules[0], ox.Muon)
+    assert float(keras.ops.convert_to_numpy(optimizer.rules[0].learning_rate)) == pytest.approx(0.01)
+    assert repr(optimizer.rules[1]) == repr(ox.ADAMW())
+    # the rate `--tune` searches is Muon's (the Partition's own would be the catch-all ADAMW's), through wrappers too
+    from keras_optx.compare.rules import _entries
+
+    for spec in ("muon", "lookahead+clipnorm+muon", "soap"):
+        (entry,) = _entries([spec])
+        assert entry.default_rate == pytest.approx(0.02 if "muon" in spec else 3e-3), spec
+        made = entry.make(0.5)
+        assert float(keras.ops.convert_to_numpy(entry.holder(made).learning_rate)) == 0.5
+        assert type(entry.holder(made)).__name__ == ("Muon" if "muon" in spec else "SOAP")
     # a rank-3 kernel (attention's (d_model, heads, head_dim)) is not Muon's: ADAMW takes it, as SOAP's routing does
+    # (and an MLP's variables alone: no key may be left matching nothing)
     for name in ("muon", "soap"):
-        rng = np.random.default_rng(0)
-        variables = [keras.Variable(rng.standard_normal(s).astype("float32")) for s in [(4, 2, 3), (4, 6), (6,)]]
-        compare.build_optimizer(name).apply([np.ones(v.shape, "float32") for v in variables], variables)
+        for shapes in ([(4, 2, 3), (4, 6), (6,)], [(4, 6), (6,)]):
+            rng = np.random.default_rng(0)
+            variables = [keras.Variable(rng.standard_normal(s).astype("float32")) for s in shapes]
+            compare.build_optimizer(name).apply([np.ones(v.shape, "float32") for v in variables], variables)
     x, y = regression_data()
     model = small_model()
     model.compile(optimizer=optimizer, loss="mse")

@@ -17,7 +17,7 @@ in `Lookahead` (sync period K, default 6), e.g. `lookahead+radam`; `cautious+…
 e.g. `cautious+lion`. `lion`, `rprop`, `adopt`, `ademamix`, `prodigy`, `muon` and `soap` (beyond
 Flux v0.12) are named but not in the default run; `muon` updates the 2-D variables and routes the
 others to `ADAMW()`, `soap` all but tensors of rank > 2 (attention and convolution kernels), which go to
-`ADAMW()`; the rule comes last in its `Partition`, so its own η is the one `--tune` searches.
+`ADAMW()`; their own η (not ADAMW's) is the one `--tune` searches.
 
 In Python, `compare(build_model, data, rules, loss=..., ...)` runs the same comparison on
 your model and data and returns a `Comparison` (`.table()`, `.markdown()`, `.to_dicts()`, `.plot(path)`).

@@ -32,12 +32,25 @@ def known_names():
     return names
 
 
-def _not(predicate):
-    return lambda variable: not predicate(variable)
+def _rank_at_most_two(variable):
+    return len(variable.shape) <= 2
 
 
-def _rank_above_two(variable):
-    return len(variable.shape) > 2
+def _rate_holder(spec):
+    """`holder(optimizer)`: the part of `build_optimizer(spec)` whose rate is the spec's η. For a routed rule
+    (`muon`, `soap`, last in the spec) that is the rule inside its Partition, whose own rate would be the
+    catch-all ADAMW's; otherwise the optimizer itself (a chain's rate is its last rate-bearing member's)."""
+    last = spec.split("+")[-1].partition(":")[0].strip().lower()
+    routed = {**FLUX_RULES, **EXTRA_RULES}.get(last)
+    if routed not in MATRIX_RULES + UP_TO_RANK_TWO:
+        return lambda optimizer: optimizer
+
+    def holder(optimizer):
+        while not isinstance(optimizer, ox.Partition):  # through Lookahead, Cautious and chains to the Partition
+            optimizer = list(optimizer)[-1] if isinstance(optimizer, ox.Optimiser) else optimizer.optimizer
+        return next(rule for rule in optimizer.rules if type(rule).__name__ == routed)
+
+    return holder
 
 
 def _member(part):
@@ -52,12 +65,11 @@ def _member(part):
             raise UsageError(f"bad number {value!r} in rule {part!r}; write NAME:X, e.g. adam:0.01") from None
     if key in FLUX_RULES or key in EXTRA_RULES:
         name = {**FLUX_RULES, **EXTRA_RULES}[key]
-        # A rule for some ranks only gets those and ADAMW the rest; the rule comes last, so that the
-        # Partition's rate (what `--tune` searches) is its own.
+        # A rule for some ranks only gets those and ADAMW the rest (its η is the one tuned: `_rate_holder`).
         if name in MATRIX_RULES:
-            return ox.Partition({_not(ox.matrices()): ox.ADAMW(), ".*": getattr(ox, name)(*args)})
+            return ox.Partition({ox.matrices(): getattr(ox, name)(*args), ".*": ox.ADAMW()})
         if name in UP_TO_RANK_TWO:
-            return ox.Partition({_rank_above_two: ox.ADAMW(), ".*": getattr(ox, name)(*args)})
+            return ox.Partition({_rank_at_most_two: getattr(ox, name)(*args), ".*": ox.ADAMW()})
         return getattr(ox, name)(*args)
     if key in TRANSFORMS:
         cls, default = TRANSFORMS[key]
@@ -126,9 +138,13 @@ def display_name(spec):
 class _Entry:
     """A rule to compare: its name, a maker of fresh optimizers, its default rate (or why it has none)."""
 
-    def __init__(self, label, make, default_rate, why_not, rebuild=False):
+    def __init__(self, label, make, default_rate, why_not, rebuild=False, holder=lambda optimizer: optimizer):
         self.label, self.make, self.default_rate, self.why_not = label, make, default_rate, why_not
         self.rebuild = rebuild  # a factory taking the rate: each rate tried needs its own optimizer
+        self.holder = holder  # holder(optimizer): what `learning_rate = η` is set on
+
+    def set_rate(self, optimizer, rate):
+        self.holder(optimizer).learning_rate = rate
 
 
 def _settable_rate(optimizer):
@@ -176,14 +192,15 @@ def _entries(rules):
         raise ValueError("rules: give at least one rule (a name such as 'adam', an optimizer or a factory)")
     entries, seen = [], {}
     for position, (label, rule) in enumerate(items, 1):
-        rebuild = False
+        rebuild, holder = False, lambda optimizer: optimizer
         where = f"rules[{position - 1}]" if label is None else f"rules[{label!r}]"
         if isinstance(rule, str):
             try:
                 probe = build_optimizer(rule)
             except UsageError as error:
                 raise ValueError(f"{where}: {error}") from None
-            make = _with_rate(lambda _spec=rule: build_optimizer(_spec))
+            holder = _rate_holder(rule)
+            make = _with_rate(lambda _spec=rule: build_optimizer(_spec), holder)
             name = label or display_name(rule)
         elif isinstance(rule, keras.optimizers.Optimizer):
             probe = _fresh(rule)
@@ -214,21 +231,21 @@ def _entries(rules):
                 f"{where} must be a rule name (e.g. 'adam'), a Keras optimizer or a factory returning one; "
                 f"received {rule!r} ({type(rule).__name__})"
             )
-        rate, why_not = _settable_rate(probe)
+        rate, why_not = _settable_rate(holder(probe))
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name} ({seen[name]})"
-        entries.append(_Entry(name, make, rate, why_not, rebuild))
+        entries.append(_Entry(name, make, rate, why_not, rebuild, holder))
     return entries
 
 
-def _with_rate(factory):
-    """`make(rate=None)`: a new optimizer from `factory()`, with its learning rate set to `rate` when given."""
+def _with_rate(factory, holder=lambda optimizer: optimizer):
+    """`make(rate=None)`: a new optimizer from `factory()`, with its (`holder`'s) learning rate set to `rate` when given."""
 
     def make(rate=None):
         optimizer = factory()
         if rate is not None:
-            optimizer.learning_rate = rate
+            holder(optimizer).learning_rate = rate
         return optimizer
 
     return make

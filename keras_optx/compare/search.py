@@ -110,7 +110,7 @@ class _Trials:
             self.model.optimizer.build(self.model.trainable_variables)
             self.start = _snapshot(self.model)
         _restore(self.model, state if state is not None else self.start)
-        self.model.optimizer.learning_rate = rate
+        self.entry.set_rate(self.model.optimizer, rate)
         return self.model
 
     def keep(self, model):
