@@ -118,11 +118,11 @@ RULES = [
     # 2024 rules (keras_optx/recent.py, prodigy.py): defaults, then every hyperparameter away from its default.
     Case("ADOPT", lambda: ox.ADOPT(), lambda: ref.ADOPT(), reliability=_rate(lambda lr, **kw: ox.ADOPT(lr, **kw), 0.01)),
     Case("ADOPT(0.01,(0.8,0.99),eps=1e-3)", lambda: ox.ADOPT(0.01, (0.8, 0.99), 1e-3),
-         lambda: ref.ADOPT(0.01, (0.8, 0.99), 1e-3), fit=False),
+         lambda: ref.ADOPT(0.01, (0.8, 0.99), 1e-3), fit=False, kernel=True, varying_rate=True),
     Case("AdEMAMix", lambda: ox.AdEMAMix(), lambda: ref.AdEMAMix(),
          reliability=_rate(lambda lr, **kw: ox.AdEMAMix(lr, **kw), 0.01)),
     Case("AdEMAMix(0.01,(0.8,0.99,0.995),2.0,eps=1e-6)", lambda: ox.AdEMAMix(0.01, (0.8, 0.99, 0.995), 2.0, 1e-6),
-         lambda: ref.AdEMAMix(0.01, (0.8, 0.99, 0.995), 2.0, 1e-6), fit=False),
+         lambda: ref.AdEMAMix(0.01, (0.8, 0.99, 0.995), 2.0, 1e-6), fit=False, kernel=True, varying_rate=True),
     # The paper's warm-ups as schedules, T = 8 < the test's 20 steps: both ramps end within it.
     Case("AdEMAMix(warm-ups)", lambda: ox.AdEMAMix(0.01, (0.9, 0.999, ox.AdEMAMixBeta3Warmup(0.9, 0.999, 8)),
                                                   alpha=ox.AdEMAMixAlphaWarmup(5.0, 8)),

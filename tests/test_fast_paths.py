@@ -28,6 +28,7 @@ ADAM, RADAM, ADAMAX, ADADELTA, NADAM, OADAM, ADABELIEF = (
     "ADAM(0.001,(0.9,0.8))", "RADAM(0.01,(0.9,0.8))", "AdaMax(0.002,(0.9,0.995))", "ADADelta(0.89)", "NADAM(0.002,(0.89,0.995))",
     "OADAM(0.01,(0.9,0.995),eps=1e-6)", "AdaBelief(0.002,(0.8,0.9))",
 )
+ADOPT, ADEMAMIX = "ADOPT(0.01,(0.8,0.99),eps=1e-3)", "AdEMAMix(0.01,(0.8,0.99,0.995),2.0,eps=1e-6)"
 
 torch_only = pytest.mark.skipif(
     BACKEND != "torch", reason="torch fused kernels exist only on torch; jax/tf run `delta` under XLA/tf.function"
@@ -77,7 +78,7 @@ LARGE_SHAPES = [(300, 200), (70001,)]
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, "ClipNorm>WeightDecay>ADAM",
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, ADOPT, ADEMAMIX, "ClipNorm>WeightDecay>ADAM",
                                   "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp", "ExpDecay>Momentum"])
 def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
@@ -90,7 +91,7 @@ BLOCK_SHAPES = [(5,), (3, 7), (100000,), (700, 800), (1 << 18,), (200000,), (700
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF])
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF, ADOPT, ADEMAMIX])
 def test_fast_path_matches_formula_in_cache_blocks(name):
     _compare_fast_and_generic(name, BLOCK_SHAPES, 4)
 
@@ -247,6 +248,8 @@ SHARED_BUFFER = {
     "ClipNorm>(WeightDecay>ADADelta)": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.Optimiser(ox.WeightDecay(1e-2), ox.ADADelta(0.89))),
     "ClipNorm>NADAM": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.NADAM(0.002, (0.89, 0.995))),
     "ClipValue>NADAM": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.NADAM(0.002, (0.89, 0.995))),
+    "ClipNorm>AdEMAMix": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.AdEMAMix(0.01, (0.8, 0.99, 0.995), 2.0, 1e-6)),
+    "ClipNorm>ADOPT": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.ADOPT(0.01, (0.8, 0.99), 1e-3)),  # declines: the formula
 }
 
 

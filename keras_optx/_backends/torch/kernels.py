@@ -15,6 +15,7 @@ from ...adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
 from ...adaptive import ADADelta, ADAGrad, RMSProp
 from ...chain import _own
 from ...descent import Descent, Momentum, Nesterov
+from ...recent import ADOPT, AdEMAMix
 from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, whole
 from .registry import register_kernel
 from .transforms import buffer_owner
@@ -316,3 +317,60 @@ def _decay_groups(rule, *lists):
         if part[0]:
             groups.append((part, weight_decay))
     return groups
+
+
+# recent.py -------------------------------------------------------------------------------------
+def _numbers(*values):
+    """Whether every hyperparameter is a plain number this step (a schedule's value is read by the formula)."""
+    return all(isinstance(v, (int, float)) for v in values)
+
+
+@register_kernel(ADOPT)
+def adopt(rule, xs, gs, slots, t, lr):
+    # In place on the slots and one kept buffer, block by block (`in_blocks`). n needs g and the old v,
+    # and v's update g again: the buffer must not be g, so in a chain (whose buffer may hold g) the
+    # formula runs.
+    b1, b2 = rule.beta
+    owner = buffer_owner(rule)
+    if owner is not rule or not _numbers(b1, b2, rule.epsilon):
+        return False
+    if t == 1:  # v ← g²; m stays 0: Δ = 0
+        torch._foreach_mul_(slots["v"], 0.0)
+        torch._foreach_addcmul_(slots["v"], gs, gs)
+        return True
+    bound = float(t) ** 0.25
+    for x, g, m, v, buffer in in_blocks(owner, (xs, gs, slots["m"], slots["v"]), scratch_lists=1):
+        whole_v, whole_buffer = whole(v, buffer)
+        into(whole_buffer, "sqrt", whole_v)
+        torch._foreach_clamp_min_(whole_buffer, rule.epsilon)  # max(√v, ϵ)
+        torch._foreach_reciprocal_(whole_buffer)
+        torch._foreach_mul_(buffer, g)  # g/max(√v, ϵ)
+        torch._foreach_clamp_min_(whole(buffer)[0], -bound)
+        torch._foreach_clamp_max_(whole(buffer)[0], bound)  # n = clip(g/max(√v, ϵ), ±t^¼)
+        torch._foreach_lerp_(m, buffer, 1 - b1)  # m ← β₁·m + (1−β₁)·n
+        torch._foreach_add_(x, m, alpha=-lr)
+        torch._foreach_mul_(whole_v, b2)
+        torch._foreach_addcmul_(v, g, g, value=1 - b2)  # v ← β₂·v + (1−β₂)·g²
+    return True
+
+
+@register_kernel(AdEMAMix)
+def ademamix(rule, xs, gs, slots, t, lr):
+    # In place on the slots and one kept buffer, block by block (`in_blocks`): g is read (three
+    # moments) before the buffer is written, so in a chain the buffer may be g. Δ's two terms are
+    # two addcdiv passes: (η·c/(1−β₁ᵗ))·m/(√v + ϵc) + (η·c·α)·m₂/(√v + ϵc), c = √(1−β₂ᵗ).
+    b1, b2, b3 = rule.beta
+    if not _numbers(b1, b2, b3, rule.alpha, rule.epsilon):
+        return False
+    c = ops.sqrt(ops.one_minus_pow(b2, t))
+    for x, g, m, slow, v, buffer in in_blocks(buffer_owner(rule), (xs, gs, slots["m"], slots["slow"], slots["v"]), scratch_lists=1):
+        torch._foreach_lerp_(m, g, 1 - b1)
+        torch._foreach_lerp_(slow, g, 1 - b3)
+        torch._foreach_mul_(whole(v)[0], b2)
+        torch._foreach_addcmul_(v, g, g, value=1 - b2)
+        whole_v, whole_buffer = whole(v, buffer)
+        into(whole_buffer, "sqrt", whole_v)
+        torch._foreach_add_(whole_buffer, rule.epsilon * c)  # buffer ← √v + ϵ·c
+        torch._foreach_addcdiv_(x, m, buffer, value=-lr * c / ops.one_minus_pow(b1, t))
+        torch._foreach_addcdiv_(x, slow, buffer, value=-lr * c * rule.alpha)
+    return True
