@@ -152,6 +152,17 @@ def test_torch_kernel_equals_the_formula(ns_dtype, monkeypatch):
             assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.02
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the Newton–Schulz kernel is torch's (jax and tensorflow run the formula, compiled by XLA)")
+def test_torch_batched_products_equal_one_matrix_at_a_time():
+    """The GPU path (baddbmm over the batch) against the CPU path (addmm per matrix), here on the CPU."""
+    from keras_optx._backends.torch import matrix
+
+    x = torch.randn(3, 8, 16, generator=torch.Generator().manual_seed(5)) / 12
+    batched = matrix._iterate_batch(x, 3.4445, -4.775, 2.0315, 5)
+    alone = torch.stack([matrix._iterate(m, 3.4445, -4.775, 2.0315, 5) for m in x])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
 def test_rank_above_two_runs_as_fan_in_by_outputs(monkeypatch):
     """A (k, k, in, out) kernel steps as torch.optim.Muon on its (k·k·in, out) matrix."""
     monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz", _torch_ns_float32)
