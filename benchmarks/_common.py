@@ -120,7 +120,9 @@ def optax_step(jax, transformation, params, grads):
         return optax.apply_updates(params, updates), opt_state
 
     apply = jax.jit(update, donate_argnums=(0, 1))
-    state = {"params": params, "opt": transformation.init(params)}
+    # Each leaf its own buffer: a state may hold the params themselves or one array twice (optax.contrib.prodigy's
+    # x₀), and a buffer cannot be donated twice.
+    state = jax.tree.map(lambda a: jax.numpy.array(a, copy=True), {"params": params, "opt": transformation.init(params)})
 
     def step():
         state["params"], state["opt"] = apply(state["params"], state["opt"], grads)
