@@ -164,6 +164,6 @@ def test_transformer_comparison_prints_a_row_per_rule():
     # compare routes what each cannot take (rank-3 attention kernels) to ADAMW: nothing is refused
     assert sorted(rules) == ["ADAMW", "Muon", "SOAP"], rules
     for row in rows:
-        loss, accuracy = float(row[4]), row[5]
+        loss, accuracy = float(row[3]), row[4]
         assert 0 <= loss < 100, row  # finite, not diverged
         assert re.match(r"^\d+\.\d%$", accuracy) and 0 <= float(accuracy[:-1]) <= 100, row

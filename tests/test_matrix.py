@@ -163,6 +163,25 @@ def test_torch_batched_products_equal_one_matrix_at_a_time():
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="the Muon kernel is torch's (jax and tensorflow run the formula, compiled by XLA)")
+@pytest.mark.parametrize("ns_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: f"{s['adjust_lr_fn']}-nesterov{s['nesterov']}")
+def test_torch_muon_kernel_equals_the_formula(setting, ns_dtype):
+    """The whole step as a torch kernel (in-place momentum, per-matrix iteration) against the rule's formula."""
+    shapes = [(4, 6), (6, 4), (4, 6), (5, 5), (3, 2, 4)]
+    x0, grads = _streams(shapes, seed=6)
+    kernel_opt, formula_opt = _ours(setting, ns_dtype), _ours(setting, ns_dtype)
+    formula_opt._torch_kernel = None  # an instance's own kernel (none) replaces its class's: the formula runs
+    ours, formula = _keras_steps(kernel_opt, x0, grads), _keras_steps(formula_opt, x0, grads)
+    for n, ((_, xs), (_, ys)) in enumerate(zip(ours, formula), 1):
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            if ns_dtype == "float32":
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, err_msg=f"variable {i} step {n}")
+            else:  # the same roundings; a sum ordered otherwise flips one, which the iteration amplifies
+                step_x, step_y = x0[i] - x if n == 1 else ours[n - 2][1][i] - x, x0[i] - y if n == 1 else formula[n - 2][1][i] - y
+                assert np.linalg.norm(step_x - step_y) / np.linalg.norm(step_y) < 0.02, f"variable {i} step {n}"
+
+
 def test_rank_above_two_runs_as_fan_in_by_outputs(monkeypatch):
     """A (k, k, in, out) kernel steps as torch.optim.Muon on its (k·k·in, out) matrix."""
     monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz", _torch_ns_float32)

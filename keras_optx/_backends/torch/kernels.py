@@ -15,8 +15,10 @@ from ...adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
 from ...adaptive import ADADelta, ADAGrad, RMSProp
 from ...chain import _own
 from ...descent import Descent, Momentum, Nesterov
+from ...matrix import Muon, as_matrix_shape, lr_ratio
 from ...recent import ADOPT, AdEMAMix
 from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, whole
+from .matrix import newton_schulz
 from .registry import register_kernel
 from .transforms import buffer_owner
 
@@ -373,4 +375,29 @@ def ademamix(rule, xs, gs, slots, t, lr):
         torch._foreach_add_(whole_buffer, rule.epsilon * c)  # buffer ← √v + ϵ·c
         torch._foreach_addcdiv_(x, m, buffer, value=-lr * c / ops.one_minus_pow(b1, t))
         torch._foreach_addcdiv_(x, slow, buffer, value=-lr * c * rule.alpha)
+    return True
+
+
+# matrix.py -------------------------------------------------------------------------------------
+@register_kernel(Muon)
+def muon(rule, xs, gs, slots, t, lr):
+    # torch.optim.Muon's step: the momentum lerped in place, each matrix's Nesterov mix, its Newton–Schulz
+    # iteration (`matrix._iterate`, one matrix at a time on the CPU, batched per shape on a GPU) and
+    # x ← x − η·r·X from the `ns_dtype` result: no parameter-sized float32 temporaries.
+    mu = rule.momentum
+    if not _numbers(mu, rule.epsilon):
+        return False
+    a, b, c = (float(v) for v in rule.ns_coefficients)
+    dtype = torch.bfloat16 if rule.ns_dtype == "bfloat16" else torch.float32
+    torch._foreach_lerp_(slots["momentum_buffer"], gs, 1 - mu)
+    groups = {}
+    for x, g, buffer in zip(xs, gs, slots["momentum_buffer"]):
+        rows, cols = as_matrix_shape(x.shape)
+        u = (g.lerp(buffer, mu) if rule.nesterov else buffer).reshape(rows, cols).to(dtype)
+        groups.setdefault((min(rows, cols), max(rows, cols)), []).append((x, rows, cols, u.T if rows > cols else u))
+    for members in groups.values():
+        batch = torch.stack([u for *_, u in members])
+        for (x, rows, cols, _), o in zip(members, newton_schulz(batch, (a, b, c), rule.ns_steps, rule.epsilon)):
+            o = o.T if rows > cols else o
+            x.add_(o.reshape(x.shape), alpha=-lr * lr_ratio(rule.adjust_lr, rows, cols))
     return True
