@@ -111,7 +111,7 @@ def main():
         # The suite's own dry run of this script (tests/test_benchmarks.py) is left out: this is the real one.
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests"), "-k", "not gpu_run_dry_run"]
         if args.dry_run:  # the command runs and reports: one small file, collected only
-            cmd = cmd[:5] + [str(ROOT / "tests" / "test_tensors.py"), "--collect-only"]
+            cmd = cmd[:6] + [str(ROOT / "tests" / "test_tensors.py"), "--collect-only"]
         ok, text, seconds = run(cmd, env, backend, timeout=args.test_timeout, tail=40)
         summary = next((line for line in reversed(text.splitlines()) if re.search(r"\d+ (passed|failed|error|tests? collected)", line)), "no summary line")
         parts.append(f"## Test suite, {backend} ({seconds:.0f} s): {summary.strip()}\n\n```\n{text.strip()}\n```\n")
