@@ -18,7 +18,7 @@ from ...descent import Descent, Momentum, Nesterov
 from ...matrix import Muon, as_matrix_shape, lr_ratio
 from ...recent import ADOPT, AdEMAMix
 from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, whole
-from .matrix import newton_schulz
+from .matrix import _iterate, newton_schulz
 from .registry import register_kernel
 from .transforms import buffer_owner
 
@@ -396,8 +396,11 @@ def muon(rule, xs, gs, slots, t, lr):
         u = (g.lerp(buffer, mu) if rule.nesterov else buffer).reshape(rows, cols).to(dtype)
         groups.setdefault((min(rows, cols), max(rows, cols)), []).append((x, rows, cols, u.T if rows > cols else u))
     for members in groups.values():
-        batch = torch.stack([u for *_, u in members])
-        for (x, rows, cols, _), o in zip(members, newton_schulz(batch, (a, b, c), rule.ns_steps, rule.epsilon)):
+        if members[0][0].device.type == "cpu":  # one matrix at a time, unstacked (see `matrix.newton_schulz`)
+            results = [_iterate(u / u.norm().clamp(min=rule.epsilon), a, b, c, int(rule.ns_steps)) for *_, u in members]
+        else:
+            results = newton_schulz(torch.stack([u for *_, u in members]), (a, b, c), rule.ns_steps, rule.epsilon)
+        for (x, rows, cols, _), o in zip(members, results):
             o = o.T if rows > cols else o
             x.add_(o.reshape(x.shape), alpha=-lr * lr_ratio(rule.adjust_lr, rows, cols))
     return True
