@@ -63,6 +63,16 @@ def as_matrix_shape(shape):
     return shape if len(shape) == 2 else (math.prod(shape[:-1]), shape[-1])
 
 
+def by_shape(shapes):
+    """The indices of `shapes` grouped by their matrix's shape up to a transpose (`as_matrix_shape`): the
+    matrices whose Newton–Schulz iterations can run as one batch."""
+    groups = {}
+    for index, shape in enumerate(shapes):
+        rows, cols = as_matrix_shape(shape)
+        groups.setdefault((min(rows, cols), max(rows, cols)), []).append(index)
+    return list(groups.values())
+
+
 @_register
 class Muon(Rule):
     """Muon: momentum orthogonalised by a Newton–Schulz iteration, per weight matrix.
@@ -173,12 +183,8 @@ class Muon(Rule):
         """Newton–Schulz on each of `updates` as a matrix (`as_matrix_shape`), in `ns_dtype`; each
         returned in its own shape and dtype. Matrices of one shape run as one batch: one chain of
         batched products instead of one per matrix (as the reference code batches them)."""
-        groups = {}
-        for index, u in enumerate(updates):
-            rows, cols = as_matrix_shape(u.shape)
-            groups.setdefault((min(rows, cols), max(rows, cols)), []).append(index)
         out = [None] * len(updates)
-        for members in groups.values():
+        for members in by_shape([u.shape for u in updates]):
             # Each as a wide matrix (transposed when it has more rows than columns), stacked.
             wide = [_as_wide_matrix(updates[i], self.ns_dtype) for i in members]
             batch = self._newton_schulz(keras.ops.stack(wide) if len(wide) > 1 else wide[0][None])

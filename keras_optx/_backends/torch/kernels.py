@@ -15,7 +15,7 @@ from ...adam import ADAM, ADAMW, NADAM, OADAM, RADAM, AdaBelief, AdaMax, AMSGrad
 from ...adaptive import ADADelta, ADAGrad, RMSProp
 from ...chain import _own
 from ...descent import Descent, Momentum, Nesterov
-from ...matrix import Muon, as_matrix_shape, lr_ratio
+from ...matrix import Muon, as_matrix_shape, by_shape, lr_ratio
 from ...recent import ADOPT, AdEMAMix
 from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, whole
 from .matrix import _iterate, newton_schulz
@@ -390,12 +390,13 @@ def muon(rule, xs, gs, slots, t, lr):
     a, b, c = (float(v) for v in rule.ns_coefficients)
     dtype = torch.bfloat16 if rule.ns_dtype == "bfloat16" else torch.float32
     torch._foreach_lerp_(slots["momentum_buffer"], gs, 1 - mu)
-    groups = {}
+    matrices = []
     for x, g, buffer in zip(xs, gs, slots["momentum_buffer"]):
         rows, cols = as_matrix_shape(x.shape)
         u = (g.lerp(buffer, mu) if rule.nesterov else buffer).reshape(rows, cols).to(dtype)
-        groups.setdefault((min(rows, cols), max(rows, cols)), []).append((x, rows, cols, u.T if rows > cols else u))
-    for members in groups.values():
+        matrices.append((x, rows, cols, u.T if rows > cols else u))
+    for indices in by_shape([x.shape for x in xs]):
+        members = [matrices[i] for i in indices]
         if members[0][0].device.type == "cpu":  # one matrix at a time, unstacked (see `matrix.newton_schulz`)
             results = [_iterate(u / u.norm().clamp(min=rule.epsilon), a, b, c, int(rule.ns_steps)) for *_, u in members]
         else:
