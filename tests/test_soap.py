@@ -115,3 +115,55 @@ def test_precondition_1d_gives_vectors_a_factor():
 def test_rank_above_two_is_refused_naming_partition():
     with pytest.raises(ValueError, match=r"rank > 2.*Partition"):
         ox.SOAP().build([keras.Variable(np.ones((2, 2, 2), "float32"))])
+
+
+# The torch kernel (keras_optx/_backends/torch/kernels.py `soap`): SOAP's formula matrix by matrix in
+# place, held to the formula (`delta`, run with the kernel switched off) step by step, slots included. Full-rank
+# factors only (matrices whose sides are at most their number of steps, no `precondition_1d`): a rank-deficient
+# factor's eigenbasis is rounding's choice, in the formula run as in the kernel's.
+KERNEL_SHAPES = [(4, 4), (6, 6), (3, 7), (8, 5), (5,), ()]
+KERNEL_SETTINGS = [*SETTINGS, dict(lr=0.01, precondition_frequency=2, max_precondition_dim=6)]
+torch_only = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the kernel is torch's; jax/tf run the formula")
+
+
+def _kernel_and_formula(setting, steps=12, shapes=KERNEL_SHAPES, seed=3):
+    from keras_optx._backends.torch import kernel_of
+
+    rng = np.random.default_rng(seed)
+    x0 = [rng.standard_normal(s).astype("float32") for s in shapes]
+    fast, formula = _ours(setting), _ours(setting)
+    formula._torch_kernel = None  # an instance's own kernel (none) replaces its class's: the formula runs
+    calls, kernel = [], kernel_of(fast)
+    fast._torch_kernel = lambda *a, **k: calls.append(kernel(*a, **k)) or calls[-1]
+    xs, ys = [keras.Variable(x) for x in x0], [keras.Variable(x) for x in x0]
+    for n in range(1, steps + 1):
+        gs = [keras.ops.convert_to_tensor(rng.standard_normal(s).astype("float32")) for s in shapes]
+        fast.apply(gs, xs)
+        formula.apply(gs, ys)
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(x.value), keras.ops.convert_to_numpy(y.value),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"variable {i} at step {n}")
+    return fast, formula, calls, xs
+
+
+@torch_only
+@pytest.mark.parametrize("setting", KERNEL_SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items() if k != "lr"))
+def test_torch_kernel_matches_formula(setting):
+    fast, formula, calls, _ = _kernel_and_formula(setting)
+    assert calls == [True] * 12
+    for a, b in zip(fast.variables, formula.variables):
+        # QR's signs and eigh's order are the formula's too (same inputs up to rounding): every slot compares
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a.value), keras.ops.convert_to_numpy(b.value),
+                                   rtol=1e-4, atol=1e-5, err_msg=a.path)
+
+
+@torch_only
+def test_torch_kernel_keeps_two_matrices_per_shape_and_reads_a_scheduled_beta():
+    from keras_optx._backends.torch.buffers import kept_bytes
+
+    fast, _, _, xs = _kernel_and_formula(dict(lr=0.01, precondition_frequency=3), steps=3)
+    largest = {tuple(x.shape): 4 * max(1, int(np.prod(x.shape))) for x in xs}
+    assert kept_bytes(fast, xs) == 2 * sum(largest.values())  # two buffers per shape, never parameter-sized
+    beta1 = keras.optimizers.schedules.ExponentialDecay(0.95, 1, 0.5)  # halves each step: a stale β₁ would show
+    _, _, calls, _ = _kernel_and_formula(dict(lr=0.01, betas=(beta1, 0.95), precondition_frequency=3), steps=6)
+    assert calls == [True] * 6  # the step's value of the schedule, as the formula's

@@ -81,8 +81,8 @@ def kept_bytes(optimizer, variables=()):
             if storage.data_ptr() not in seen:
                 seen.add(storage.data_ptr())
                 total += storage.nbytes()
-        elif isinstance(value, (list, tuple)) and depth < 3:
-            for item in value:
+        elif isinstance(value, (list, tuple, dict)) and depth < 3:
+            for item in value.values() if isinstance(value, dict) else value:
                 visit(item, depth + 1)
 
     def walk(rule):

@@ -17,6 +17,7 @@ from ...chain import _own
 from ...descent import Descent, Momentum, Nesterov
 from ...matrix import Muon, as_matrix_shape, by_shape, lr_ratio
 from ...recent import ADOPT, AdEMAMix
+from ...soap import SOAP
 from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, whole
 from .matrix import _iterate, newton_schulz
 from .registry import register_kernel
@@ -405,3 +406,83 @@ def muon(rule, xs, gs, slots, t, lr):
             o = o.T if rows > cols else o
             x.add_(o.reshape(x.shape), alpha=-lr * lr_ratio(rule.adjust_lr, rows, cols))
     return True
+
+
+# soap.py ---------------------------------------------------------------------------------------
+@register_kernel(SOAP, shaped_slots=True)
+def soap(rule, xs, gs, slots, t, lr):
+    # The formula matrix by matrix, in place on the slots: the projections' products written into two
+    # kept buffers of the matrix's shape (`_matrix_scratch`), the factors updated by one `addmm_` each.
+    # A vector is an (n, 1) matrix, a scalar (1, 1); a side without a factor has no product.
+    b1, b2 = rule.beta
+    beta = rule._shampoo_beta()
+    if not _numbers(b1, b2, beta, rule.epsilon):
+        return False
+    step = t - 1
+    rate = lr
+    if rule.correct_bias and step > 0:
+        rate = lr * ops.sqrt(ops.one_minus_pow(b2, step)) / ops.one_minus_pow(b1, step)
+    refresh = step > 0 and step % rule.precondition_frequency == 0
+    for i, (x, g) in enumerate(zip(xs, gs)):
+        shape = tuple(x.shape)
+        rows, cols = (shape + (1, 1))[:2]
+        g2, x2 = g.view(rows, cols), x.view(rows, cols)
+        m, v = slots["m"][i].view(rows, cols), slots["v"][i].view(rows, cols)
+        factors = [
+            (slots[f][i], slots[q][i]) if rule._factored(shape, axis) else None
+            for axis, (f, q) in enumerate((("L", "QL"), ("R", "QR")))
+        ]
+        if t == 1:  # the factors and their eigenbases from g; no step
+            for axis, factor in enumerate(factors):
+                if factor is not None:
+                    f, q = factor
+                    torch.mm(*((g2, g2.T) if axis == 0 else (g2.T, g2)), out=f).mul_(1 - beta)
+                    q.copy_(torch.linalg.eigh(f).eigenvectors.flip(1))  # descending eigenvalues
+            continue
+        buffers = _matrix_scratch(rule, x2)
+        left, right = (None if factor is None else factor[1] for factor in factors)
+        m.lerp_(g2, 1 - b1)
+        projected = _project(g2, left, right, buffers)
+        v.mul_(b2).addcmul_(projected, projected, value=1 - b2)
+        moment = _project(m, left, right, buffers)
+        spare = buffers[1] if moment is buffers[0] else buffers[0]
+        torch.sqrt(v, out=spare).add_(rule.epsilon)
+        # Into a buffer (m itself where no side has a factor), so n is always one of the buffers.
+        n = _project(torch.div(moment, spare, out=spare if moment is m else moment), left, right, buffers, back=True)
+        if rule.normalize_gradient:
+            n.div_(n.square().mean().sqrt().add_(rule.epsilon))
+        x2.add_(n, alpha=-rate)
+        for axis, factor in enumerate(factors):
+            if factor is not None:
+                f, q = factor
+                f.addmm_(*((g2, g2.T) if axis == 0 else (g2.T, g2)), beta=beta, alpha=1 - beta)
+                if refresh:  # one power iteration and QR, columns (and v along the axis) sorted by estimated eigenvalue
+                    product = f @ q
+                    order = torch.argsort(-(q * product).sum(0), stable=True)
+                    v.copy_(v.index_select(axis, order))
+                    q.copy_(torch.linalg.qr(product.index_select(1, order)).Q)
+    return True
+
+
+def _matrix_scratch(rule, x):
+    """Two buffers of `x`'s shape, kept by `rule` between steps (one pair per shape: at most two
+    matrices' worth, not parameter-sized)."""
+    kept = rule.__dict__.setdefault("_torch_matrix_scratch", {})
+    key = (tuple(x.shape), x.dtype, x.device)
+    if key not in kept:
+        kept[key] = (torch.zeros_like(x), torch.zeros_like(x))
+    return kept[key]
+
+
+def _project(u, left, right, buffers, back=False):
+    """Q_Lᵀ·u·Q_R (with `back`, Q_L·u·Q_Rᵀ) written into `buffers` (never into u); a missing Q is the
+    identity (u itself returned where both are)."""
+    for side, q in (("left", left), ("right", right)):
+        if q is not None:
+            out = buffers[1] if u is buffers[0] else buffers[0]
+            if side == "left":
+                torch.mm(q if back else q.T, u, out=out)
+            else:
+                torch.mm(u, q.T if back else q, out=out)
+            u = out
+    return u

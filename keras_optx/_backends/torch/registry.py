@@ -2,20 +2,25 @@
 
 _KERNELS = {}  # exact class → kernel(rule, xs, gs, slots, t, lr[, weight_decay]) -> bool
 _TAKES_WEIGHT_DECAY = set()  # classes whose kernel adds a coupled decay g + λ·x itself
+_TAKES_SHAPED_SLOTS = set()  # classes whose kernel reads slots of their own shape (`Slot`: SOAP's factors)
 _INTOS = {}  # exact class → into(rule, out, g, xs, t, step) -> Δ (a transform's)
 _OWN = "_torch_kernel"  # an instance attribute of this name replaces the class's kernel (None: none)
 
 
-def register_kernel(*classes, weight_decay=False):
+def register_kernel(*classes, weight_decay=False, shaped_slots=False):
     """Decorator: `kernel` applies the whole update of a rule of exactly one of `classes`.
 
-    `weight_decay=True`: the kernel also takes `weight_decay=λ` and adds g + λ·x itself."""
+    `weight_decay=True`: the kernel also takes `weight_decay=λ` and adds g + λ·x itself.
+    `shaped_slots=True`: the kernel reads slots not of their variable's shape (`Slot`); other kernels,
+    which pair each slot with its variable, are not run for a rule that has such slots."""
 
     def register(kernel):
         for cls in classes:
             _KERNELS[cls] = kernel
             if weight_decay:
                 _TAKES_WEIGHT_DECAY.add(cls)
+            if shaped_slots:
+                _TAKES_SHAPED_SLOTS.add(cls)
         return kernel
 
     return register
@@ -43,6 +48,11 @@ def kernel_of(rule):
 def takes_weight_decay(rule):
     """Whether `rule`'s kernel takes `weight_decay=λ` (by its exact class)."""
     return type(rule) in _TAKES_WEIGHT_DECAY
+
+
+def takes_shaped_slots(rule):
+    """Whether `rule`'s kernel reads slots of their own shape (by its exact class)."""
+    return type(rule) in _TAKES_SHAPED_SLOTS
 
 
 def into_of(rule):

@@ -5,7 +5,7 @@ import torch
 
 from ..._identity import _same
 from .buffers import pack_slots, values
-from .registry import kernel_of
+from .registry import kernel_of, takes_shaped_slots
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
@@ -36,8 +36,8 @@ def apply_kernel(rule, grads, variables, slots):
     """Run the kernel registered for `rule`'s exact class, if any, where `fusable` allows;
     True when it applied the update (a kernel may decline before writing anything)."""
     kernel = kernel_of(rule)
-    if kernel is None or getattr(rule, "_shaped_slots", False):  # a slot not of its variable's shape (`Slot`)
-        return False
+    if kernel is None or (getattr(rule, "_shaped_slots", False) and not takes_shaped_slots(rule)):
+        return False  # a slot not of its variable's shape (`Slot`), which the kernel does not expect
     xs = values(variables)
     if not fusable(rule, grads, xs):
         return False
