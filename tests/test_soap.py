@@ -126,16 +126,20 @@ KERNEL_SETTINGS = [*SETTINGS, dict(lr=0.01, precondition_frequency=2, max_precon
 torch_only = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the kernel is torch's; jax/tf run the formula")
 
 
-def _kernel_and_formula(setting, steps=12, shapes=KERNEL_SHAPES, seed=3):
+def _kernel_and_formula(setting, steps=12, shapes=KERNEL_SHAPES, seed=3, route=None):
+    """A SOAP (or `route(soap)` holding it) with its torch kernel counted, and the same run by its formula,
+    applied side by side and compared at each step; returns both optimizers, the kernel's answers, the variables."""
     from keras_optx._backends.torch import kernel_of
 
+    route = route or (lambda rule: rule)
     rng = np.random.default_rng(seed)
     x0 = [rng.standard_normal(s).astype("float32") for s in shapes]
-    fast, formula = _ours(setting), _ours(setting)
+    soap = _ours(setting)
+    fast, formula = route(soap), route(_ours(setting))
     formula._torch_kernel = None  # an instance's own kernel (none) replaces its class's: the formula runs
-    calls, kernel = [], kernel_of(fast)
-    fast._torch_kernel = lambda *a, **k: calls.append(kernel(*a, **k)) or calls[-1]
-    xs, ys = [keras.Variable(x) for x in x0], [keras.Variable(x) for x in x0]
+    calls, kernel = [], kernel_of(soap)
+    soap._torch_kernel = lambda *a, **k: calls.append(kernel(*a, **k)) or calls[-1]
+    xs, ys = ([keras.Variable(x, name="bias" if x.ndim < 2 else "kernel") for x in x0] for _ in range(2))
     for n in range(1, steps + 1):
         gs = [keras.ops.convert_to_tensor(rng.standard_normal(s).astype("float32")) for s in shapes]
         fast.apply(gs, xs)
@@ -167,3 +171,21 @@ def test_torch_kernel_keeps_two_matrices_per_shape_and_reads_a_scheduled_beta():
     beta1 = keras.optimizers.schedules.ExponentialDecay(0.95, 1, 0.5)  # halves each step: a stale β₁ would show
     _, _, calls, _ = _kernel_and_formula(dict(lr=0.01, betas=(beta1, 0.95), precondition_frequency=3), steps=6)
     assert calls == [True] * 6  # the step's value of the schedule, as the formula's
+
+
+@torch_only
+def test_torch_kernel_runs_as_a_partition_member():
+    # compare's and the docs' routing: SOAP for the matrices, Adam for the rest. The Partition's kernel runs
+    # each group's kernel, SOAP's reading its factors (a kernel that does not read `Slot`s is not given them).
+    route = lambda soap: ox.Partition({"bias": ox.ADAM(0.01), ".*": soap})  # noqa: E731
+    _, _, calls, _ = _kernel_and_formula(dict(lr=0.01, precondition_frequency=3), steps=8, route=route)
+    assert calls == [True] * 8
+
+
+@torch_only
+def test_a_chain_holding_soap_in_a_partition_runs_its_formula():
+    # The chain's kernel pairs each slot with its variable: given SOAP's factors it would misread them, so the
+    # Partition's kernel runs that group's formula (SOAP's kernel is not reached: no calls), equal to the formula run.
+    route = lambda soap: ox.Partition({"bias": ox.ADAM(0.01), ".*": ox.Optimiser(ox.ClipNorm(1.0), soap)})  # noqa: E731
+    _, _, calls, _ = _kernel_and_formula(dict(lr=0.01, precondition_frequency=3), steps=5, route=route)
+    assert calls == []
