@@ -262,22 +262,24 @@ def test_schedule_free_eval_and_train_after_kernel_steps_give_the_formulas_x_and
         for a, b in zip(xs_fast, xs_slow):
             np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6, err_msg=what)
 
-    for round in range(2):  # steps, eval (x), train (y), and steps again from there
+    for turn in range(2):  # steps, eval (x), train (y), and steps again from there
         for _ in range(4):
             grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
             fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
             slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
-        same(f"y, round {round}")
-        fast.eval(), slow.eval()
+        same(f"y, turn {turn}")
+        fast.eval()
+        slow.eval()
         assert not fast.training
-        same(f"x, round {round}")
+        same(f"x, turn {turn}")
         before = [keras.ops.convert_to_numpy(x).copy() for x in xs_fast]
         with pytest.raises(RuntimeError, match="eval mode"):
             fast.apply([keras.ops.convert_to_tensor(np.ones(s, "float32")) for s in SHAPES], xs_fast)
         for x, b in zip(xs_fast, before):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(x), b)
-        fast.train(), slow.train()
-        same(f"y after train(), round {round}")
+        fast.train()
+        slow.train()
+        same(f"y after train(), turn {turn}")
     assert calls == [True] * 8
 
 
@@ -311,7 +313,8 @@ def _schedule_free_against_formula(make, runs, setup=None):
     fast, calls = _counting(make())
     slow = _generic(make())
     if setup:
-        setup(fast, xs_fast), setup(slow, xs_slow)
+        setup(fast, xs_fast)
+        setup(slow, xs_slow)
     for _ in range(4):
         grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
         fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
