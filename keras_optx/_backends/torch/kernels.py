@@ -443,7 +443,7 @@ def schedule_free_sgd(rule, xs, gs, slots, t, lr):
     if decay is False or not _numbers(beta):
         return False
     _, lr_t, c = rule._averaging(t, lr)
-    if not _numbers(lr_t, c):
+    if not _numbers(lr_t, c):  # r or p not a number: the formula
         return False
     for y, g, u, *buffer in in_blocks(rule, (xs, gs, slots["z_offset"]), scratch_lists=0 if decay is None else 1):
         if decay is None:
