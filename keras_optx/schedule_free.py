@@ -147,7 +147,17 @@ class _ScheduleFree(Rule):
 
     # The step -------------------------------------------------------------------------
     def _transform(self, g, x, state, t, step):
-        lr = self._base_rate(step)
+        sched, lr_t, c = self._averaging(t, self._base_rate(step))
+        d, scale, slots = self._direction(g, x, state, t, step, lr_t, sched)  # the z step ηₜ·d = scale·d
+        beta = self._averaging_beta()
+        u = state["z_offset"]  # z − y
+        # Δ = y − y_new with y_new = (1−c)·y + c·z − ηₜ·(1 − β(1−c))·d;  z_new − y_new = (1−c)·(u − ηₜ·β·d)
+        delta = (scale * (1 - beta * (1 - c))) * d - c * u
+        return delta, {"z_offset": (1 - c) * (u - (scale * beta) * d), **slots}
+
+    def _averaging(self, t, lr):
+        """(sched, ηₜ, cₜ) at update t and rate η, from η_max and W, whose new values `_update_step`
+        writes after the step (the formula's and the torch kernels' one source of them)."""
         warmup = self.warmup_steps
         sched = ops.minimum(t / warmup, 1.0) if warmup else 1.0
         lr_t = lr * sched
@@ -155,14 +165,8 @@ class _ScheduleFree(Rule):
         lr_max = ops.maximum(lr_t, old_max)
         weight = t**self.r * lr_max**self.weight_lr_power
         weight_sum = old_sum + weight
-        c = _ratio(weight, weight_sum)
-        d, scale, slots = self._direction(g, x, state, t, step, lr_t, sched)  # the z step ηₜ·d = scale·d
-        beta = self._averaging_beta()
-        u = state["z_offset"]  # z − y
-        # Δ = y − y_new with y_new = (1−c)·y + c·z − ηₜ·(1 − β(1−c))·d;  z_new − y_new = (1−c)·(u − ηₜ·β·d)
-        delta = (scale * (1 - beta * (1 - c))) * d - c * u
         self.__dict__["_scalar_writes"] = [(self._lr_max, lr_max), (self._weight_sum, weight_sum)]
-        return delta, {"z_offset": (1 - c) * (u - (scale * beta) * d), **slots}
+        return sched, lr_t, _ratio(weight, weight_sum)
 
     def _base_rate(self, step):
         """η, the rate the warm-up multiplies and the average weights by."""

@@ -29,6 +29,7 @@ ADAM, RADAM, ADAMAX, ADADELTA, NADAM, OADAM, ADABELIEF = (
     "OADAM(0.01,(0.9,0.995),eps=1e-6)", "AdaBelief(0.002,(0.8,0.9))",
 )
 ADOPT, ADEMAMIX = "ADOPT(0.01,(0.8,0.99),eps=1e-3)", "AdEMAMix(0.01,(0.8,0.99,0.995),2.0,eps=1e-6)"
+SF_ADAMW, SF_SGD = "ScheduleFreeAdamW(0.01,(0.85,0.99),wd=0.1,warmup=5,r=1,p=1)", "ScheduleFreeSGD(0.003,0.8,wd=0.05,warmup=4)"
 
 torch_only = pytest.mark.skipif(
     BACKEND != "torch", reason="torch fused kernels exist only on torch; jax/tf run `delta` under XLA/tf.function"
@@ -78,7 +79,7 @@ LARGE_SHAPES = [(300, 200), (70001,)]
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, ADOPT, ADEMAMIX, "ClipNorm>WeightDecay>ADAM",
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, ADOPT, ADEMAMIX, SF_ADAMW, SF_SGD, "ClipNorm>WeightDecay>ADAM",
                                   "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp", "ExpDecay>Momentum"])
 def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
@@ -91,7 +92,7 @@ BLOCK_SHAPES = [(5,), (3, 7), (100000,), (700, 800), (1 << 18,), (200000,), (700
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF, ADOPT, ADEMAMIX])
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF, ADOPT, ADEMAMIX, SF_ADAMW, SF_SGD])
 def test_fast_path_matches_formula_in_cache_blocks(name):
     _compare_fast_and_generic(name, BLOCK_SHAPES, 4)
 
@@ -168,7 +169,7 @@ def test_adadelta_kernel_declines_an_epsilon_its_scaled_buffer_cannot_take(epsil
 
 @torch_only
 @pytest.mark.parametrize("shapes", [[(3, 4), (7,), (5,)], [(40000,), (300, 200), (70001,)]], ids=["small", "large"])
-@pytest.mark.parametrize("name", [ADADELTA, NADAM, ADAMAX])
+@pytest.mark.parametrize("name", [ADADELTA, NADAM, ADAMAX, SF_ADAMW, SF_SGD])
 def test_fast_path_matches_formula_over_float32_and_float64_variables(name, shapes):
     # One list, two dtypes: no packed buffer, and each tensor's temporaries in its own dtype.
     rng = np.random.default_rng(22)
@@ -206,6 +207,149 @@ def test_nadam_kernel_declines_a_beta1_whose_first_moment_it_would_round_coarsel
     for a, b in zip([*xs_fast, *_slots(fast).values()], [*xs_slow, *_slots(slow).values()]):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6)
     assert calls[1:] == [runs] * 5  # at t = 1 the bias corrections move β₁' (β₁ = 0.2 still runs there)
+
+
+# Schedule-free: the builds without a decay term (λ = 0 at build; SGD's d is then g, no buffer), the
+# rate 0 throughout (W = 0: c = 0/0 is 0) and a callable ϵ (its value this step, a number), each on
+# small, large and several-block tensors, against the formula (η_max and W included: `_slots`).
+SF_BUILDS = {
+    "ScheduleFreeAdamW()": lambda: ox.ScheduleFreeAdamW(),
+    "ScheduleFreeAdamW(0.01,eps=callable,r=0.5,p=0.5)": lambda: ox.ScheduleFreeAdamW(0.01, epsilon=lambda: 1e-6, r=0.5, weight_lr_power=0.5),
+    "ScheduleFreeAdamW(0.0,warmup=2)": lambda: ox.ScheduleFreeAdamW(0.0, warmup_steps=2),
+    "ScheduleFreeSGD(0.01)": lambda: ox.ScheduleFreeSGD(0.01),
+    "ScheduleFreeSGD(0.01,warmup=3,r=2)": lambda: ox.ScheduleFreeSGD(0.01, 0.7, warmup_steps=3, r=2.0),
+    "ScheduleFreeSGD(0.0,wd=0.1)": lambda: ox.ScheduleFreeSGD(0.0, weight_decay=0.1),
+}
+SF_SHAPES = {"small": SHAPES, "large": LARGE_SHAPES, "blocks": BLOCK_SHAPES}
+
+
+@torch_only
+@pytest.mark.parametrize("shapes", sorted(SF_SHAPES))
+@pytest.mark.parametrize("name", sorted(SF_BUILDS))
+def test_schedule_free_kernels_match_the_formula_in_every_build(name, shapes):
+    opt, _ = _compare_fast_and_generic(name, SF_SHAPES[shapes], 6, SF_BUILDS[name])
+    if "(0.0," in name:  # rate 0: η_max 0, W = 0, nothing moves (c = 0)
+        assert [float(keras.ops.convert_to_numpy(v)) for v in (opt._lr_max, opt._weight_sum)] == [0.0, 0.0]
+
+
+@torch_only
+@pytest.mark.parametrize("name", [SF_ADAMW, SF_SGD])
+def test_schedule_free_kernels_write_the_rate_maximum_and_weight_sum(name):
+    # η_max = max over steps of ηₜ = η·min(t/warm-up, 1); W = Σ tʳ·η_maxᵖ: the kernel's scalar writes.
+    opt, calls = _counting(FAST[name]())
+    xs = _variables(np.random.default_rng(30))
+    rng = np.random.default_rng(31)
+    lr, warmup, r, p = opt.learning_rate, opt.warmup_steps, opt.r, opt.weight_lr_power
+    lr_max, weight_sum = -1.0, 0.0
+    for t in range(1, 8):
+        opt.apply([keras.ops.convert_to_tensor(rng.normal(size=s).astype("float32")) for s in SHAPES], xs)
+        lr_max = max(lr_max, float(lr) * min(t / warmup, 1.0))
+        weight_sum += t**r * lr_max**p
+        np.testing.assert_allclose(float(keras.ops.convert_to_numpy(opt._lr_max)), lr_max, rtol=1e-6)
+        np.testing.assert_allclose(float(keras.ops.convert_to_numpy(opt._weight_sum)), weight_sum, rtol=1e-6)
+    assert calls == [True] * 7
+
+
+@torch_only
+@pytest.mark.parametrize("name", [SF_ADAMW, SF_SGD])
+def test_schedule_free_eval_and_train_after_kernel_steps_give_the_formulas_x_and_y(name):
+    rng = np.random.default_rng(32)
+    fast, calls = _counting(FAST[name]())
+    slow = _generic(FAST[name]())
+    xs_fast, xs_slow = _variables(np.random.default_rng(33)), _variables(np.random.default_rng(33))
+
+    def same(what):
+        for a, b in zip(xs_fast, xs_slow):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6, err_msg=what)
+
+    for turn in range(2):  # steps, eval (x), train (y), and steps again from there
+        for _ in range(4):
+            grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+            fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+            slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+        same(f"y, turn {turn}")
+        fast.eval()
+        slow.eval()
+        assert not fast.training
+        same(f"x, turn {turn}")
+        before = [keras.ops.convert_to_numpy(x).copy() for x in xs_fast]
+        with pytest.raises(RuntimeError, match="eval mode"):
+            fast.apply([keras.ops.convert_to_tensor(np.ones(s, "float32")) for s in SHAPES], xs_fast)
+        for x, b in zip(xs_fast, before):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(x), b)
+        fast.train()
+        slow.train()
+        same(f"y after train(), turn {turn}")
+    assert calls == [True] * 8
+
+
+_SCHEDULE = keras.optimizers.schedules.ExponentialDecay(0.1, 2, 0.5)
+
+
+# On torch a scheduled hyperparameter (ϵ, λ, r, p) reaches the step as this step's value, a number:
+# the kernels run on it. Where one is not a number (here: its value made a tensor) or some variables
+# are excluded from the decay, they decline before writing anything and the formula runs. An
+# exclusion without a decay term (λ = 0 at build) changes nothing: the kernel runs.
+SF_SCHEDULED = {
+    "AdamW eps=schedule": lambda: ox.ScheduleFreeAdamW(0.01, epsilon=keras.optimizers.schedules.ExponentialDecay(1e-6, 2, 0.5)),
+    "AdamW wd=schedule": lambda: ox.ScheduleFreeAdamW(0.01, weight_decay=_SCHEDULE),
+    "AdamW r=schedule": lambda: ox.ScheduleFreeAdamW(0.01, r=_SCHEDULE),
+    "AdamW p=schedule": lambda: ox.ScheduleFreeAdamW(0.01, weight_lr_power=_SCHEDULE),
+    "SGD wd=schedule": lambda: ox.ScheduleFreeSGD(0.01, weight_decay=_SCHEDULE),
+    "SGD r=schedule": lambda: ox.ScheduleFreeSGD(0.01, r=_SCHEDULE),
+    "SGD p=schedule": lambda: ox.ScheduleFreeSGD(0.01, weight_lr_power=_SCHEDULE),
+}
+SF_EXCLUDED = {
+    "AdamW wd, excluded": (lambda: ox.ScheduleFreeAdamW(0.01, weight_decay=0.1), False),
+    "AdamW no decay, excluded": (lambda: ox.ScheduleFreeAdamW(0.01), True),
+    "SGD wd, excluded": (lambda: ox.ScheduleFreeSGD(0.01, weight_decay=0.1), False),
+    "SGD no decay, excluded": (lambda: ox.ScheduleFreeSGD(0.01), True),
+}
+
+
+def _schedule_free_against_formula(make, runs, setup=None):
+    rng = np.random.default_rng(34)
+    xs_fast, xs_slow = _variables(np.random.default_rng(35)), _variables(np.random.default_rng(35))
+    fast, calls = _counting(make())
+    slow = _generic(make())
+    if setup:
+        setup(fast, xs_fast)
+        setup(slow, xs_slow)
+    for _ in range(4):
+        grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+    for a, b in zip([*xs_fast, *_slots(fast).values()], [*xs_slow, *_slots(slow).values()]):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6)
+    assert calls == [runs] * 4
+
+
+@torch_only
+@pytest.mark.parametrize("value", ["number", "tensor"])
+@pytest.mark.parametrize("name", sorted(SF_SCHEDULED))
+def test_schedule_free_kernels_take_a_scheduled_value_and_decline_a_tensor(name, value, monkeypatch):
+    if value == "tensor":
+        from keras_optx import _hyper
+
+        evaluate = _hyper._evaluate
+        monkeypatch.setattr(_hyper, "_evaluate", lambda v, root: keras.ops.convert_to_tensor(evaluate(v, root), "float32"))
+    _schedule_free_against_formula(SF_SCHEDULED[name], value == "number")
+
+
+@torch_only
+@pytest.mark.parametrize("name", sorted(SF_EXCLUDED))
+def test_schedule_free_kernels_decline_variables_excluded_from_the_decay(name):
+    make, runs = SF_EXCLUDED[name]
+    _schedule_free_against_formula(make, runs, lambda opt, xs: opt.exclude_from_weight_decay(var_list=[xs[1], xs[3]]))
+
+
+@torch_only
+def test_schedule_free_wrapper_has_no_kernel_of_its_own():
+    # The generic ScheduleFree(base) runs its formula (a kernel is registered for the exact named classes).
+    from keras_optx._backends.torch import kernel_of
+
+    assert kernel_of(ox.ScheduleFree(ox.Descent(0.1))) is None
+    assert kernel_of(ox.ScheduleFreeSGD()) is not None and kernel_of(ox.ScheduleFreeAdamW()) is not None
 
 
 # Besides its slots, an optimizer keeps at most one parameter-sized scratch buffer on torch (what
@@ -291,7 +435,7 @@ def test_subclass_that_redefines_the_formula_runs_its_own_formula():
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAM, ADAMAX, "ClipNorm>WeightDecay>ADAM"])
+@pytest.mark.parametrize("name", [ADAM, ADAMAX, "ClipNorm>WeightDecay>ADAM", SF_ADAMW, SF_SGD])
 def test_stateless_apply_on_torch_matches_apply(name):
     # Inside Keras's StatelessScope the variables' values are the caller's tensors: the fast
     # paths must read those (not the variables' own), and leave the variables alone.

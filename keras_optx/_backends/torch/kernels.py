@@ -17,6 +17,7 @@ from ...chain import _own
 from ...descent import Descent, Momentum, Nesterov
 from ...matrix import Muon, as_matrix_shape, by_shape, lr_ratio
 from ...recent import ADOPT, AdEMAMix
+from ...schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from ...soap import SOAP
 from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, whole
 from .matrix import _iterate, newton_schulz
@@ -486,3 +487,72 @@ def _project(u, left, right, buffers, back=False):
                 torch.mm(u, q.T if back else q, out=out)
             u = out
     return u
+
+
+# schedule_free.py ------------------------------------------------------------------------------
+@register_kernel(ScheduleFreeAdamW)
+def schedule_free_adamw(rule, xs, gs, slots, t, lr):
+    # In place on the slots and one kept buffer, block by block (`in_blocks`; the rule's own buffer:
+    # it is never a chain's member). With k = √(1−β₂ᵗ), d = k·b where b = g/(√v + ϵ·k) + (λ/k)·y:
+    # b in the buffer, then the step (`_schedule_free_step`).
+    (b1, b2), eps, decay = rule.beta, rule.epsilon, _schedule_free_decay(rule)
+    if decay is False or not _numbers(b1, b2, eps):
+        return False
+    _, lr_t, c = rule._averaging(t, lr)
+    if not _numbers(lr_t, c):  # r or p not a number: the formula (it records the same η_max and W)
+        return False
+    k = ops.sqrt(ops.one_minus_pow(b2, t))
+    for y, g, u, v, buffer in in_blocks(rule, (xs, gs, slots["z_offset"], slots["v"]), scratch_lists=1):
+        torch._foreach_mul_(whole(v)[0], b2)
+        torch._foreach_addcmul_(v, g, g, value=1 - b2)  # v ← β₂·v + (1−β₂)·g²
+        whole_v, whole_buffer = whole(v, buffer)
+        into(whole_buffer, "sqrt", whole_v)
+        torch._foreach_add_(whole_buffer, eps * k)
+        torch._foreach_reciprocal_(whole_buffer)
+        torch._foreach_mul_(buffer, g)  # g/(√v + ϵ·k)
+        if decay is not None:
+            torch._foreach_add_(buffer, y, alpha=decay / k)
+        _schedule_free_step(b1, lr_t * k, c, y, u, buffer)
+    return True
+
+
+@register_kernel(ScheduleFreeSGD)
+def schedule_free_sgd(rule, xs, gs, slots, t, lr):
+    # Block by block (`in_blocks`): d = g + λ·y in the kept buffer, then the step; without a decay
+    # term d is g itself, read in place (no buffer): Δ = ηₜ(1 − β(1−c))·g − c·u, u ← (1−c)·(u − ηₜβ·g).
+    beta, decay = rule.momentum, _schedule_free_decay(rule)
+    if decay is False or not _numbers(beta):
+        return False
+    _, lr_t, c = rule._averaging(t, lr)
+    if not _numbers(lr_t, c):  # r or p not a number: the formula
+        return False
+    for y, g, u, *buffer in in_blocks(rule, (xs, gs, slots["z_offset"]), scratch_lists=0 if decay is None else 1):
+        if decay is None:
+            torch._foreach_add_(y, u, alpha=c)
+            torch._foreach_add_(y, g, alpha=-lr_t * (1 - beta * (1 - c)))
+            torch._foreach_add_(u, g, alpha=-lr_t * beta)
+            torch._foreach_mul_(whole(u)[0], 1 - c)
+        else:
+            _schedule_free_step(beta, lr_t, c, y, u, into(buffer[0], "add", g, y, alpha=decay))
+    return True
+
+
+def _schedule_free_decay(rule):
+    """λ of the decay term λ·y (read once, as the formula does); None where the step has none (built
+    with λ = 0); False where the kernel declines: λ not a number, or variables excluded from the decay."""
+    if not rule.__dict__.get("_decay_term", True):
+        return None
+    wd = rule.weight_decay
+    return wd if _numbers(wd) and rule._decay_mask() is None else False
+
+
+def _schedule_free_step(beta, rate, c, y, u, d):
+    """The step at y along ηₜ·d = rate·d (d in a kept buffer, overwritten), u = z − y updated in place:
+    with w = u − ηₜβ·d, y_new − y = c·w − ηₜ(1−β)·d (= c·u − ηₜ(1 − β(1−c))·d, the formula's −Δ) and
+    u_new = (1−c)·w. The steps on u and the buffer alone run on their packed buffers (`whole`)."""
+    whole_u, whole_d = whole(u, d)
+    torch._foreach_add_(whole_u, whole_d, alpha=-rate * beta)  # w
+    torch._foreach_mul_(whole_d, -rate * (1 - beta))
+    torch._foreach_add_(whole_d, whole_u, alpha=c)  # y_new − y
+    torch._foreach_add_(y, d)
+    torch._foreach_mul_(whole_u, 1 - c)
