@@ -29,6 +29,7 @@ ADAM, RADAM, ADAMAX, ADADELTA, NADAM, OADAM, ADABELIEF = (
     "OADAM(0.01,(0.9,0.995),eps=1e-6)", "AdaBelief(0.002,(0.8,0.9))",
 )
 ADOPT, ADEMAMIX = "ADOPT(0.01,(0.8,0.99),eps=1e-3)", "AdEMAMix(0.01,(0.8,0.99,0.995),2.0,eps=1e-6)"
+LION, CAUTIOUS = "Lion(3e-4,(0.95,0.98))", ["Cautious(Lion)", "Cautious(ADOPT)", "Cautious(AdEMAMix)"]
 
 torch_only = pytest.mark.skipif(
     BACKEND != "torch", reason="torch fused kernels exist only on torch; jax/tf run `delta` under XLA/tf.function"
@@ -78,8 +79,9 @@ LARGE_SHAPES = [(300, 200), (70001,)]
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, ADOPT, ADEMAMIX, "ClipNorm>WeightDecay>ADAM",
-                                  "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp", "ExpDecay>Momentum"])
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, ADOPT, ADEMAMIX, LION, *CAUTIOUS,
+                                  "ClipNorm>WeightDecay>ADAM", "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp",
+                                  "ExpDecay>Momentum"])
 def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
 
@@ -91,7 +93,7 @@ BLOCK_SHAPES = [(5,), (3, 7), (100000,), (700, 800), (1 << 18,), (200000,), (700
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF, ADOPT, ADEMAMIX])
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF, ADOPT, ADEMAMIX, LION, *CAUTIOUS])
 def test_fast_path_matches_formula_in_cache_blocks(name):
     _compare_fast_and_generic(name, BLOCK_SHAPES, 4)
 
@@ -168,7 +170,7 @@ def test_adadelta_kernel_declines_an_epsilon_its_scaled_buffer_cannot_take(epsil
 
 @torch_only
 @pytest.mark.parametrize("shapes", [[(3, 4), (7,), (5,)], [(40000,), (300, 200), (70001,)]], ids=["small", "large"])
-@pytest.mark.parametrize("name", [ADADELTA, NADAM, ADAMAX])
+@pytest.mark.parametrize("name", [ADADELTA, NADAM, ADAMAX, *CAUTIOUS])
 def test_fast_path_matches_formula_over_float32_and_float64_variables(name, shapes):
     # One list, two dtypes: no packed buffer, and each tensor's temporaries in its own dtype.
     rng = np.random.default_rng(22)

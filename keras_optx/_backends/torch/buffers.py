@@ -283,15 +283,34 @@ def flat_blocks(lists, scratch_lists=0):
         yield from _blocks(sub, made, size)
 
 
-def _blocks(lists, kept, size):
+def tensor_blocks(lists, scratch_lists=0):
+    """As `flat_blocks` over lists that are not packed, each block as `(positions, whole, flat), block`:
+    the positions in `lists[0]` of its tensors, whether they are whole (a run of tensors) or one piece
+    of one tensor larger than a block, and the block's scratch buffers flat (for one op over them).
+
+    For a per-tensor reduction over the block (`Cautious`): whole tensors can be finished in the block."""
+    device = lists[0][0].device
+    block = BLOCK if device.type == "cpu" else DEVICE_BLOCK
+    for dtype in dict.fromkeys(t.dtype for t in lists[0]):
+        positions = [i for i, t in enumerate(lists[0]) if t.dtype == dtype]
+        sub = [[tensors[i] for i in positions] for tensors in lists]
+        size = min(block, sum(t.numel() for t in sub[0]))
+        made = [torch.empty(size, dtype=dtype, device=device) for _ in range(scratch_lists)]
+        for (run, complete, elements), block_lists in _blocks(sub, made, size, where=True):
+            yield ([positions[j] for j in run], complete, [k[:elements] for k in made]), block_lists
+
+
+def _blocks(lists, kept, size, where=False):
     """`lists` in blocks of ≤ `size` elements, each with its pieces of the flat buffers `kept`: a run of
-    consecutive tensors (scratch: consecutive views of `kept`), or one piece of a larger tensor."""
+    consecutive tensors (scratch: consecutive views of `kept`), or one piece of a larger tensor.
+    `where`: each block as `(positions, whole, elements), block` (see `tensor_blocks`)."""
     xs = lists[0]
 
     def run_block(run):
         offsets = list(itertools.accumulate((xs[i].numel() for i in run), initial=0))
         shaped = [[k[a:b].view(xs[i].shape) for i, a, b in zip(run, offsets, offsets[1:])] for k in kept]
-        return (*([tensors[i] for i in run] for tensors in lists), *shaped)
+        block = (*([tensors[i] for i in run] for tensors in lists), *shaped)
+        return ((run, True, offsets[-1]), block) if where else block
 
     run, filled = [], 0
     for i, x in enumerate(xs):
@@ -301,7 +320,8 @@ def _blocks(lists, kept, size):
             run, filled = [], 0
         if elements > size:
             for pieces in zip(*(torch.split(tensors[i].view(-1), size) for tensors in lists)):
-                yield (*([p] for p in pieces), *([k[: pieces[0].numel()]] for k in kept))
+                block = (*([p] for p in pieces), *([k[: pieces[0].numel()]] for k in kept))
+                yield (([i], False, pieces[0].numel()), block) if where else block
         else:
             run.append(i)
             filled += elements

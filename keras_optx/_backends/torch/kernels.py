@@ -16,10 +16,11 @@ from ...adaptive import ADADelta, ADAGrad, RMSProp
 from ...chain import _own
 from ...descent import Descent, Momentum, Nesterov
 from ...matrix import Muon, as_matrix_shape, by_shape, lr_ratio
-from ...recent import ADOPT, AdEMAMix
-from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, whole
+from ...recent import ADOPT, AdEMAMix, Cautious
+from ...sign import Lion
+from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, tensor_blocks, whole
 from .matrix import _iterate, newton_schulz
-from .registry import register_kernel
+from .registry import direction_of, register_direction, register_kernel
 from .transforms import buffer_owner
 
 
@@ -337,23 +338,50 @@ def adopt(rule, xs, gs, slots, t, lr):
     if owner is not rule or not _numbers(b1, b2, rule.epsilon):
         return False
     if t == 1:  # v ← g²; m stays 0: Δ = 0
-        torch._foreach_mul_(slots["v"], 0.0)
-        torch._foreach_addcmul_(slots["v"], gs, gs)
+        _adopt_first(gs, slots["v"])
         return True
-    bound = float(t) ** 0.25
     for x, g, m, v, buffer in in_blocks(owner, (xs, gs, slots["m"], slots["v"]), scratch_lists=1):
-        whole_v, whole_buffer = whole(v, buffer)
-        into(whole_buffer, "sqrt", whole_v)
-        torch._foreach_clamp_min_(whole_buffer, rule.epsilon)  # max(√v, ϵ)
-        torch._foreach_reciprocal_(whole_buffer)
-        torch._foreach_mul_(buffer, g)  # g/max(√v, ϵ)
-        torch._foreach_clamp_min_(whole(buffer)[0], -bound)
-        torch._foreach_clamp_max_(whole(buffer)[0], bound)  # n = clip(g/max(√v, ϵ), ±t^¼)
-        torch._foreach_lerp_(m, buffer, 1 - b1)  # m ← β₁·m + (1−β₁)·n
+        _adopt_moments(rule, t, g, m, v, buffer)
         torch._foreach_add_(x, m, alpha=-lr)
-        torch._foreach_mul_(whole_v, b2)
-        torch._foreach_addcmul_(v, g, g, value=1 - b2)  # v ← β₂·v + (1−β₂)·g²
     return True
+
+
+@register_direction(ADOPT)
+def adopt_direction(rule, t, lr):
+    b1, b2 = rule.beta
+    if not _numbers(b1, b2, rule.epsilon):
+        return None
+
+    def write(out, temp, gs, slots):
+        if t == 1:
+            _adopt_first(gs, slots["v"])
+        else:
+            _adopt_moments(rule, t, gs, slots["m"], slots["v"], out)
+        into(out, "mul", slots["m"], lr)  # Δ = η·m
+
+    return write
+
+
+def _adopt_first(gs, v):
+    """ADOPT at t = 1: v ← g² (m stays 0)."""
+    torch._foreach_mul_(whole(v)[0], 0.0)
+    torch._foreach_addcmul_(v, gs, gs)
+
+
+def _adopt_moments(rule, t, g, m, v, buffer):
+    """ADOPT's m and v updated in place at t ≥ 2 (n in `buffer`, which must not be g)."""
+    b1, b2 = rule.beta
+    bound = float(t) ** 0.25
+    whole_v, whole_buffer = whole(v, buffer)
+    into(whole_buffer, "sqrt", whole_v)
+    torch._foreach_clamp_min_(whole_buffer, rule.epsilon)  # max(√v, ϵ)
+    torch._foreach_reciprocal_(whole_buffer)
+    torch._foreach_mul_(buffer, g)  # g/max(√v, ϵ)
+    torch._foreach_clamp_min_(whole(buffer)[0], -bound)
+    torch._foreach_clamp_max_(whole(buffer)[0], bound)  # n = clip(g/max(√v, ϵ), ±t^¼)
+    torch._foreach_lerp_(m, buffer, 1 - b1)  # m ← β₁·m + (1−β₁)·n
+    torch._foreach_mul_(whole_v, b2)
+    torch._foreach_addcmul_(v, g, g, value=1 - b2)  # v ← β₂·v + (1−β₂)·g²
 
 
 @register_kernel(AdEMAMix)
@@ -366,15 +394,80 @@ def ademamix(rule, xs, gs, slots, t, lr):
         return False
     c = ops.sqrt(ops.one_minus_pow(b2, t))
     for x, g, m, slow, v, buffer in in_blocks(buffer_owner(rule), (xs, gs, slots["m"], slots["slow"], slots["v"]), scratch_lists=1):
-        torch._foreach_lerp_(m, g, 1 - b1)
-        torch._foreach_lerp_(slow, g, 1 - b3)
-        torch._foreach_mul_(whole(v)[0], b2)
-        torch._foreach_addcmul_(v, g, g, value=1 - b2)
-        whole_v, whole_buffer = whole(v, buffer)
-        into(whole_buffer, "sqrt", whole_v)
-        torch._foreach_add_(whole_buffer, rule.epsilon * c)  # buffer ← √v + ϵ·c
+        _ademamix_moments(rule, g, m, slow, v)
+        _ademamix_denominator(rule, c, v, buffer)
         torch._foreach_addcdiv_(x, m, buffer, value=-lr * c / ops.one_minus_pow(b1, t))
         torch._foreach_addcdiv_(x, slow, buffer, value=-lr * c * rule.alpha)
+    return True
+
+
+@register_direction(AdEMAMix)
+def ademamix_direction(rule, t, lr):
+    b1, b2, b3 = rule.beta
+    if not _numbers(b1, b2, b3, rule.alpha, rule.epsilon):
+        return None
+    c = ops.sqrt(ops.one_minus_pow(b2, t))
+
+    def write(out, temp, gs, slots):
+        m, slow = slots["m"], slots["slow"]
+        _ademamix_moments(rule, gs, m, slow, slots["v"])
+        _ademamix_denominator(rule, c, slots["v"], temp)
+        into(out, "mul", m, 1 / ops.one_minus_pow(b1, t))
+        torch._foreach_add_(out, slow, alpha=rule.alpha)  # m/(1−β₁ᵗ) + α·m₂
+        torch._foreach_div_(out, temp)
+        torch._foreach_mul_(out, lr * c)  # Δ, as the formula: (η·c)·mix/(√v + ϵc)
+
+    return write
+
+
+def _ademamix_moments(rule, g, m, slow, v):
+    b1, b2, b3 = rule.beta
+    torch._foreach_lerp_(m, g, 1 - b1)
+    torch._foreach_lerp_(slow, g, 1 - b3)
+    torch._foreach_mul_(whole(v)[0], b2)
+    torch._foreach_addcmul_(v, g, g, value=1 - b2)
+
+
+def _ademamix_denominator(rule, c, v, out):
+    """out ← √v + ϵ·c."""
+    whole_v, whole_out = whole(v, out)
+    into(whole_out, "sqrt", whole_v)
+    torch._foreach_add_(whole_out, rule.epsilon * c)
+
+
+@register_kernel(Cautious)
+def cautious(rule, xs, gs, slots, t, lr):
+    # The wrapped rule's Δ (its `direction`, which updates its slots) into the kept buffer, block by
+    # block; in a block made for the step φ = (Δ·g > 0) (NaN: 0) and Σφ per tensor (an L1 norm of 0s and
+    # 1s); x ← x + Δ·(−φ·N/(Σφ + 1)): φ·scale is 0 or the scale exactly, so Δ·φ·scale as the formula
+    # rounds it (an infinite or NaN Δ where φ = 0 gives NaN, as there). A tensor whole in a block is
+    # finished there; one split over blocks keeps Δ·φ in the buffer until its Σφ is known.
+    inner = rule.rule
+    direction = direction_of(inner)
+    write = direction(inner, t, inner._rate(t - 1)) if direction is not None else None
+    if write is None:  # no direction (a chain, say), or it declined (a schedule): the formula runs
+        return False
+    (buffer,) = scratch(buffer_owner(rule), xs)
+    if any(map(operator.is_, gs, buffer)):  # g in a chain's buffer: Δ would overwrite it
+        return False
+    own = _own(slots, 0)
+    counts = {}
+    for (positions, complete, (flat,)), (x, g, *state, out, temp) in tensor_blocks((xs, gs, *own.values(), buffer), 1):
+        write(out, temp, g, dict(zip(own, state)))
+        into(temp, "mul", out, g)
+        torch.gt(flat, 0, out=flat)  # φ
+        sums = torch._foreach_norm(temp, 1)
+        if complete:
+            sizes = torch.tensor([float(p.numel()) for p in x], dtype=flat.dtype, device=flat.device)
+            scales = sizes.div_(torch.stack(sums).add_(1.0)).neg_()
+            torch._foreach_mul_(temp, list(scales.unbind()))
+            torch._foreach_addcmul_(x, out, temp)
+        else:  # a piece of one tensor: its Σφ so far, and Δ·φ kept in the buffer
+            (i,) = positions
+            counts[i] = counts[i] + sums[0] if i in counts else sums[0]
+            torch._foreach_mul_(out, temp)
+    for i, count in counts.items():
+        xs[i].addcmul_(buffer[i], xs[i].numel() / (count + 1.0), value=-1.0)
     return True
 
 
@@ -405,3 +498,41 @@ def muon(rule, xs, gs, slots, t, lr):
             o = o.T if rows > cols else o
             x.add_(o.reshape(x.shape), alpha=-lr * lr_ratio(rule.adjust_lr, rows, cols))
     return True
+
+
+# sign.py ---------------------------------------------------------------------------------------
+@register_kernel(Lion)
+def lion(rule, xs, gs, slots, t, lr):
+    # In place on m and one kept buffer, block by block (`in_blocks`). The buffer takes β₁·m, then g
+    # is read again: in a chain whose buffer holds g, the formula runs.
+    b1, b2 = rule.beta
+    owner = buffer_owner(rule)
+    if not _numbers(b1, b2) or (owner is not rule and any(map(operator.is_, gs, scratch(owner, xs)[0]))):
+        return False
+    for x, g, m, buffer in in_blocks(owner, (xs, gs, slots["m"]), scratch_lists=1):
+        _lion_sign(rule, g, m, buffer)
+        torch._foreach_add_(x, buffer, alpha=-lr)
+    return True
+
+
+@register_direction(Lion)
+def lion_direction(rule, t, lr):
+    if not _numbers(*rule.beta):
+        return None
+
+    def write(out, temp, gs, slots):
+        _lion_sign(rule, gs, slots["m"], out)
+        torch._foreach_mul_(out, lr)
+
+    return write
+
+
+def _lion_sign(rule, g, m, out):
+    """out ← sign(β₁·m + (1−β₁)·g), then m ← β₂·m + (1−β₂)·g, each rounded as the formula's foreach ops
+    (torch's sign: 0 at 0, and at NaN on the CPU)."""
+    b1, b2 = rule.beta
+    into(out, "mul", m, b1)
+    torch._foreach_add_(out, g, alpha=1 - b1)
+    torch._foreach_sign_(whole(out)[0])
+    torch._foreach_mul_(whole(m)[0], b2)
+    torch._foreach_add_(m, g, alpha=1 - b2)
