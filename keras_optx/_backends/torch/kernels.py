@@ -438,10 +438,10 @@ def _ademamix_denominator(rule, c, v, out):
 @register_kernel(Cautious)
 def cautious(rule, xs, gs, slots, t, lr):
     # The wrapped rule's Δ (its `direction`, which updates its slots) into the kept buffer, block by
-    # block; in a block made for the step φ = (Δ·g > 0) (NaN: 0) and Σφ per tensor (an L1 norm of 0s and
-    # 1s); x ← x + Δ·(−φ·N/(Σφ + 1)): φ·scale is 0 or the scale exactly, so Δ·φ·scale as the formula
-    # rounds it (an infinite or NaN Δ where φ = 0 gives NaN, as there). A tensor whole in a block is
-    # finished there; one split over blocks keeps Δ·φ in the buffer until its Σφ is known.
+    # block; in a block made for the step φ = (Δ·g > 0) (NaN: 0) and Σφ per tensor; then
+    # x ← x + (−N/(Σφ + 1))·φ·Δ: −s·φ is 0 or −s exactly, so Δ·φ·s as the formula rounds it (an
+    # infinite or NaN Δ where φ = 0 gives NaN, as there). A tensor whole in a block is finished
+    # there; one split over blocks keeps Δ·φ in the buffer until its Σφ is known.
     inner = rule.rule
     direction = direction_of(inner)
     write = direction(inner, t, inner._rate(t - 1)) if direction is not None else None
@@ -456,19 +456,35 @@ def cautious(rule, xs, gs, slots, t, lr):
         write(out, temp, g, dict(zip(own, state)))
         into(temp, "mul", out, g)
         torch.gt(flat, 0, out=flat)  # φ
-        sums = torch._foreach_norm(temp, 1)
+        sums = _sums(flat, [p.numel() for p in temp])
         if complete:
-            sizes = torch.tensor([float(p.numel()) for p in x], dtype=flat.dtype, device=flat.device)
-            scales = sizes.div_(torch.stack(sums).add_(1.0)).neg_()
-            torch._foreach_mul_(temp, list(scales.unbind()))
-            torch._foreach_addcmul_(x, out, temp)
+            scales = torch.tensor([-float(p.numel()) for p in x], dtype=flat.dtype, device=flat.device).div_(sums.add_(1.0))
+            if flat.device.type == "cpu":  # one scalar per tensor (the overload takes them on the host)
+                torch._foreach_addcmul_(x, temp, out, scales)
+            else:
+                torch._foreach_mul_(temp, list(scales.unbind()))
+                torch._foreach_addcmul_(x, temp, out)
         else:  # a piece of one tensor: its Σφ so far, and Δ·φ kept in the buffer
             (i,) = positions
-            counts[i] = counts[i] + sums[0] if i in counts else sums[0]
+            counts[i] = counts[i] + sums if i in counts else sums
             torch._foreach_mul_(out, temp)
     for i, count in counts.items():
         xs[i].addcmul_(buffer[i], xs[i].numel() / (count + 1.0), value=-1.0)
     return True
+
+
+def _sums(flat, sizes):
+    """The sums of the consecutive pieces of `flat` of `sizes` (a 1-D tensor): one op per run of equal
+    sizes, as a (count, size) view (a foreach norm costs more per tensor on the CPU)."""
+    sums, start, k = [], 0, 0
+    while k < len(sizes):
+        end = k
+        while end < len(sizes) and sizes[end] == sizes[k]:
+            end += 1
+        count = end - k
+        sums.append(flat[start : start + count * sizes[k]].view(count, sizes[k]).sum(1))
+        start, k = start + count * sizes[k], end
+    return sums[0] if len(sums) == 1 else torch.cat(sums)
 
 
 # matrix.py -------------------------------------------------------------------------------------
