@@ -4,7 +4,7 @@
 - Packed buffers (`pack_slots`, `whole`): each slot's variables are views of one contiguous buffer.
 - Kept scratch (`scratch`, `into`): temporaries live between steps instead of being re-allocated
   (`kept_bytes` measures them).
-- Cache blocks (`in_blocks`, `flat_blocks`): on CPU, a rule's in-place steps run block by block over large tensors.
+- Cache blocks (`in_blocks`, `flat_blocks`, `tensor_blocks`): on CPU, a rule's in-place steps run block by block over large tensors.
 
 Each is a measured speed-up on this project's CPU benchmarks (benchmarks/RESULTS.md); none changes
 a result: the kernels using them are tested against the formulas (tests/test_fast_paths.py).
