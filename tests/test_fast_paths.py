@@ -102,7 +102,7 @@ def test_fast_path_matches_formula_in_cache_blocks(name):
 # they lie together, and ClipNorm and ClipGlobalNorm take one op per size over a copy of the
 # gradients there (`_backends.torch.transforms._packed_for`); the packed slot steps pair buffers laid out alike.
 GROUPED_SHAPES = [(3, 4), (7,), (12,), (5,), (4, 3), (2, 6), (7,), (6, 2)]
-PACKED = [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF]  # their fast paths run slot-only steps on packed buffers
+PACKED = [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, LION, *CAUTIOUS]  # their fast paths run slot-only steps on packed buffers
 PACKED_CLIPS = ["ClipNorm>WeightDecay>ADAM", "ClipNorm(3)>ClipValue>Momentum", "ClipValue>ClipNorm(3)>ADAM", "ClipGlobalNorm>RMSProp"]
 
 

@@ -413,9 +413,9 @@ def ademamix_direction(rule, t, lr):
         _ademamix_moments(rule, gs, m, slow, slots["v"])
         _ademamix_denominator(rule, c, slots["v"], temp)
         into(out, "mul", m, 1 / ops.one_minus_pow(b1, t))
-        torch._foreach_add_(out, slow, alpha=rule.alpha)  # m/(1−β₁ᵗ) + α·m₂
+        torch._foreach_add_(*whole(out, slow), alpha=rule.alpha)  # m/(1−β₁ᵗ) + α·m₂
         torch._foreach_div_(out, temp)
-        torch._foreach_mul_(out, lr * c)  # Δ, as the formula: (η·c)·mix/(√v + ϵc)
+        torch._foreach_mul_(whole(out)[0], lr * c)  # Δ, as the formula: (η·c)·mix/(√v + ϵc)
 
     return write
 
@@ -538,7 +538,7 @@ def lion_direction(rule, t, lr):
 
     def write(out, temp, gs, slots):
         _lion_sign(rule, gs, slots["m"], out)
-        torch._foreach_mul_(out, lr)
+        torch._foreach_mul_(whole(out)[0], lr)
 
     return write
 
