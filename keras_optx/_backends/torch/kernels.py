@@ -421,6 +421,7 @@ def ademamix_direction(rule, t, lr):
 
 
 def _ademamix_moments(rule, g, m, slow, v):
+    """AdEMAMix's m, m₂ and v updated in place."""
     b1, b2, b3 = rule.beta
     torch._foreach_lerp_(m, g, 1 - b1)
     torch._foreach_lerp_(slow, g, 1 - b3)
@@ -445,7 +446,7 @@ def cautious(rule, xs, gs, slots, t, lr):
     inner = rule.rule
     direction = direction_of(inner)
     write = direction(inner, t, inner._rate(t - 1)) if direction is not None else None
-    if write is None:  # no direction (a chain, say), or it declined (a schedule): the formula runs
+    if write is None:  # no direction (a chain, say), or it declined (a hyperparameter not a number): the formula runs
         return False
     (buffer,) = scratch(buffer_owner(rule), xs)
     if any(map(operator.is_, gs, buffer)):  # g in a chain's buffer: Δ would overwrite it
@@ -474,8 +475,8 @@ def cautious(rule, xs, gs, slots, t, lr):
 
 
 def _sums(flat, sizes):
-    """The sums of the consecutive pieces of `flat` of `sizes` (a 1-D tensor): one op per run of equal
-    sizes, as a (count, size) view (a foreach norm costs more per tensor on the CPU)."""
+    """The sums of the consecutive pieces of `flat` of `sizes`, as one 1-D tensor: one op per run of
+    equal sizes, over a (count, size) view (a foreach norm costs more per tensor on the CPU)."""
     sums, start, k = [], 0, 0
     while k < len(sizes):
         end = k
