@@ -341,8 +341,9 @@ def adopt(rule, xs, gs, slots, t, lr):
         _adopt_first(gs, slots["v"])
         return True
     for x, g, m, v, buffer in in_blocks(owner, (xs, gs, slots["m"], slots["v"]), scratch_lists=1):
-        _adopt_moments(rule, t, g, m, v, buffer)
-        torch._foreach_add_(x, m, alpha=-lr)
+        _adopt_m(rule, t, g, m, v, buffer)
+        torch._foreach_add_(x, m, alpha=-lr)  # while m is in the cache
+        _adopt_v(rule, g, v)
     return True
 
 
@@ -356,7 +357,8 @@ def adopt_direction(rule, t, lr):
         if t == 1:
             _adopt_first(gs, slots["v"])
         else:
-            _adopt_moments(rule, t, gs, slots["m"], slots["v"], out)
+            _adopt_m(rule, t, gs, slots["m"], slots["v"], out)
+            _adopt_v(rule, gs, slots["v"])
         into(out, "mul", slots["m"], lr)  # Δ = η·m
 
     return write
@@ -368,9 +370,9 @@ def _adopt_first(gs, v):
     torch._foreach_addcmul_(v, gs, gs)
 
 
-def _adopt_moments(rule, t, g, m, v, buffer):
-    """ADOPT's m and v updated in place at t ≥ 2 (n in `buffer`, which must not be g)."""
-    b1, b2 = rule.beta
+def _adopt_m(rule, t, g, m, v, buffer):
+    """ADOPT's m updated in place at t ≥ 2, from the v before (n in `buffer`, which must not be g)."""
+    b1 = rule.beta[0]
     bound = float(t) ** 0.25
     whole_v, whole_buffer = whole(v, buffer)
     into(whole_buffer, "sqrt", whole_v)
@@ -380,8 +382,13 @@ def _adopt_moments(rule, t, g, m, v, buffer):
     torch._foreach_clamp_min_(whole(buffer)[0], -bound)
     torch._foreach_clamp_max_(whole(buffer)[0], bound)  # n = clip(g/max(√v, ϵ), ±t^¼)
     torch._foreach_lerp_(m, buffer, 1 - b1)  # m ← β₁·m + (1−β₁)·n
-    torch._foreach_mul_(whole_v, b2)
-    torch._foreach_addcmul_(v, g, g, value=1 - b2)  # v ← β₂·v + (1−β₂)·g²
+
+
+def _adopt_v(rule, g, v):
+    """v ← β₂·v + (1−β₂)·g², after m's update (which reads the v before)."""
+    b2 = rule.beta[1]
+    torch._foreach_mul_(whole(v)[0], b2)
+    torch._foreach_addcmul_(v, g, g, value=1 - b2)
 
 
 @register_kernel(AdEMAMix)
