@@ -105,7 +105,8 @@ RULES = [
     Case("AdaBelief(0.002,(0.8,0.9))", lambda: ox.AdaBelief(0.002, (0.8, 0.9)),
          lambda: ref.AdaBelief(0.002, (0.8, 0.9)), fit=False, kernel=True, varying_rate=True),
     Case("Lion", lambda: ox.Lion(), lambda: ref.Lion(), reliability=_rate(lambda lr, **kw: ox.Lion(lr, **kw), 0.003)),
-    Case("Lion(3e-4,(0.95,0.98))", lambda: ox.Lion(3e-4, (0.95, 0.98)), lambda: ref.Lion(3e-4, (0.95, 0.98)), fit=False),
+    Case("Lion(3e-4,(0.95,0.98))", lambda: ox.Lion(3e-4, (0.95, 0.98)), lambda: ref.Lion(3e-4, (0.95, 0.98)), fit=False,
+         kernel=True, varying_rate=True),
     Case("Rprop", lambda: ox.Rprop(), lambda: ref.Rprop(),
          reliability=_rate(lambda lr, **kw: ox.Rprop(lr, **kw), 0.01, schedules=False)),
     # η₀ below Γ₋: clamped up at the first step; ℓ₊ = 2 reaches Γ₊ = 0.01 within the test
@@ -255,10 +256,13 @@ CHAINS = [
     Case("ClipValue>ClipNorm(3)>ADAM", lambda: ox.Optimiser(ox.ClipValue(1.5), ox.ClipNorm(3.0), ox.ADAM(0.003, (0.85, 0.99))),
          lambda: ref.Chain(ref.ClipValue(1.5), ref.ClipNorm(3.0), ref.ADAM(0.003, (0.85, 0.99))), fit=False, kernel=True),
     # Cautious(rule): the rule's update masked where its sign disagrees with the gradient's (keras_optx/recent.py).
-    Case("Cautious(Lion)", lambda: ox.Cautious(ox.Lion(0.003)), lambda: ref.Cautious(ref.Lion(0.003)),
-         reliability=_rate(lambda lr, **kw: ox.Cautious(ox.Lion(lr), **kw), 0.003)),
-    Case("Cautious(ADOPT)", lambda: ox.Cautious(ox.ADOPT(0.01)), lambda: ref.Cautious(ref.ADOPT(0.01)), fit=False),
-    Case("Cautious(AdEMAMix)", lambda: ox.Cautious(ox.AdEMAMix(0.01)), lambda: ref.Cautious(ref.AdEMAMix(0.01)), fit=False),
+    # On torch the first three run Cautious's kernel (the wrapped rule's `direction`); the chain has none.
+    Case("Cautious(Lion)", lambda: ox.Cautious(ox.Lion(0.003, (0.8, 0.95))), lambda: ref.Cautious(ref.Lion(0.003, (0.8, 0.95))),
+         kernel=True, varying_rate=True, reliability=_rate(lambda lr, **kw: ox.Cautious(ox.Lion(lr), **kw), 0.003)),
+    Case("Cautious(ADOPT)", lambda: ox.Cautious(ox.ADOPT(0.01, (0.8, 0.99), 1e-3)),
+         lambda: ref.Cautious(ref.ADOPT(0.01, (0.8, 0.99), 1e-3)), fit=False, kernel=True, varying_rate=True),
+    Case("Cautious(AdEMAMix)", lambda: ox.Cautious(ox.AdEMAMix(0.01, (0.8, 0.99, 0.995), 2.0, 1e-6)),
+         lambda: ref.Cautious(ref.AdEMAMix(0.01, (0.8, 0.99, 0.995), 2.0, 1e-6)), fit=False, kernel=True, varying_rate=True),
     Case("Cautious(ClipNorm>Momentum)", lambda: ox.Cautious(ox.Optimiser(ox.ClipNorm(1.0), ox.Momentum(0.02, 0.8))),
          lambda: ref.Cautious(ref.Chain(ref.ClipNorm(1.0), ref.Momentum(0.02, 0.8))), fit=False),
     Case("ClipGlobalNorm>Prodigy", lambda: ox.Optimiser(ox.ClipGlobalNorm(1.0), ox.Prodigy(d0=1e-3)),

@@ -30,6 +30,7 @@ ADAM, RADAM, ADAMAX, ADADELTA, NADAM, OADAM, ADABELIEF = (
 )
 ADOPT, ADEMAMIX = "ADOPT(0.01,(0.8,0.99),eps=1e-3)", "AdEMAMix(0.01,(0.8,0.99,0.995),2.0,eps=1e-6)"
 SF_ADAMW, SF_SGD = "ScheduleFreeAdamW(0.01,(0.85,0.99),wd=0.1,warmup=5,r=1,p=1)", "ScheduleFreeSGD(0.003,0.8,wd=0.05,warmup=4)"
+LION, CAUTIOUS = "Lion(3e-4,(0.95,0.98))", ["Cautious(Lion)", "Cautious(ADOPT)", "Cautious(AdEMAMix)"]
 
 torch_only = pytest.mark.skipif(
     BACKEND != "torch", reason="torch fused kernels exist only on torch; jax/tf run `delta` under XLA/tf.function"
@@ -79,8 +80,9 @@ LARGE_SHAPES = [(300, 200), (70001,)]
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, ADOPT, ADEMAMIX, SF_ADAMW, SF_SGD, "ClipNorm>WeightDecay>ADAM",
-                                  "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp", "ExpDecay>Momentum"])
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, ADOPT, ADEMAMIX, SF_ADAMW, SF_SGD, LION, *CAUTIOUS,
+                                  "ClipNorm>WeightDecay>ADAM", "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp",
+                                  "ExpDecay>Momentum"])
 def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
 
@@ -92,7 +94,7 @@ BLOCK_SHAPES = [(5,), (3, 7), (100000,), (700, 800), (1 << 18,), (200000,), (700
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF, ADOPT, ADEMAMIX, SF_ADAMW, SF_SGD])
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF, ADOPT, ADEMAMIX, SF_ADAMW, SF_SGD, LION, *CAUTIOUS])
 def test_fast_path_matches_formula_in_cache_blocks(name):
     _compare_fast_and_generic(name, BLOCK_SHAPES, 4)
 
@@ -101,7 +103,7 @@ def test_fast_path_matches_formula_in_cache_blocks(name):
 # they lie together, and ClipNorm and ClipGlobalNorm take one op per size over a copy of the
 # gradients there (`_backends.torch.transforms._packed_for`); the packed slot steps pair buffers laid out alike.
 GROUPED_SHAPES = [(3, 4), (7,), (12,), (5,), (4, 3), (2, 6), (7,), (6, 2)]
-PACKED = [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF]  # their fast paths run slot-only steps on packed buffers
+PACKED = [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, LION, *CAUTIOUS]  # their fast paths run slot-only steps on packed buffers
 PACKED_CLIPS = ["ClipNorm>WeightDecay>ADAM", "ClipNorm(3)>ClipValue>Momentum", "ClipValue>ClipNorm(3)>ADAM", "ClipGlobalNorm>RMSProp"]
 
 
@@ -169,7 +171,7 @@ def test_adadelta_kernel_declines_an_epsilon_its_scaled_buffer_cannot_take(epsil
 
 @torch_only
 @pytest.mark.parametrize("shapes", [[(3, 4), (7,), (5,)], [(40000,), (300, 200), (70001,)]], ids=["small", "large"])
-@pytest.mark.parametrize("name", [ADADELTA, NADAM, ADAMAX, SF_ADAMW, SF_SGD])
+@pytest.mark.parametrize("name", [ADADELTA, NADAM, ADAMAX, SF_ADAMW, SF_SGD, *CAUTIOUS])
 def test_fast_path_matches_formula_over_float32_and_float64_variables(name, shapes):
     # One list, two dtypes: no packed buffer, and each tensor's temporaries in its own dtype.
     rng = np.random.default_rng(22)
@@ -394,6 +396,11 @@ SHARED_BUFFER = {
     "ClipValue>NADAM": lambda: ox.Optimiser(ox.ClipValue(0.5), ox.NADAM(0.002, (0.89, 0.995))),
     "ClipNorm>AdEMAMix": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.AdEMAMix(0.01, (0.8, 0.99, 0.995), 2.0, 1e-6)),
     "ClipNorm>ADOPT": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.ADOPT(0.01, (0.8, 0.99), 1e-3)),  # declines: the formula
+    # Lion's and Cautious's kernels decline where g is in the chain's buffer, and run where it is not.
+    "ClipNorm>Lion": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.Lion(0.003, (0.8, 0.95))),
+    "ClipNorm(1e3)>Lion": lambda: ox.Optimiser(ox.ClipNorm(1e3), ox.Lion(0.003, (0.8, 0.95))),
+    "ClipNorm>Cautious(Lion)": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.Cautious(ox.Lion(0.003, (0.8, 0.95)))),
+    "ClipNorm(1e3)>Cautious(ADOPT)": lambda: ox.Optimiser(ox.ClipNorm(1e3), ox.Cautious(ox.ADOPT(0.01, (0.8, 0.99), 1e-3))),
 }
 
 
@@ -406,6 +413,65 @@ def test_chain_and_its_last_member_keep_one_buffer(name, shapes):
     opt, xs = _compare_fast_and_generic(name, KEPT_SHAPES[shapes], 3, SHARED_BUFFER[name])
     parameter_bytes = 4 * sum(int(np.prod(s)) for s in KEPT_SHAPES[shapes])
     assert kept_bytes(opt, xs) <= parameter_bytes, kept_bytes(opt, xs) / parameter_bytes
+
+
+_DECAYING = keras.optimizers.schedules.ExponentialDecay
+
+
+@torch_only
+@pytest.mark.parametrize("make, runs", [
+    (lambda: ox.Cautious(ox.Optimiser(ox.ClipNorm(1.0), ox.Momentum(0.02, 0.8))), False),  # a chain: no direction
+    # Scheduled hyperparameters: on torch the step reads each one's value as a number, and the kernel runs with it.
+    (lambda: ox.Cautious(ox.Lion(0.003, (_DECAYING(0.9, 10, 0.9), 0.95))), True),
+    (lambda: ox.Cautious(ox.ADOPT(0.01, (0.8, _DECAYING(0.99, 10, 0.99)), 1e-3)), True),
+    (lambda: ox.Cautious(ox.AdEMAMix(0.01, (0.8, 0.99, 0.995), ox.AdEMAMixAlphaWarmup(2.0, 5), 1e-6)), True),
+], ids=["chain", "Lion(schedule)", "ADOPT(schedule)", "AdEMAMix(warm-up)"])
+def test_cautious_kernel_runs_with_a_direction_of_the_wrapped_rule_else_declines(make, runs):
+    rng = np.random.default_rng(24)
+    fast, calls = _counting(make())
+    slow = _generic(make())
+    xs_fast, xs_slow = _variables(np.random.default_rng(25)), _variables(np.random.default_rng(25))
+    for _ in range(3):
+        grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+    for a, b in zip([*xs_fast, *_slots(fast).values()], [*xs_slow, *_slots(slow).values()]):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6)
+    assert calls == [runs] * 3
+
+
+# Ties and NaNs: zero gradients (Δ·g = 0: φ = 0, though Lion's Δ = ±η there once m ≠ 0), a NaN gradient
+# (Lion: torch's sign(NaN) = 0 on the CPU; ADOPT: a NaN Δ, which stays NaN through the mask), and with
+# ϵ = 0 AdEMAMix's 0/0 where g has always been 0 (a NaN Δ where φ = 0). Small tensors and one split
+# over cache blocks.
+@torch_only
+@pytest.mark.parametrize("make", [
+    lambda: ox.Cautious(ox.Lion(0.003, (0.8, 0.95))),
+    lambda: ox.Cautious(ox.ADOPT(0.01, (0.8, 0.99), 1e-3)),
+    lambda: ox.Cautious(ox.AdEMAMix(0.01, (0.8, 0.99, 0.995), 2.0, 0.0)),
+], ids=["Lion", "ADOPT", "AdEMAMix(eps=0)"])
+def test_cautious_kernel_takes_ties_and_nans_as_the_formula(make):
+    shapes = [(3, 4), (9,), (300001,)]
+    rng = np.random.default_rng(26)
+    fast, calls = _counting(make())
+    slow = _generic(make())
+    xs_fast, xs_slow = _variables(np.random.default_rng(27), shapes=shapes), _variables(np.random.default_rng(27), shapes=shapes)
+    for step in range(5):
+        grads = [rng.normal(size=s).astype("float32") for s in shapes]
+        for g in grads:
+            g.reshape(-1)[:3] = 0.0  # always 0
+            g.reshape(-1)[3 + step] = 0.0  # 0 at this step only
+            if step == 2:
+                g.reshape(-1)[-1] = np.nan
+        before = [keras.ops.convert_to_numpy(x).copy() for x in xs_fast]
+        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
+        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
+        for a, b, x0, g in zip(xs_fast, xs_slow, before, grads):
+            a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=f"step {step + 1}")  # NaNs where the formula's
+            ties = (g == 0) & np.isfinite(x0) & np.isfinite(b)
+            np.testing.assert_array_equal(a[ties], x0[ties])  # φ = 0: not moved
+    assert calls == [True] * 5
 
 
 @torch_only

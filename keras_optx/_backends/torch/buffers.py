@@ -4,7 +4,7 @@
 - Packed buffers (`pack_slots`, `whole`): each slot's variables are views of one contiguous buffer.
 - Kept scratch (`scratch`, `into`): temporaries live between steps instead of being re-allocated
   (`kept_bytes` measures them).
-- Cache blocks (`in_blocks`, `flat_blocks`): on CPU, a rule's in-place steps run block by block over large tensors.
+- Cache blocks (`in_blocks`, `flat_blocks`, `tensor_blocks`): on CPU, a rule's in-place steps run block by block over large tensors.
 
 Each is a measured speed-up on this project's CPU benchmarks (benchmarks/RESULTS.md); none changes
 a result: the kernels using them are tested against the formulas (tests/test_fast_paths.py).
@@ -12,6 +12,7 @@ a result: the kernels using them are tested against the formulas (tests/test_fas
 
 import collections
 import itertools
+import math
 import operator
 
 import torch
@@ -145,10 +146,25 @@ def _packed(like, values=None, parameters=False):
         torch._foreach_copy_(views, values)
     if parameters:  # what Keras's torch Variable holds; a Parameter made from a view shares its memory
         views = [torch.nn.Parameter(v, requires_grad=False) for v in views]
-    pack = Pack(whole, views, order, runs)
-    for view in views:
+    return _set_pack(Pack(whole, views, order, runs))
+
+
+def _packed_views(whole, shapes):
+    """Views of `whole` shaped `shapes`, side by side in that order, as a `Pack`'s (a span of another's)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    views = [piece.view(shape) for piece, shape in zip(torch.split(whole, sizes), shapes)]
+    runs, start = [], 0
+    for size, group in itertools.groupby(sizes):
+        count = len(list(group))
+        runs.append((whole[start : start + size * count].view(count, size), count))
+        start += size * count
+    return _set_pack(Pack(whole, views, list(range(len(views))), runs))
+
+
+def _set_pack(pack):
+    for view in pack.views:
         setattr(view, _PACK, pack)
-    return views
+    return pack.views
 
 
 def pack_slots(variables):
@@ -283,15 +299,61 @@ def flat_blocks(lists, scratch_lists=0):
         yield from _blocks(sub, made, size)
 
 
-def _blocks(lists, kept, size):
+def tensor_blocks(lists, scratch_lists=0):
+    """As `flat_blocks` over lists that are not all packed, each block as `(positions, whole, flat), block`:
+    the positions in `lists[0]` of its tensors, whether they are whole (a run of tensors) or one piece
+    of one tensor larger than a block, and the block's scratch buffers flat (for one op over them).
+    A packed list's run that lies side by side in its buffer comes as the views of a pack of its own
+    (`whole` takes it: slot-only steps are one op a block).
+
+    For a per-tensor reduction over the block (`Cautious`): whole tensors can be finished in the block."""
+    device = lists[0][0].device
+    block = BLOCK if device.type == "cpu" else DEVICE_BLOCK
+    packs = [pack_of(tensors) for tensors in lists]
+    for dtype in dict.fromkeys(t.dtype for t in lists[0]):
+        positions = [i for i, t in enumerate(lists[0]) if t.dtype == dtype]
+        sub = [[tensors[i] for i in positions] for tensors in lists]
+        size = min(block, sum(t.numel() for t in sub[0]))
+        made = [torch.empty(size, dtype=dtype, device=device) for _ in range(scratch_lists)]
+        spans = len(positions) == len(lists[0]) and any(packs)  # a packed list is of one dtype
+        for (run, complete, elements), block_lists in _blocks(sub, made, size, where=True):
+            if complete and spans:
+                block_lists = (
+                    *(_span(pack, run) or tensors if pack is not None else tensors for pack, tensors in zip(packs, block_lists)),
+                    *block_lists[len(lists):],
+                )
+            yield ([positions[j] for j in run], complete, [k[:elements] for k in made]), block_lists
+
+
+def _span(pack, run):
+    """The views of `pack` at the list positions `run` (consecutive) as the views of a pack of their own,
+    where they lie side by side in its buffer in that order; else None. Cached on `pack`."""
+    spans = pack.__dict__.setdefault("spans", {})
+    key = (run[0], len(run))
+    if key not in spans:
+        starts = pack.__dict__.get("starts")
+        if starts is None:
+            sizes = [v.numel() for v in pack.views]
+            offsets = itertools.accumulate((sizes[i] for i in pack.order), initial=0)
+            starts = pack.starts = dict(zip(pack.order, offsets))
+        views = pack.views[run[0] : run[0] + len(run)]
+        first, last = starts[run[0]], starts[run[-1]] + views[-1].numel()
+        side_by_side = all(starts[i] + v.numel() == starts.get(i + 1) for i, v in zip(run[:-1], views))
+        spans[key] = _packed_views(pack.whole[first:last], [v.shape for v in views]) if side_by_side else None
+    return spans[key]
+
+
+def _blocks(lists, kept, size, where=False):
     """`lists` in blocks of ≤ `size` elements, each with its pieces of the flat buffers `kept`: a run of
-    consecutive tensors (scratch: consecutive views of `kept`), or one piece of a larger tensor."""
+    consecutive tensors (scratch: consecutive views of `kept`), or one piece of a larger tensor.
+    `where`: each block as `(positions, whole, elements), block` (see `tensor_blocks`)."""
     xs = lists[0]
 
     def run_block(run):
         offsets = list(itertools.accumulate((xs[i].numel() for i in run), initial=0))
         shaped = [[k[a:b].view(xs[i].shape) for i, a, b in zip(run, offsets, offsets[1:])] for k in kept]
-        return (*([tensors[i] for i in run] for tensors in lists), *shaped)
+        block = (*([tensors[i] for i in run] for tensors in lists), *shaped)
+        return ((run, True, offsets[-1]), block) if where else block
 
     run, filled = [], 0
     for i, x in enumerate(xs):
@@ -301,7 +363,8 @@ def _blocks(lists, kept, size):
             run, filled = [], 0
         if elements > size:
             for pieces in zip(*(torch.split(tensors[i].view(-1), size) for tensors in lists)):
-                yield (*([p] for p in pieces), *([k[: pieces[0].numel()]] for k in kept))
+                block = (*([p] for p in pieces), *([k[: pieces[0].numel()]] for k in kept))
+                yield (([i], False, pieces[0].numel()), block) if where else block
         else:
             run.append(i)
             filled += elements

@@ -16,12 +16,13 @@ from ...adaptive import ADADelta, ADAGrad, RMSProp
 from ...chain import _own
 from ...descent import Descent, Momentum, Nesterov
 from ...matrix import Muon, as_matrix_shape, by_shape, lr_ratio
-from ...recent import ADOPT, AdEMAMix
+from ...recent import ADOPT, AdEMAMix, Cautious
 from ...schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
+from ...sign import Lion
 from ...soap import SOAP
-from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, whole
+from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, tensor_blocks, whole
 from .matrix import _iterate, newton_schulz
-from .registry import register_kernel
+from .registry import direction_of, register_direction, register_kernel
 from .transforms import buffer_owner
 
 
@@ -339,23 +340,57 @@ def adopt(rule, xs, gs, slots, t, lr):
     if owner is not rule or not _numbers(b1, b2, rule.epsilon):
         return False
     if t == 1:  # v ← g²; m stays 0: Δ = 0
-        torch._foreach_mul_(slots["v"], 0.0)
-        torch._foreach_addcmul_(slots["v"], gs, gs)
+        _adopt_first(gs, slots["v"])
         return True
-    bound = float(t) ** 0.25
     for x, g, m, v, buffer in in_blocks(owner, (xs, gs, slots["m"], slots["v"]), scratch_lists=1):
-        whole_v, whole_buffer = whole(v, buffer)
-        into(whole_buffer, "sqrt", whole_v)
-        torch._foreach_clamp_min_(whole_buffer, rule.epsilon)  # max(√v, ϵ)
-        torch._foreach_reciprocal_(whole_buffer)
-        torch._foreach_mul_(buffer, g)  # g/max(√v, ϵ)
-        torch._foreach_clamp_min_(whole(buffer)[0], -bound)
-        torch._foreach_clamp_max_(whole(buffer)[0], bound)  # n = clip(g/max(√v, ϵ), ±t^¼)
-        torch._foreach_lerp_(m, buffer, 1 - b1)  # m ← β₁·m + (1−β₁)·n
-        torch._foreach_add_(x, m, alpha=-lr)
-        torch._foreach_mul_(whole_v, b2)
-        torch._foreach_addcmul_(v, g, g, value=1 - b2)  # v ← β₂·v + (1−β₂)·g²
+        _adopt_m(rule, t, g, m, v, buffer)
+        torch._foreach_add_(x, m, alpha=-lr)  # while m is in the cache
+        _adopt_v(rule, g, v)
     return True
+
+
+@register_direction(ADOPT)
+def adopt_direction(rule, t, lr):
+    b1, b2 = rule.beta
+    if not _numbers(b1, b2, rule.epsilon):
+        return None
+
+    def write(out, temp, gs, slots):
+        if t == 1:
+            _adopt_first(gs, slots["v"])
+        else:
+            _adopt_m(rule, t, gs, slots["m"], slots["v"], out)
+            _adopt_v(rule, gs, slots["v"])
+        into(out, "mul", slots["m"], lr)  # Δ = η·m
+
+    return write
+
+
+def _adopt_first(gs, v):
+    """ADOPT at t = 1: v ← g² (m stays 0)."""
+    torch._foreach_mul_(whole(v)[0], 0.0)
+    torch._foreach_addcmul_(v, gs, gs)
+
+
+def _adopt_m(rule, t, g, m, v, buffer):
+    """ADOPT's m updated in place at t ≥ 2, from the v before (n in `buffer`, which must not be g)."""
+    b1 = rule.beta[0]
+    bound = float(t) ** 0.25
+    whole_v, whole_buffer = whole(v, buffer)
+    into(whole_buffer, "sqrt", whole_v)
+    torch._foreach_clamp_min_(whole_buffer, rule.epsilon)  # max(√v, ϵ)
+    torch._foreach_reciprocal_(whole_buffer)
+    torch._foreach_mul_(buffer, g)  # g/max(√v, ϵ)
+    torch._foreach_clamp_min_(whole(buffer)[0], -bound)
+    torch._foreach_clamp_max_(whole(buffer)[0], bound)  # n = clip(g/max(√v, ϵ), ±t^¼)
+    torch._foreach_lerp_(m, buffer, 1 - b1)  # m ← β₁·m + (1−β₁)·n
+
+
+def _adopt_v(rule, g, v):
+    """v ← β₂·v + (1−β₂)·g², after m's update (which reads the v before)."""
+    b2 = rule.beta[1]
+    torch._foreach_mul_(whole(v)[0], b2)
+    torch._foreach_addcmul_(v, g, g, value=1 - b2)
 
 
 @register_kernel(AdEMAMix)
@@ -368,16 +403,98 @@ def ademamix(rule, xs, gs, slots, t, lr):
         return False
     c = ops.sqrt(ops.one_minus_pow(b2, t))
     for x, g, m, slow, v, buffer in in_blocks(buffer_owner(rule), (xs, gs, slots["m"], slots["slow"], slots["v"]), scratch_lists=1):
-        torch._foreach_lerp_(m, g, 1 - b1)
-        torch._foreach_lerp_(slow, g, 1 - b3)
-        torch._foreach_mul_(whole(v)[0], b2)
-        torch._foreach_addcmul_(v, g, g, value=1 - b2)
-        whole_v, whole_buffer = whole(v, buffer)
-        into(whole_buffer, "sqrt", whole_v)
-        torch._foreach_add_(whole_buffer, rule.epsilon * c)  # buffer ← √v + ϵ·c
+        _ademamix_moments(rule, g, m, slow, v)
+        _ademamix_denominator(rule, c, v, buffer)
         torch._foreach_addcdiv_(x, m, buffer, value=-lr * c / ops.one_minus_pow(b1, t))
         torch._foreach_addcdiv_(x, slow, buffer, value=-lr * c * rule.alpha)
     return True
+
+
+@register_direction(AdEMAMix)
+def ademamix_direction(rule, t, lr):
+    b1, b2, b3 = rule.beta
+    if not _numbers(b1, b2, b3, rule.alpha, rule.epsilon):
+        return None
+    c = ops.sqrt(ops.one_minus_pow(b2, t))
+
+    def write(out, temp, gs, slots):
+        m, slow = slots["m"], slots["slow"]
+        _ademamix_moments(rule, gs, m, slow, slots["v"])
+        _ademamix_denominator(rule, c, slots["v"], temp)
+        into(out, "mul", m, 1 / ops.one_minus_pow(b1, t))
+        torch._foreach_add_(*whole(out, slow), alpha=rule.alpha)  # m/(1−β₁ᵗ) + α·m₂
+        torch._foreach_div_(out, temp)
+        torch._foreach_mul_(whole(out)[0], lr * c)  # Δ, as the formula: (η·c)·mix/(√v + ϵc)
+
+    return write
+
+
+def _ademamix_moments(rule, g, m, slow, v):
+    """AdEMAMix's m, m₂ and v updated in place."""
+    b1, b2, b3 = rule.beta
+    torch._foreach_lerp_(m, g, 1 - b1)
+    torch._foreach_lerp_(slow, g, 1 - b3)
+    torch._foreach_mul_(whole(v)[0], b2)
+    torch._foreach_addcmul_(v, g, g, value=1 - b2)
+
+
+def _ademamix_denominator(rule, c, v, out):
+    """out ← √v + ϵ·c."""
+    whole_v, whole_out = whole(v, out)
+    into(whole_out, "sqrt", whole_v)
+    torch._foreach_add_(whole_out, rule.epsilon * c)
+
+
+@register_kernel(Cautious)
+def cautious(rule, xs, gs, slots, t, lr):
+    # The wrapped rule's Δ (its `direction`, which updates its slots) into the kept buffer, block by
+    # block; in a block made for the step φ = (Δ·g > 0) (NaN: 0) and Σφ per tensor; then
+    # x ← x + (−N/(Σφ + 1))·φ·Δ: −s·φ is 0 or −s exactly, so Δ·φ·s as the formula rounds it (an
+    # infinite or NaN Δ where φ = 0 gives NaN, as there). A tensor whole in a block is finished
+    # there; one split over blocks keeps Δ·φ in the buffer until its Σφ is known.
+    inner = rule.rule
+    direction = direction_of(inner)
+    write = direction(inner, t, inner._rate(t - 1)) if direction is not None else None
+    if write is None:  # no direction (a chain, say), or it declined (a hyperparameter not a number): the formula runs
+        return False
+    (buffer,) = scratch(buffer_owner(rule), xs)
+    if any(map(operator.is_, gs, buffer)):  # g in a chain's buffer: Δ would overwrite it
+        return False
+    own = _own(slots, 0)
+    counts = {}
+    for (positions, complete, (flat,)), (x, g, *state, out, temp) in tensor_blocks((xs, gs, *own.values(), buffer), 1):
+        write(out, temp, g, dict(zip(own, state)))
+        into(temp, "mul", out, g)
+        torch.gt(flat, 0, out=flat)  # φ
+        sums = _sums(flat, [p.numel() for p in temp])
+        if complete:
+            scales = torch.tensor([-float(p.numel()) for p in x], dtype=flat.dtype, device=flat.device).div_(sums.add_(1.0))
+            if flat.device.type == "cpu":  # one scalar per tensor (the overload takes them on the host)
+                torch._foreach_addcmul_(x, temp, out, scales)
+            else:
+                torch._foreach_mul_(temp, list(scales.unbind()))
+                torch._foreach_addcmul_(x, temp, out)
+        else:  # a piece of one tensor: its Σφ so far, and Δ·φ kept in the buffer
+            (i,) = positions
+            counts[i] = counts[i] + sums if i in counts else sums
+            torch._foreach_mul_(out, temp)
+    for i, count in counts.items():
+        xs[i].addcmul_(buffer[i], xs[i].numel() / (count + 1.0), value=-1.0)
+    return True
+
+
+def _sums(flat, sizes):
+    """The sums of the consecutive pieces of `flat` of `sizes`, as one 1-D tensor: one op per run of
+    equal sizes, over a (count, size) view (a foreach norm costs more per tensor on the CPU)."""
+    sums, start, k = [], 0, 0
+    while k < len(sizes):
+        end = k
+        while end < len(sizes) and sizes[end] == sizes[k]:
+            end += 1
+        count = end - k
+        sums.append(flat[start : start + count * sizes[k]].view(count, sizes[k]).sum(1))
+        start, k = start + count * sizes[k], end
+    return sums[0] if len(sums) == 1 else torch.cat(sums)
 
 
 # matrix.py -------------------------------------------------------------------------------------
@@ -556,3 +673,41 @@ def _schedule_free_step(beta, rate, c, y, u, d):
     torch._foreach_add_(whole_d, whole_u, alpha=c)  # y_new − y
     torch._foreach_add_(y, d)
     torch._foreach_mul_(whole_u, 1 - c)
+
+
+# sign.py ---------------------------------------------------------------------------------------
+@register_kernel(Lion)
+def lion(rule, xs, gs, slots, t, lr):
+    # In place on m and one kept buffer, block by block (`in_blocks`). The buffer takes β₁·m, then g
+    # is read again: in a chain whose buffer holds g, the formula runs.
+    b1, b2 = rule.beta
+    owner = buffer_owner(rule)
+    if not _numbers(b1, b2) or (owner is not rule and any(map(operator.is_, gs, scratch(owner, xs)[0]))):
+        return False
+    for x, g, m, buffer in in_blocks(owner, (xs, gs, slots["m"]), scratch_lists=1):
+        _lion_sign(rule, g, m, buffer)
+        torch._foreach_add_(x, buffer, alpha=-lr)
+    return True
+
+
+@register_direction(Lion)
+def lion_direction(rule, t, lr):
+    if not _numbers(*rule.beta):
+        return None
+
+    def write(out, temp, gs, slots):
+        _lion_sign(rule, gs, slots["m"], out)
+        torch._foreach_mul_(whole(out)[0], lr)
+
+    return write
+
+
+def _lion_sign(rule, g, m, out):
+    """out ← sign(β₁·m + (1−β₁)·g), then m ← β₂·m + (1−β₂)·g, each rounded as the formula's foreach ops
+    (torch's sign: 0 at 0, and at NaN on the CPU)."""
+    b1, b2 = rule.beta
+    into(out, "mul", m, b1)
+    torch._foreach_add_(out, g, alpha=1 - b1)
+    torch._foreach_sign_(whole(out)[0])
+    torch._foreach_mul_(whole(m)[0], b2)
+    torch._foreach_add_(m, g, alpha=1 - b2)

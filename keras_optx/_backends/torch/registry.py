@@ -4,6 +4,7 @@ _KERNELS = {}  # exact class → kernel(rule, xs, gs, slots, t, lr[, weight_deca
 _TAKES_WEIGHT_DECAY = set()  # classes whose kernel adds a coupled decay g + λ·x itself
 _TAKES_SHAPED_SLOTS = set()  # classes whose kernel reads slots of their own shape (`Slot`: SOAP's factors)
 _INTOS = {}  # exact class → into(rule, out, g, xs, t, step) -> Δ (a transform's)
+_DIRECTIONS = {}  # exact class → direction(rule, t, lr) -> None or write(out, temp, gs, slots) (a rule's Δ)
 _OWN = "_torch_kernel"  # an instance attribute of this name replaces the class's kernel (None: none)
 
 
@@ -37,6 +38,20 @@ def register_into(*classes):
     return register
 
 
+def register_direction(*classes):
+    """Decorator: `direction(rule, t, lr)` returns None (it declines: the formula runs) or
+    `write(out, temp, gs, slots)`, which updates the slots (lists, any block of them) in place and
+    writes the rule's Δ into `out`, not applying it; `temp`, a scratch list like `out`, it may use
+    until it returns. Elementwise: a caller may run `write` block by block (a wrapper's kernel: `Cautious`)."""
+
+    def register(direction):
+        for cls in classes:
+            _DIRECTIONS[cls] = direction
+        return direction
+
+    return register
+
+
 def kernel_of(rule):
     """The kernel for `rule`: its own (`rule._torch_kernel`, set by tests) or its exact class's; else None.
 
@@ -58,3 +73,8 @@ def takes_shaped_slots(rule):
 def into_of(rule):
     """The `into` of `rule`'s exact class, or None."""
     return _INTOS.get(type(rule))
+
+
+def direction_of(rule):
+    """The `direction` of `rule`'s exact class, or None."""
+    return _DIRECTIONS.get(type(rule))
