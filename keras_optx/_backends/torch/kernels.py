@@ -501,28 +501,39 @@ def _sums(flat, sizes):
 @register_kernel(Muon)
 def muon(rule, xs, gs, slots, t, lr):
     # torch.optim.Muon's step: the momentum lerped in place, each matrix's Nesterov mix, its Newton–Schulz
-    # iteration (`matrix._iterate`, one matrix at a time on the CPU, batched per shape on a GPU) and
-    # x ← x − η·r·X from the `ns_dtype` result: no parameter-sized float32 temporaries.
-    mu = rule.momentum
-    if not _numbers(mu, rule.epsilon):
+    # iteration (`matrix._iterate`) and x ← x − η·r·X from the `ns_dtype` result: no parameter-sized float32
+    # temporaries. On the CPU one matrix at a time from its mix to x, as torch.optim.Muon (it stays in the
+    # cache); on a GPU one batched chain per shape (`matrix.newton_schulz`).
+    mu, eps = rule.momentum, rule.epsilon
+    if not _numbers(mu, eps):
         return False
     a, b, c = (float(v) for v in rule.ns_coefficients)
     dtype = torch.bfloat16 if rule.ns_dtype == "bfloat16" else torch.float32
-    torch._foreach_lerp_(slots["momentum_buffer"], gs, 1 - mu)
-    matrices = []
-    for x, g, buffer in zip(xs, gs, slots["momentum_buffer"]):
-        rows, cols = as_matrix_shape(x.shape)
-        u = (g.lerp(buffer, mu) if rule.nesterov else buffer).reshape(rows, cols).to(dtype)
-        matrices.append((x, rows, cols, u.T if rows > cols else u))
+    momentum = slots["momentum_buffer"]
+    torch._foreach_lerp_(momentum, gs, 1 - mu)
+    shapes = [as_matrix_shape(x.shape) for x in xs]
+
+    def mixed(i):  # the matrix to orthogonalise, rows ≤ cols, in `ns_dtype`
+        (rows, cols), buffer = shapes[i], momentum[i]
+        u = (gs[i].lerp(buffer, mu) if rule.nesterov else buffer).reshape(rows, cols).to(dtype)
+        return u.T if rows > cols else u
+
+    def write(i, o):
+        rows, cols = shapes[i]
+        xs[i].add_((o.T if rows > cols else o).reshape(xs[i].shape), alpha=-lr * lr_ratio(rule.adjust_lr, rows, cols))
+
+    if xs[0].device.type == "cpu":
+        for i in range(len(xs)):
+            u = mixed(i)
+            norm = u.norm().clamp(min=eps)
+            # in place unless u is the momentum itself (float32, no Nesterov mix)
+            u = u / norm if u.data_ptr() == momentum[i].data_ptr() else u.div_(norm)
+            write(i, _iterate(u, a, b, c, int(rule.ns_steps)))
+        return True
     for indices in by_shape([x.shape for x in xs]):
-        members = [matrices[i] for i in indices]
-        if members[0][0].device.type == "cpu":  # one matrix at a time, unstacked (see `matrix.newton_schulz`)
-            results = [_iterate(u / u.norm().clamp(min=rule.epsilon), a, b, c, int(rule.ns_steps)) for *_, u in members]
-        else:
-            results = newton_schulz(torch.stack([u for *_, u in members]), (a, b, c), rule.ns_steps, rule.epsilon)
-        for (x, rows, cols, _), o in zip(members, results):
-            o = o.T if rows > cols else o
-            x.add_(o.reshape(x.shape), alpha=-lr * lr_ratio(rule.adjust_lr, rows, cols))
+        results = newton_schulz(torch.stack([mixed(i) for i in indices]), (a, b, c), rule.ns_steps, eps)
+        for i, o in zip(indices, results):
+            write(i, o)
     return True
 
 
