@@ -414,13 +414,13 @@ def muon(rule, xs, gs, slots, t, lr):
 def prodigy(rule, xs, gs, slots, t, lr):
     # The formula's two passes with its sums between them, in place on the slots and one kept buffer,
     # block by block (`in_blocks`). Pass 1: x₀ at t = 1, Σ g·(x₀ − x) (x₀ − x in the buffer), m, v, s and
-    # Σ|s|. Then d and its state as the formula computes them, in float32 (`_prodigy_estimate`). Pass 2:
-    # x ← x − dlr·(m_factor·m/(√v + d·ϵ) + λ·x), the formula's operations in its order (a d̂ that
-    # hangs on x₀ − x, a difference of float32 values, would magnify a different rounding of x).
+    # Σ|s|, read to the host once. Then d and its state as the formula computes them, in float32 (numpy
+    # scalars). Pass 2: x ← x − dlr·(m_factor·m/(√v + d·ϵ) + λ·x) in the formula's order of operations:
+    # d̂ hangs on x₀ − x, a difference of float32 values, which would magnify x rounded otherwise.
     b1, b2 = rule.beta
     b3, wd = rule.beta3, rule.weight_decay
     if not _numbers(b1, b2, 0.0 if b3 is None else b3, rule.epsilon, rule.d0, rule.d_coef, rule.growth_rate, wd):
-        return False
+        return False  # a value that is not a number (on torch a schedule's is read as one): the formula takes it
     if not lr > 0:  # η = 0 (a schedule's end): prodigyopt then leaves the moments alone; rare, so the formula
         return False
     if wd and rule._decay_mask() is not None:  # variables excluded from the decay: rare, so the formula
