@@ -698,3 +698,26 @@ def test_prodigy_kernel_makes_no_progress_on_zero_gradients(shapes):
     for a, b in zip([*xs_fast, *_slots(fast).values()], [*xs_slow, *_slots(slow).values()]):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6)
     assert _prodigy_state(fast)["k"] == 2.0
+
+
+@torch_only
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_prodigy_kernel_follows_the_formula_on_a_non_finite_gradient(bad):
+    # A NaN gradient makes Σ|s| NaN (no progress: d stays, x ← x − 0·Δ, NaN where Δ is); an inf one makes d NaN.
+    # The kernel's NaNs are where the formula's are, its state the formula's, and numpy says nothing.
+    fast, calls = _counting(ox.Prodigy(d0=1e-4))
+    slow = _generic(ox.Prodigy(d0=1e-4))
+    xs_fast, xs_slow = _variables(np.random.default_rng(34)), _variables(np.random.default_rng(34))
+    rng = np.random.default_rng(35)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(3):
+            grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+            grads[1][0] = bad if step == 1 else grads[1][0]
+            for opt, xs in ((fast, xs_fast), (slow, xs_slow)):
+                opt.apply([keras.ops.convert_to_tensor(g) for g in grads], xs)
+    assert calls == [True] * 3
+    for a, b in zip(xs_fast, xs_slow):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6)  # NaN where NaN
+    assert any(np.isnan(keras.ops.convert_to_numpy(x)).any() for x in xs_fast)
+    np.testing.assert_array_equal(list(_prodigy_state(fast).values()), list(_prodigy_state(slow).values()))

@@ -463,12 +463,13 @@ def prodigy(rule, xs, gs, slots, t, lr):
         dlr = 0.0  # Σ|s| is NaN: x ← x − 0·Δ all the same, NaN where Δ is (as the formula)
         new_d, m_factor = d, 1.0
     else:
-        d_hat = numpy.float32(rule.d_coef) * numerator / denominator
-        grown = numpy.maximum(d, d_hat) if d == numpy.float32(rule.d0) else d
-        d_max = numpy.maximum(d_max, d_hat)
-        new_d = numpy.minimum(d_max, grown * rule.growth_rate)
-        # β₁ = 0: prodigyopt keeps no m and steps by d·g with the new d (m holds the old d·g).
-        m_factor = 1.0 if b1 > 0 else new_d / d
+        with numpy.errstate(all="ignore"):  # inf and NaN as the formula's tensors give them, silently
+            d_hat = numpy.float32(rule.d_coef) * numerator / denominator
+            grown = numpy.maximum(d, d_hat) if d == numpy.float32(rule.d0) else d
+            d_max = numpy.maximum(d_max, d_hat)
+            new_d = numpy.minimum(d_max, grown * rule.growth_rate)
+            # β₁ = 0: prodigyopt keeps no m and steps by d·g with the new d (m holds the old d·g).
+            m_factor = 1.0 if b1 > 0 else new_d / d
         for tensor, value in zip(state, (new_d, d_max, numerator, k + 1)):
             tensor.fill_(float(value))
 
