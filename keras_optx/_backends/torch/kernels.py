@@ -412,10 +412,10 @@ def muon(rule, xs, gs, slots, t, lr):
 # prodigy.py ------------------------------------------------------------------------------------
 @register_kernel(Prodigy)
 def prodigy(rule, xs, gs, slots, t, lr):
-    # The formula's two passes with its sums between them, in place on the slots and one kept buffer,
-    # block by block (`in_blocks`). Pass 1: x₀ at t = 1, Σ g·(x₀ − x) (x₀ − x in the buffer), m, v, s and
-    # Σ|s|, read to the host once. Then d and its state as the formula computes them, in float32 (numpy
-    # scalars). Pass 2: x ← x − dlr·(m_factor·m/(√v + d·ϵ) + λ·x) in the formula's order of operations:
+    # The formula in two passes with its sums between them, in place on the slots and one kept buffer,
+    # block by block (`in_blocks`). Pass 1: x₀ at t = 1, Σ g·(x₀ − x) (x₀ − x in the buffer), s and Σ|s|,
+    # read to the host once. Then d and its state as the formula computes them, in float32 (numpy scalars).
+    # Pass 2: m, v, and x ← x − dlr·(m_factor·m/(√v + d·ϵ) + λ·x) in the formula's order of operations:
     # d̂ hangs on x₀ − x, a difference of float32 values, which would magnify x rounded otherwise.
     b1, b2 = rule.beta
     b3, wd = rule.beta3, rule.weight_decay
@@ -437,31 +437,23 @@ def prodigy(rule, xs, gs, slots, t, lr):
     into_s = float(ratio * (d if rule.safeguard_warmup else dlr))
     f1, f3 = float((1 - b1) * d), float((1 - b2) * d * d)
 
+    # Pass 1 takes the sums, pass 2 moves m, v and x (their updates take the d before this one). In a chain
+    # g may be in the kept buffer, which pass 1 would overwrite: there its temporaries are blocks made for it.
     owner = buffer_owner(rule)
-    lists = (xs, gs, slots["x0"], slots["m"], slots["v"], slots["s"])
+    lists = (xs, gs, slots["x0"], slots["s"])
+    blocks = in_blocks(owner, lists, scratch_lists=1) if owner is rule else flat_blocks(lists, scratch_lists=1)
     dots, norms = [], []
-    if owner is not rule:  # in a chain g may be in the kept buffer: Σ g·(x₀ − x) first, x₀ − x in blocks made for it
-        for x, g, x0, difference in flat_blocks(lists[:3], scratch_lists=1):
-            dots += _prodigy_dots(t, x, g, x0, difference)
-    for x, g, x0, m, v, s, buffer in in_blocks(owner, lists, scratch_lists=1):
-        if owner is rule:
-            dots += _prodigy_dots(t, x, g, x0, buffer)
-        torch._foreach_mul_(whole(m)[0], b1)
-        torch._foreach_add_(m, g, alpha=f1)  # m ← β₁·m + d·(1−β₁)·g
-        torch._foreach_mul_(whole(v)[0], b2)
-        torch._foreach_addcmul_(v, g, g, value=f3)  # v ← β₂·v + d²·(1−β₂)·g²
+    for x, g, x0, s, buffer in blocks:
+        dots += _prodigy_dots(t, x, g, x0, buffer)
         torch._foreach_mul_(whole(s)[0], float(b3))
         torch._foreach_add_(s, g, alpha=into_s)  # s ← β₃·s + (d/d₀)·(dlr or d)·g
-        norms += _sums(into(buffer, "abs", s))  # g is read: the buffer is free (in a chain, it may have been g)
+        norms += _sums(into(buffer, "abs", s))
     total, denominator = _host_sums(dots, norms)
 
     numerator = b3 * numerator + ratio * dlr * numpy.float32(total)
     denominator = numpy.float32(denominator)
-    if not denominator > 0:  # no progress (Σ|s| = 0): d and its state stay, nothing moves
-        if denominator == 0:
-            return True
-        dlr = 0.0  # Σ|s| is NaN: x ← x − 0·Δ all the same, NaN where Δ is (as the formula)
-        new_d, m_factor = d, 1.0
+    if not denominator > 0:  # no progress (Σ|s| = 0 or NaN): d and its state stay; x ← x − 0·Δ (NaN where Δ is)
+        dlr, new_d, m_factor = 0.0, d, 1.0
     else:
         with numpy.errstate(all="ignore"):  # inf and NaN as the formula's tensors give them, silently
             d_hat = numpy.float32(rule.d_coef) * numerator / denominator
@@ -473,9 +465,16 @@ def prodigy(rule, xs, gs, slots, t, lr):
         for tensor, value in zip(state, (new_d, d_max, numerator, k + 1)):
             tensor.fill_(float(value))
 
+    moves = denominator != 0  # Σ|s| = 0: x stays (x − 0·Δ, Δ finite)
     epsilon, m_factor, step = float(new_d * rule.epsilon), float(m_factor), -float(dlr)
-    for x, m, v, buffer in in_blocks(owner, (xs, slots["m"], slots["v"]), scratch_lists=1):
-        whole_v, whole_buffer = whole(v, buffer)
+    for x, g, m, v, buffer in in_blocks(owner, (xs, gs, slots["m"], slots["v"]), scratch_lists=1):
+        torch._foreach_mul_(whole(m)[0], b1)
+        torch._foreach_add_(m, g, alpha=f1)  # m ← β₁·m + d·(1−β₁)·g
+        torch._foreach_mul_(whole(v)[0], b2)
+        torch._foreach_addcmul_(v, g, g, value=f3)  # v ← β₂·v + d²·(1−β₂)·g²
+        if not moves:
+            continue
+        whole_v, whole_buffer = whole(v, buffer)  # g is read: the buffer is free (in a chain, it may have been g)
         into(whole_buffer, "sqrt", whole_v)
         torch._foreach_add_(whole_buffer, epsilon)  # √v + d·ϵ, the new d
         for a, b in zip(*whole(m, buffer)):
