@@ -297,7 +297,7 @@ def test_subclass_that_redefines_the_formula_runs_its_own_formula():
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAM, ADAMAX, "ClipNorm>WeightDecay>ADAM"])
+@pytest.mark.parametrize("name", [ADAM, ADAMAX, PRODIGY, "ClipNorm>WeightDecay>ADAM"])
 def test_stateless_apply_on_torch_matches_apply(name):
     # Inside Keras's StatelessScope the variables' values are the caller's tensors: the fast
     # paths must read those (not the variables' own), and leave the variables alone.
