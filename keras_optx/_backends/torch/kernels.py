@@ -427,15 +427,16 @@ def prodigy(rule, xs, gs, slots, t, lr):
         return False
     state = values([rule._scalars[name] for name in _PRODIGY_STATE])  # d, d_max, d_numerator, k
     d, d_max, numerator, k = (numpy.float32(value) for value in torch.stack(state).tolist())
-    b3 = numpy.sqrt(numpy.float32(b2)) if b3 is None else b3
-    if rule.use_bias_correction:
-        c = numpy.sqrt(1 - numpy.power(numpy.float32(b2), k + 1)) / (1 - numpy.power(numpy.float32(b1), k + 1))
-    else:
-        c = 1.0
-    dlr = d * numpy.float32(lr) * c
-    ratio = d / numpy.float32(rule.d0)
-    into_s = float(ratio * (d if rule.safeguard_warmup else dlr))
-    f1, f3 = float((1 - b1) * d), float((1 - b2) * d * d)
+    with numpy.errstate(all="ignore"):  # inf and NaN as the formula's float32 tensors give them, silently
+        b3 = numpy.sqrt(numpy.float32(b2)) if b3 is None else b3
+        if rule.use_bias_correction:
+            c = numpy.sqrt(1 - numpy.power(numpy.float32(b2), k + 1)) / (1 - numpy.power(numpy.float32(b1), k + 1))
+        else:
+            c = 1.0
+        dlr = d * numpy.float32(lr) * c
+        ratio = d / numpy.float32(rule.d0)
+        into_s = float(ratio * (d if rule.safeguard_warmup else dlr))
+        f1, f3 = float((1 - b1) * d), float((1 - b2) * d * d)
 
     # Pass 1 takes the sums, pass 2 moves m, v and x (their updates take the d before this one). In a chain
     # g may be in the kept buffer, which pass 1 would overwrite: there its temporaries are blocks made for it.
@@ -450,18 +451,20 @@ def prodigy(rule, xs, gs, slots, t, lr):
         norms += _sums(into(buffer, "abs", s))
     total, denominator = _host_sums(dots, norms)
 
-    numerator = b3 * numerator + ratio * dlr * numpy.float32(total)
-    denominator = numpy.float32(denominator)
-    if not denominator > 0:  # no progress (Σ|s| = 0 or NaN): d and its state stay; x ← x − 0·Δ (NaN where Δ is)
-        dlr, new_d, m_factor = 0.0, d, 1.0
-    else:
-        with numpy.errstate(all="ignore"):  # inf and NaN as the formula's tensors give them, silently
+    with numpy.errstate(all="ignore"):
+        numerator = b3 * numerator + ratio * dlr * numpy.float32(total)
+        denominator = numpy.float32(denominator)
+        progress = denominator > 0
+        if progress:
             d_hat = numpy.float32(rule.d_coef) * numerator / denominator
             grown = numpy.maximum(d, d_hat) if d == numpy.float32(rule.d0) else d
             d_max = numpy.maximum(d_max, d_hat)
             new_d = numpy.minimum(d_max, grown * rule.growth_rate)
             # β₁ = 0: prodigyopt keeps no m and steps by d·g with the new d (m holds the old d·g).
             m_factor = 1.0 if b1 > 0 else new_d / d
+    if not progress:  # no progress (Σ|s| = 0 or NaN): d and its state stay; x ← x − 0·Δ (NaN where Δ is)
+        dlr, new_d, m_factor = 0.0, d, 1.0
+    else:
         for tensor, value in zip(state, (new_d, d_max, numerator, k + 1)):
             tensor.fill_(float(value))
 
