@@ -415,8 +415,8 @@ def prodigy(rule, xs, gs, slots, t, lr):
     # The formula in two passes with its sums between them, in place on the slots and one kept buffer,
     # block by block (`in_blocks`). Pass 1: x₀ at t = 1, Σ g·(x₀ − x) (x₀ − x in the buffer), s and Σ|s|,
     # read to the host once. Then d and its state as the formula computes them, in float32 (numpy scalars).
-    # Pass 2: m, v, and x ← x − dlr·(m_factor·m/(√v + d·ϵ) + λ·x) in the formula's order of operations:
-    # d̂ hangs on x₀ − x, a difference of float32 values, which would magnify x rounded otherwise.
+    # Pass 2: m, v, and x ← x − dlr·(m_factor·m/(√v + d·ϵ) + λ·x) with x rounded once, as in the formula:
+    # d̂ hangs on x₀ − x, a difference of float32 values, which would magnify x rounded more often.
     b1, b2 = rule.beta
     b3, wd = rule.beta3, rule.weight_decay
     if not _numbers(b1, b2, 0.0 if b3 is None else b3, rule.epsilon, rule.d0, rule.d_coef, rule.growth_rate, wd):
@@ -480,12 +480,16 @@ def prodigy(rule, xs, gs, slots, t, lr):
         whole_v, whole_buffer = whole(v, buffer)  # g is read: the buffer is free (in a chain, it may have been g)
         into(whole_buffer, "sqrt", whole_v)
         torch._foreach_add_(whole_buffer, epsilon)  # √v + d·ϵ, the new d
+        if not wd:
+            torch._foreach_addcdiv_(x, m, buffer, value=step * m_factor)
+            continue
+        # Δ = m_factor·m/(√v + d·ϵ) + λ·x in the buffer, then x − dlr·Δ: x rounded once, as in the formula (the
+        # decay as a step of its own would round it twice, and d̂, which hangs on x₀ − x, would drift).
         for a, b in zip(*whole(m, buffer)):
-            torch.div(a, b, out=b)  # m/(√v + d·ϵ)
+            torch.div(a, b, out=b)
         if m_factor != 1.0:
             torch._foreach_mul_(whole(buffer)[0], m_factor)
-        if wd:
-            torch._foreach_add_(buffer, x, alpha=wd)
+        torch._foreach_add_(buffer, x, alpha=wd)
         torch._foreach_add_(x, buffer, alpha=step)
     return True
 
