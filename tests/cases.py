@@ -132,12 +132,12 @@ RULES = [
     Case("Prodigy", lambda: ox.Prodigy(), lambda: ref.Prodigy(), reliability=_rate(lambda lr, **kw: ox.Prodigy(lr, **kw), 1.0)),
     Case("Prodigy(0.5,β,β₃,ϵ,d₀,d_coef,growth,bias,safeguard,wd)",
          lambda: ox.Prodigy(0.5, (0.8, 0.99), 0.98, 1e-6, 1e-4, 2.0, 1.5, True, True, weight_decay=0.01),
-         lambda: ref.Prodigy(0.5, (0.8, 0.99), 0.98, 1e-6, 1e-4, 2.0, 1.5, True, True, 0.01), fit=False),
+         lambda: ref.Prodigy(0.5, (0.8, 0.99), 0.98, 1e-6, 1e-4, 2.0, 1.5, True, True, 0.01), fit=False, kernel=True),
     # β₁ = 0: prodigyopt keeps no m and steps by d·g with the updated d. d̂ hangs on x₀ − x, a difference of
     # float32 values: with d₀ = 1e-3 d grows ~30x in 20 steps and float32 runs stray ~6x this test's
     # tolerance from the float64 path (prodigyopt's float32 run as much); d₀ = 1e-4 stays within 0.25x.
     Case("Prodigy(β₁=0,d₀=1e-4)", lambda: ox.Prodigy(beta=(0.0, 0.999), d0=1e-4),
-         lambda: ref.Prodigy(beta=(0.0, 0.999), d0=1e-4), fit=False),
+         lambda: ref.Prodigy(beta=(0.0, 0.999), d0=1e-4), fit=False, kernel=True),
     # Muon takes matrices only: its rows route the (3, 4) kernel and the (2, 3, 2) conv kernel (as (6, 2)) to
     # it, the rest to ADAM. Newton–Schulz in float32, so float32 tolerance holds (bfloat16: tests/test_matrix.py).
     Case("Partition(kernel:Muon,.*:ADAM)",

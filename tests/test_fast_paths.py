@@ -31,6 +31,7 @@ ADAM, RADAM, ADAMAX, ADADELTA, NADAM, OADAM, ADABELIEF = (
 ADOPT, ADEMAMIX = "ADOPT(0.01,(0.8,0.99),eps=1e-3)", "AdEMAMix(0.01,(0.8,0.99,0.995),2.0,eps=1e-6)"
 SF_ADAMW, SF_SGD = "ScheduleFreeAdamW(0.01,(0.85,0.99),wd=0.1,warmup=5,r=1,p=1)", "ScheduleFreeSGD(0.003,0.8,wd=0.05,warmup=4)"
 LION, CAUTIOUS = "Lion(3e-4,(0.95,0.98))", ["Cautious(Lion)", "Cautious(ADOPT)", "Cautious(AdEMAMix)"]
+PRODIGY, PRODIGY_B1_0 = "Prodigy(0.5,β,β₃,ϵ,d₀,d_coef,growth,bias,safeguard,wd)", "Prodigy(β₁=0,d₀=1e-4)"
 
 torch_only = pytest.mark.skipif(
     BACKEND != "torch", reason="torch fused kernels exist only on torch; jax/tf run `delta` under XLA/tf.function"
@@ -81,7 +82,7 @@ LARGE_SHAPES = [(300, 200), (70001,)]
 
 @torch_only
 @pytest.mark.parametrize("name", [ADAMAX, ADADELTA, NADAM, RADAM, OADAM, ADABELIEF, ADOPT, ADEMAMIX, SF_ADAMW, SF_SGD, LION, *CAUTIOUS,
-                                  "ClipNorm>WeightDecay>ADAM", "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp",
+                                  PRODIGY, "ClipNorm>WeightDecay>ADAM", "ClipValue>(WeightDecay>Nesterov)", "ClipGlobalNorm>RMSProp",
                                   "ExpDecay>Momentum"])
 def test_fast_path_matches_formula_on_large_tensors(name):
     _compare_fast_and_generic(name, LARGE_SHAPES, 6)
@@ -94,7 +95,7 @@ BLOCK_SHAPES = [(5,), (3, 7), (100000,), (700, 800), (1 << 18,), (200000,), (700
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF, ADOPT, ADEMAMIX, SF_ADAMW, SF_SGD, LION, *CAUTIOUS])
+@pytest.mark.parametrize("name", [ADAMAX, ADADELTA, OADAM, ADABELIEF, ADOPT, ADEMAMIX, SF_ADAMW, SF_SGD, LION, *CAUTIOUS, PRODIGY, PRODIGY_B1_0])
 def test_fast_path_matches_formula_in_cache_blocks(name):
     _compare_fast_and_generic(name, BLOCK_SHAPES, 4)
 
@@ -146,7 +147,9 @@ def _compare_fast_and_generic(name, shapes, steps, make=None):
         for a, b in zip(slots_fast.values(), slots_slow.values()):
             # Absolute tolerance on the scale of the terms summed (unit-scale gradients, so ≥ 0.1):
             # an EMA that cancels to near zero keeps their rounding, not its own relative precision.
-            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * max(np.abs(b).max(), 0.1), err_msg=f"{name} slots, step {step + 1}")
+            # (The scale of the finite entries: a hyperparameter vector may hold inf, Prodigy's growth_rate.)
+            scale = np.abs(b[np.isfinite(b)]).max(initial=0.1)
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6 * scale, err_msg=f"{name} slots, step {step + 1}")
     assert calls == [True] * steps, "the fast path did not run"
     return fast, xs_fast
 
@@ -171,7 +174,7 @@ def test_adadelta_kernel_declines_an_epsilon_its_scaled_buffer_cannot_take(epsil
 
 @torch_only
 @pytest.mark.parametrize("shapes", [[(3, 4), (7,), (5,)], [(40000,), (300, 200), (70001,)]], ids=["small", "large"])
-@pytest.mark.parametrize("name", [ADADELTA, NADAM, ADAMAX, SF_ADAMW, SF_SGD, *CAUTIOUS])
+@pytest.mark.parametrize("name", [ADADELTA, NADAM, ADAMAX, SF_ADAMW, SF_SGD, *CAUTIOUS, PRODIGY])
 def test_fast_path_matches_formula_over_float32_and_float64_variables(name, shapes):
     # One list, two dtypes: no packed buffer, and each tensor's temporaries in its own dtype.
     rng = np.random.default_rng(22)
@@ -186,7 +189,9 @@ def test_fast_path_matches_formula_over_float32_and_float64_variables(name, shap
         slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
     for a, b in zip([*xs_fast, *_slots(fast).values()], [*xs_slow, *_slots(slow).values()]):
         assert a.dtype == b.dtype
-        tight = a.dtype == "float64"  # float64 all the way: nothing rounded to float32 on the way
+        # float64 all the way: nothing rounded to float32 on the way; but Prodigy's factors (d) are its float32
+        # state, from sums over every variable that the kernel adds in another order: float32 rounding.
+        tight = a.dtype == "float64" and name != PRODIGY
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
                                    rtol=1e-12 if tight else 2e-5, atol=1e-13 if tight else 2e-6)
     assert calls == [True] * 4
@@ -401,6 +406,7 @@ SHARED_BUFFER = {
     "ClipNorm(1e3)>Lion": lambda: ox.Optimiser(ox.ClipNorm(1e3), ox.Lion(0.003, (0.8, 0.95))),
     "ClipNorm>Cautious(Lion)": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.Cautious(ox.Lion(0.003, (0.8, 0.95)))),
     "ClipNorm(1e3)>Cautious(ADOPT)": lambda: ox.Optimiser(ox.ClipNorm(1e3), ox.Cautious(ox.ADOPT(0.01, (0.8, 0.99), 1e-3))),
+    "ClipNorm>Prodigy": lambda: ox.Optimiser(ox.ClipNorm(1.0), ox.Prodigy(0.5, (0.8, 0.99), d0=1e-3, weight_decay=0.01)),
 }
 
 
@@ -501,7 +507,7 @@ def test_subclass_that_redefines_the_formula_runs_its_own_formula():
 
 
 @torch_only
-@pytest.mark.parametrize("name", [ADAM, ADAMAX, "ClipNorm>WeightDecay>ADAM", SF_ADAMW, SF_SGD])
+@pytest.mark.parametrize("name", [ADAM, ADAMAX, "ClipNorm>WeightDecay>ADAM", SF_ADAMW, SF_SGD, PRODIGY])
 def test_stateless_apply_on_torch_matches_apply(name):
     # Inside Keras's StatelessScope the variables' values are the caller's tensors: the fast
     # paths must read those (not the variables' own), and leave the variables alone.
@@ -771,3 +777,157 @@ def test_mixed_precision_variables_are_not_packed_and_still_fast():
     for a, b in zip(xs_fast, xs_slow):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=1e-6)
     assert calls == [True] * 3
+
+
+# Prodigy's kernel: its scalar state (d, d_max, d_numerator, k) is written by the kernel, outside the slots.
+# On a quadratic ½‖x − c‖² (g = x − c, a steady direction) d grows from d₀ (the fast-path rows' random
+# gradients barely move it), so the comparison below holds d's estimate itself, relatively.
+PRODIGY_STATE = ("d", "d_max", "d_numerator", "k")
+
+
+def _prodigy_side_by_side(make, steps, shapes=SHAPES, rates=None, prepare=None, names=None):
+    """`make()` with its kernel (counted) and with its formula, given the same gradients (g = x − c at the
+    formula's x: near the minimum a gradient taken at each one's own x would magnify their float32
+    differences) of variables named by turns from `names`; returns (kernel's optimizer, formula's,
+    kernel's variables, formula's, the kernel's answers)."""
+    rng = np.random.default_rng(30)
+    targets = [rng.normal(size=s).astype("float32") for s in shapes]
+    fast, calls = _counting(make())
+    slow = _generic(make())
+    names = names or ["variable"]
+    xs_fast, xs_slow = ([keras.Variable(np.random.default_rng(31 + i).normal(size=s).astype("float32"), name=names[i % len(names)])
+                         for i, s in enumerate(shapes)] for _ in range(2))
+    for opt, xs in ((fast, xs_fast), (slow, xs_slow)):
+        if prepare is not None:
+            prepare(opt, xs)
+    for step in range(steps):
+        grads = [keras.ops.convert_to_numpy(x) - c for x, c in zip(xs_slow, targets)]
+        for opt, xs in ((fast, xs_fast), (slow, xs_slow)):
+            if rates is not None:
+                opt.learning_rate = rates[step]
+            opt.apply([keras.ops.convert_to_tensor(g) for g in grads], xs)
+        for a, b in zip(xs_fast, xs_slow):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6, err_msg=f"step {step + 1}")
+    return fast, slow, xs_fast, xs_slow, calls
+
+
+def _prodigy_state(rule):
+    return {name: float(keras.ops.convert_to_numpy(rule._scalars[name])) for name in PRODIGY_STATE}
+
+
+PRODIGY_KERNEL_RULES = {
+    "non-default": lambda: FAST[PRODIGY](),
+    "β₁=0": lambda: FAST[PRODIGY_B1_0](),
+    "defaults, growth 2": lambda: ox.Prodigy(d0=1e-4, growth_rate=2.0),
+}
+
+
+@torch_only
+@pytest.mark.parametrize("rates", [None, "varying"])
+@pytest.mark.parametrize("name", sorted(PRODIGY_KERNEL_RULES))
+def test_prodigy_kernel_writes_the_formulas_d_and_its_state(name, rates):
+    # d, d_max, d_numerator and k after 25 kernel steps are the formula's, to float32 rounding (summed in
+    # another order), d having grown well past d₀; with η changing every step too (a schedule's values).
+    steps = 25
+    rates = None if rates is None else [0.2 * (1 + step % 5) for step in range(steps)]
+    fast, slow, _, _, calls = _prodigy_side_by_side(PRODIGY_KERNEL_RULES[name], steps, rates=rates)
+    assert calls == [True] * steps
+    ours, formula = _prodigy_state(fast), _prodigy_state(slow)
+    assert ours["d"] > 5 * float(fast.d0), ours  # the estimate moved: this compares d̂'s arithmetic
+    assert ours["k"] == formula["k"] == steps
+    for key in PRODIGY_STATE:
+        np.testing.assert_allclose(ours[key], formula[key], rtol=1e-5, err_msg=key)
+
+
+@torch_only
+@pytest.mark.parametrize("shapes", [SHAPES, BLOCK_SHAPES], ids=["small", "blocks"])
+def test_prodigy_kernel_in_a_chain_and_in_a_partition(shapes):
+    # In a chain the last member's kernel runs (the chain's buffer may hold g: Σ g·(x₀ − x) is taken
+    # first); in a Partition each member's sums run over its own group's variables, as its formula's.
+    steps = 6 if shapes is BLOCK_SHAPES else 20
+    # growth_rate = 1.2: d grows ~40x in 20 steps; unbounded (3000x here), the steps grow as large as x and its
+    # float32 roundings as well, beyond this test's tolerance on x (the kernel's d is still the formula's).
+    make = lambda: ox.Prodigy(d0=1e-4, growth_rate=1.2, weight_decay=0.01)
+    member, member_calls = _counting(make())
+    made = iter([ox.Optimiser(ox.ClipNorm(1.0), member), ox.Optimiser(ox.ClipNorm(1.0), make())])
+    _, slow, _, _, _ = _prodigy_side_by_side(lambda: next(made), steps, shapes=shapes)
+    assert member_calls == [True] * steps, "the chain's last member's kernel did not run"
+    assert _prodigy_state(member)["d"] > 2 * 1e-4
+    np.testing.assert_allclose(list(_prodigy_state(member).values()), list(_prodigy_state(slow._members[-1]).values()), rtol=1e-5)
+
+    (first, first_calls), (second, second_calls) = _counting(ox.Prodigy(d0=1e-4)), _counting(ox.Prodigy(d0=1e-3))
+    made = iter([ox.Partition({"kernel": first, ".*": second}), ox.Partition({"kernel": ox.Prodigy(d0=1e-4), ".*": ox.Prodigy(d0=1e-3)})])
+    fast, slow, _, _, _ = _prodigy_side_by_side(lambda: next(made), steps, shapes=shapes, names=["kernel", "bias"])
+    assert first_calls == second_calls == [True] * steps
+    for ours, formula in zip(fast.rules, slow.rules):
+        np.testing.assert_allclose(list(_prodigy_state(ours).values()), list(_prodigy_state(formula).values()), rtol=1e-5)
+
+
+# Where Prodigy's kernel declines (before writing anything), the formula runs: η = 0 (prodigyopt then leaves
+# the moments alone; here for two steps, then η = 1 and the kernel), variables excluded from a nonzero decay.
+# Excluded with no decay, the kernel runs; a schedule's value (β₃ here) reaches it as a number each step.
+PRODIGY_DECLINES = {
+    "β₃ a schedule": (lambda: ox.Prodigy(d0=1e-4, beta3=keras.optimizers.schedules.ExponentialDecay(0.98, 2, 0.9)),
+                      None, None, [True] * 4),
+    "η = 0, then 1": (lambda: ox.Prodigy(0.0, d0=1e-4), None, [0.0, 0.0, 1.0, 1.0], [False, False, True, True]),
+    "excluded from the decay": (lambda: ox.Prodigy(d0=1e-4, weight_decay=0.1),
+                                lambda opt, xs: opt.exclude_from_weight_decay(var_list=[xs[1]]), None, [False] * 4),
+    "excluded, no decay": (lambda: ox.Prodigy(d0=1e-4), lambda opt, xs: opt.exclude_from_weight_decay(var_list=[xs[1]]),
+                           None, [True] * 4),
+}
+
+
+@torch_only
+@pytest.mark.parametrize("name", sorted(PRODIGY_DECLINES))
+def test_prodigy_kernel_declines_what_it_does_not_cover(name):
+    make, prepare, rates, answers = PRODIGY_DECLINES[name]
+    fast, slow, _, _, calls = _prodigy_side_by_side(make, len(answers), rates=rates, prepare=prepare)
+    assert calls == answers
+    np.testing.assert_allclose(list(_prodigy_state(fast).values()), list(_prodigy_state(slow).values()), rtol=1e-6)
+
+
+@torch_only
+@pytest.mark.parametrize("shapes", [SHAPES, BLOCK_SHAPES], ids=["small", "blocks"])
+def test_prodigy_kernel_makes_no_progress_on_zero_gradients(shapes):
+    # Σ|s| = 0 (no gradient yet): the kernel runs, nothing moves and d, d_max, d_numerator and k stay, as in
+    # the formula (and prodigyopt); x₀ is the variables at the first update all the same.
+    fast, calls = _counting(ox.Prodigy(d0=1e-4))
+    slow = _generic(ox.Prodigy(d0=1e-4))
+    xs_fast, xs_slow = _variables(np.random.default_rng(32), shapes=shapes), _variables(np.random.default_rng(32), shapes=shapes)
+    start = [keras.ops.convert_to_numpy(x).copy() for x in xs_fast]
+    rng = np.random.default_rng(33)
+    for step in range(4):
+        grads = [np.zeros(s, "float32") if step < 2 else rng.normal(size=s).astype("float32") for s in shapes]
+        for opt, xs in ((fast, xs_fast), (slow, xs_slow)):
+            opt.apply([keras.ops.convert_to_tensor(g) for g in grads], xs)
+        if step < 2:
+            for x, x0 in zip(xs_fast, start):
+                np.testing.assert_array_equal(keras.ops.convert_to_numpy(x), x0)
+            assert _prodigy_state(fast) == {"d": np.float32(1e-4), "d_max": np.float32(1e-4), "d_numerator": 0.0, "k": 0.0}
+    assert calls == [True] * 4
+    for a, b in zip([*xs_fast, *_slots(fast).values()], [*xs_slow, *_slots(slow).values()]):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6)
+    assert _prodigy_state(fast)["k"] == 2.0
+
+
+@torch_only
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_prodigy_kernel_follows_the_formula_on_a_non_finite_gradient(bad):
+    # A NaN gradient makes Σ|s| NaN (no progress: d stays, x ← x − 0·Δ, NaN where Δ is); an inf one makes d NaN.
+    # The kernel's NaNs are where the formula's are, its state the formula's, and numpy says nothing.
+    fast, calls = _counting(ox.Prodigy(d0=1e-4))
+    slow = _generic(ox.Prodigy(d0=1e-4))
+    xs_fast, xs_slow = _variables(np.random.default_rng(34)), _variables(np.random.default_rng(34))
+    rng = np.random.default_rng(35)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step in range(3):
+            grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
+            grads[1][0] = bad if step == 1 else grads[1][0]
+            for opt, xs in ((fast, xs_fast), (slow, xs_slow)):
+                opt.apply([keras.ops.convert_to_tensor(g) for g in grads], xs)
+    assert calls == [True] * 3
+    for a, b in zip(xs_fast, xs_slow):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6)  # NaN where NaN
+    assert any(np.isnan(keras.ops.convert_to_numpy(x)).any() for x in xs_fast)
+    np.testing.assert_array_equal(list(_prodigy_state(fast).values()), list(_prodigy_state(slow).values()))

@@ -7,6 +7,7 @@ the same update, the rule's parameters are mapped onto it (the mapping is writte
 
 import operator
 
+import numpy
 import torch
 
 from ... import torch as compat
@@ -16,11 +17,12 @@ from ...adaptive import ADADelta, ADAGrad, RMSProp
 from ...chain import _own
 from ...descent import Descent, Momentum, Nesterov
 from ...matrix import Muon, as_matrix_shape, by_shape, lr_ratio
+from ...prodigy import _STATE as _PRODIGY_STATE, Prodigy
 from ...recent import ADOPT, AdEMAMix, Cautious
 from ...schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from ...sign import Lion
 from ...soap import SOAP
-from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, tensor_blocks, whole
+from .buffers import flat_blocks, gradients_into, in_blocks, into, large, scratch, step_tensors, tensor_blocks, values, whole
 from .matrix import _iterate, newton_schulz
 from .registry import direction_of, register_direction, register_kernel
 from .transforms import buffer_owner
@@ -722,3 +724,118 @@ def _lion_sign(rule, g, m, out):
     torch._foreach_sign_(whole(out)[0])
     torch._foreach_mul_(whole(m)[0], b2)
     torch._foreach_add_(m, g, alpha=1 - b2)
+
+
+# prodigy.py ------------------------------------------------------------------------------------
+@register_kernel(Prodigy)
+def prodigy(rule, xs, gs, slots, t, lr):
+    # The formula in two passes with its sums between them, in place on the slots and one kept buffer,
+    # block by block (`in_blocks`). Pass 1: x₀ at t = 1, Σ g·(x₀ − x) (x₀ − x in the buffer), s and Σ|s|,
+    # read to the host once. Then d and its state as the formula computes them, in float32 (numpy scalars).
+    # Pass 2: m, v, and x ← x − dlr·(m_factor·m/(√v + d·ϵ) + λ·x) with x rounded once, as in the formula:
+    # d̂ hangs on x₀ − x, a difference of float32 values, which would magnify x rounded more often.
+    b1, b2 = rule.beta
+    b3, wd = rule.beta3, rule.weight_decay
+    if not _numbers(b1, b2, 0.0 if b3 is None else b3, rule.epsilon, rule.d0, rule.d_coef, rule.growth_rate, wd):
+        return False  # a value that is not a number (on torch a schedule's is read as one): the formula takes it
+    if not lr > 0:  # η = 0 (a schedule's end): prodigyopt then leaves the moments alone; rare, so the formula
+        return False
+    if wd and rule._decay_mask() is not None:  # variables excluded from the decay: rare, so the formula
+        return False
+    state = values([rule._scalars[name] for name in _PRODIGY_STATE])  # d, d_max, d_numerator, k
+    d, d_max, numerator, k = (numpy.float32(value) for value in torch.stack(state).tolist())
+    with numpy.errstate(all="ignore"):  # inf and NaN as the formula's float32 tensors give them, silently
+        b3 = numpy.sqrt(numpy.float32(b2)) if b3 is None else b3
+        if rule.use_bias_correction:
+            c = numpy.sqrt(1 - numpy.power(numpy.float32(b2), k + 1)) / (1 - numpy.power(numpy.float32(b1), k + 1))
+        else:
+            c = 1.0
+        dlr = d * numpy.float32(lr) * c
+        ratio = d / numpy.float32(rule.d0)
+        into_s = float(ratio * (d if rule.safeguard_warmup else dlr))
+        f1, f3 = float((1 - b1) * d), float((1 - b2) * d * d)
+
+    # Pass 1 takes the sums, pass 2 moves m, v and x (their updates take the d before this one). In a chain
+    # g may be in the kept buffer, which pass 1 would overwrite: there its temporaries are blocks made for it.
+    owner = buffer_owner(rule)
+    lists = (xs, gs, slots["x0"], slots["s"])
+    blocks = in_blocks(owner, lists, scratch_lists=1) if owner is rule else flat_blocks(lists, scratch_lists=1)
+    dots, norms = [], []
+    for x, g, x0, s, buffer in blocks:
+        dots += _prodigy_dots(t, x, g, x0, buffer)
+        torch._foreach_mul_(whole(s)[0], float(b3))
+        torch._foreach_add_(s, g, alpha=into_s)  # s ← β₃·s + (d/d₀)·(dlr or d)·g
+        norms += _sums(into(buffer, "abs", s))
+    total, denominator = _host_sums(dots, norms)
+
+    with numpy.errstate(all="ignore"):
+        numerator = b3 * numerator + ratio * dlr * numpy.float32(total)
+        denominator = numpy.float32(denominator)
+        progress = denominator > 0
+        if progress:
+            d_hat = numpy.float32(rule.d_coef) * numerator / denominator
+            grown = numpy.maximum(d, d_hat) if d == numpy.float32(rule.d0) else d
+            d_max = numpy.maximum(d_max, d_hat)
+            new_d = numpy.minimum(d_max, grown * rule.growth_rate)
+            # β₁ = 0: prodigyopt keeps no m and steps by d·g with the new d (m holds the old d·g).
+            m_factor = 1.0 if b1 > 0 else new_d / d
+    if not progress:  # no progress (Σ|s| = 0 or NaN): d and its state stay; x ← x − 0·Δ (NaN where Δ is)
+        dlr, new_d, m_factor = 0.0, d, 1.0
+    else:
+        for tensor, value in zip(state, (new_d, d_max, numerator, k + 1)):
+            tensor.fill_(float(value))
+
+    moves = denominator != 0  # Σ|s| = 0: x stays (x − 0·Δ, Δ finite)
+    epsilon, m_factor, step = float(new_d * rule.epsilon), float(m_factor), -float(dlr)
+    for x, g, m, v, buffer in in_blocks(owner, (xs, gs, slots["m"], slots["v"]), scratch_lists=1):
+        torch._foreach_mul_(whole(m)[0], b1)
+        torch._foreach_add_(m, g, alpha=f1)  # m ← β₁·m + d·(1−β₁)·g
+        torch._foreach_mul_(whole(v)[0], b2)
+        torch._foreach_addcmul_(v, g, g, value=f3)  # v ← β₂·v + d²·(1−β₂)·g²
+        if not moves:
+            continue
+        whole_v, whole_buffer = whole(v, buffer)  # g is read: the buffer is free (in a chain, it may have been g)
+        into(whole_buffer, "sqrt", whole_v)
+        torch._foreach_add_(whole_buffer, epsilon)  # √v + d·ϵ, the new d
+        if not wd:
+            torch._foreach_addcdiv_(x, m, buffer, value=step * m_factor)
+            continue
+        # Δ = m_factor·m/(√v + d·ϵ) + λ·x in the buffer, then x − dlr·Δ: x rounded once, as in the formula (the
+        # decay as a step of its own would round it twice, and d̂, which hangs on x₀ − x, would drift).
+        for a, b in zip(*whole(m, buffer)):
+            torch.div(a, b, out=b)
+        if m_factor != 1.0:
+            torch._foreach_mul_(whole(buffer)[0], m_factor)
+        torch._foreach_add_(buffer, x, alpha=wd)
+        torch._foreach_add_(x, buffer, alpha=step)
+    return True
+
+
+def _prodigy_dots(t, x, g, x0, difference):
+    """x₀ ← x at t = 1; then Σ g·(x₀ − x) of each tensor (or of all, on a packed buffer), with x₀ − x
+    written into `difference` (and there, g·(x₀ − x))."""
+    if t == 1:
+        torch._foreach_copy_(x0, x)
+    whole_difference, whole_x0 = whole(difference, x0)
+    if whole_difference is difference:  # a block, or not packed: a dot product per tensor
+        into(difference, "sub", x0, x)
+        return [torch.dot(a.view(-1), b.view(-1)) for a, b in zip(g, difference)]
+    torch._foreach_copy_(whole_difference, whole_x0)
+    torch._foreach_sub_(difference, x)
+    torch._foreach_mul_(difference, g)  # over many small tensors: cheaper than as many dot products
+    return _sums(difference)
+
+
+def _sums(tensors):
+    """Σ of each tensor (one, on a packed buffer)."""
+    return [t.sum() for t in whole(tensors)[0]]
+
+
+def _host_sums(*lists):
+    """Σ of each list of 0-d tensors (float32 or float64), in float64, read to the host at once."""
+    totals = []
+    for parts in lists:
+        if any(p.dtype != parts[0].dtype for p in parts):
+            parts = [p.double() for p in parts]
+        totals.append(torch.stack(parts).sum(dtype=torch.float64))
+    return torch.stack(totals).tolist()
