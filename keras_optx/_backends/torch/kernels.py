@@ -765,7 +765,7 @@ def prodigy(rule, xs, gs, slots, t, lr):
         dots += _prodigy_dots(t, x, g, x0, buffer)
         torch._foreach_mul_(whole(s)[0], float(b3))
         torch._foreach_add_(s, g, alpha=into_s)  # s ← β₃·s + (d/d₀)·(dlr or d)·g
-        norms += _sums(into(buffer, "abs", s))
+        norms += _tensor_sums(into(buffer, "abs", s))
     total, denominator = _host_sums(dots, norms)
 
     with numpy.errstate(all="ignore"):
@@ -823,10 +823,10 @@ def _prodigy_dots(t, x, g, x0, difference):
     torch._foreach_copy_(whole_difference, whole_x0)
     torch._foreach_sub_(difference, x)
     torch._foreach_mul_(difference, g)  # over many small tensors: cheaper than as many dot products
-    return _sums(difference)
+    return _tensor_sums(difference)
 
 
-def _sums(tensors):
+def _tensor_sums(tensors):
     """Σ of each tensor (one, on a packed buffer)."""
     return [t.sum() for t in whole(tensors)[0]]
 
