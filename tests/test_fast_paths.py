@@ -314,7 +314,9 @@ SF_EXCLUDED = {
 }
 
 
-def _schedule_free_against_formula(make, runs, setup=None):
+def _kernel_against_formula(make, runs, setup=None, steps=4):
+    """`make()` with its kernel counted against `make()` running its formula, `steps` steps side by side: equal
+    variables and slots, and the kernel answered `runs` (True: it ran; False: it declined) at each step."""
     rng = np.random.default_rng(34)
     xs_fast, xs_slow = _variables(np.random.default_rng(35)), _variables(np.random.default_rng(35))
     fast, calls = _counting(make())
@@ -322,13 +324,13 @@ def _schedule_free_against_formula(make, runs, setup=None):
     if setup:
         setup(fast, xs_fast)
         setup(slow, xs_slow)
-    for _ in range(4):
+    for _ in range(steps):
         grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
         fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
         slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
     for a, b in zip([*xs_fast, *_slots(fast).values()], [*xs_slow, *_slots(slow).values()]):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6)
-    assert calls == [runs] * 4
+    assert calls == [runs] * steps
 
 
 @torch_only
@@ -340,14 +342,14 @@ def test_schedule_free_kernels_take_a_scheduled_value_and_decline_a_tensor(name,
 
         evaluate = _hyper._evaluate
         monkeypatch.setattr(_hyper, "_evaluate", lambda v, root: keras.ops.convert_to_tensor(evaluate(v, root), "float32"))
-    _schedule_free_against_formula(SF_SCHEDULED[name], value == "number")
+    _kernel_against_formula(SF_SCHEDULED[name], value == "number")
 
 
 @torch_only
 @pytest.mark.parametrize("name", sorted(SF_EXCLUDED))
 def test_schedule_free_kernels_decline_variables_excluded_from_the_decay(name):
     make, runs = SF_EXCLUDED[name]
-    _schedule_free_against_formula(make, runs, lambda opt, xs: opt.exclude_from_weight_decay(var_list=[xs[1], xs[3]]))
+    _kernel_against_formula(make, runs, lambda opt, xs: opt.exclude_from_weight_decay(var_list=[xs[1], xs[3]]))
 
 
 @torch_only
@@ -433,17 +435,7 @@ _DECAYING = keras.optimizers.schedules.ExponentialDecay
     (lambda: ox.Cautious(ox.AdEMAMix(0.01, (0.8, 0.99, 0.995), ox.AdEMAMixAlphaWarmup(2.0, 5), 1e-6)), True),
 ], ids=["chain", "Lion(schedule)", "ADOPT(schedule)", "AdEMAMix(warm-up)"])
 def test_cautious_kernel_runs_with_a_direction_of_the_wrapped_rule_else_declines(make, runs):
-    rng = np.random.default_rng(24)
-    fast, calls = _counting(make())
-    slow = _generic(make())
-    xs_fast, xs_slow = _variables(np.random.default_rng(25)), _variables(np.random.default_rng(25))
-    for _ in range(3):
-        grads = [rng.normal(size=s).astype("float32") for s in SHAPES]
-        fast.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_fast)
-        slow.apply([keras.ops.convert_to_tensor(g) for g in grads], xs_slow)
-    for a, b in zip([*xs_fast, *_slots(fast).values()], [*xs_slow, *_slots(slow).values()]):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), rtol=2e-5, atol=2e-6)
-    assert calls == [runs] * 3
+    _kernel_against_formula(make, runs, steps=3)
 
 
 # Ties and NaNs: zero gradients (Δ·g = 0: φ = 0, though Lion's Δ = ±η there once m ≠ 0), a NaN gradient
