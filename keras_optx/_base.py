@@ -79,6 +79,11 @@ class Slot:
         return tuple(int(d) for d in self.shape(tuple(int(d) for d in variable_shape)))
 
 
+def _has_shaped_slots(owners):
+    """Whether any slot of `owners` (a `_slot_owners` answer) is a `Slot` of its own shape."""
+    return any(isinstance(initial, Slot) for initial, _ in owners.values())
+
+
 class State(dict):
     """A rule's slots for all variables, read as attributes: `s.m`, `s.v`."""
 
@@ -299,7 +304,7 @@ class Rule(SavingMixin, HyperMixin, FreezingMixin, keras.optimizers.Optimizer):
         self._low_precision_state = any(low.values())
         owners = self._slot_owners(variables)
         # Kernels and packed buffers (torch) pair each slot with its variable: not for `Slot`s of their own shape.
-        self._shaped_slots = any(isinstance(initial, Slot) for initial, _ in owners.values())
+        self._shaped_slots = _has_shaped_slots(owners)
         for name, (initial, has) in owners.items():
             # Each slot laid out like its variable (sharded like it under keras.distribution);
             # None where a variable keeps no such slot (a Partition's rule holds state for its variables only).

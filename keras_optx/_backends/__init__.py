@@ -30,7 +30,7 @@ rules, and nothing else does: the rules reach this package, never the kernels (t
 - `clip(many, low, high)`: each tensor clamped into [low, high] (scalars); NaN stays NaN.
 - `scale_items(items, scale)`: a pending scale applied (what reading `Many.items` calls).
 - `norms(items)`: each tensor's L2 norm; `global_norm(norms)`: all together, from those norms.
-- `newton_schulz(batch, coefficients, steps)`: Muon's iteration on a batch of matrices as a kernel
+- `newton_schulz(batch, coefficients, steps, epsilon)`: Muon's iteration on a batch of matrices as a kernel
   (torch: batched `baddbmm`, `torch/matrix.py`), or None where the rule's formula runs.
 
 - `value_and_grad(loss_fn, variables)`: `(loss, grads)` for `keras_optx.value_and_gradient`; `loss_fn`

@@ -567,7 +567,7 @@ def soap(rule, xs, gs, slots, t, lr):
             for axis, factor in enumerate(factors):
                 if factor is not None:
                     f, q = factor
-                    torch.mm(*((g2, g2.T) if axis == 0 else (g2.T, g2)), out=f).mul_(1 - beta)
+                    torch.mm(*_gram_factors(g2, axis), out=f).mul_(1 - beta)
                     q.copy_(torch.linalg.eigh(f).eigenvectors.flip(1))  # descending eigenvalues
             continue
         buffers = _matrix_scratch(rule, x2)
@@ -586,13 +586,18 @@ def soap(rule, xs, gs, slots, t, lr):
         for axis, factor in enumerate(factors):
             if factor is not None:
                 f, q = factor
-                f.addmm_(*((g2, g2.T) if axis == 0 else (g2.T, g2)), beta=beta, alpha=1 - beta)
+                f.addmm_(*_gram_factors(g2, axis), beta=beta, alpha=1 - beta)
                 if refresh:  # one power iteration and QR, columns (and v along the axis) sorted by estimated eigenvalue
                     product = f @ q
                     order = torch.argsort(-(q * product).sum(0), stable=True)
                     v.copy_(v.index_select(axis, order))
                     q.copy_(torch.linalg.qr(product.index_select(1, order)).Q)
     return True
+
+
+def _gram_factors(g, axis):
+    """The two factors of g·gᵀ (axis 0: L's) or gᵀ·g (axis 1: R's)."""
+    return (g, g.T) if axis == 0 else (g.T, g)
 
 
 def _matrix_scratch(rule, x):

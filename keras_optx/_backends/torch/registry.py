@@ -52,10 +52,14 @@ def register_direction(*classes):
     return register
 
 
-def kernel_of(rule):
+def kernel_of(rule, shaped_slots=False):
     """The kernel for `rule`: its own (`rule._torch_kernel`, set by tests) or its exact class's; else None.
+    None too where the rule has slots of their own shape (`shaped_slots`) and its class's kernel does not
+    read such slots (`register_kernel(..., shaped_slots=True)`): other kernels pair each slot with its variable.
 
     Keyed by exact class: a subclass, which may change the formula, runs its formula."""
+    if shaped_slots and type(rule) not in _TAKES_SHAPED_SLOTS:
+        return None
     own = rule.__dict__.get(_OWN, _KERNELS)
     return _KERNELS.get(type(rule)) if own is _KERNELS else own
 
@@ -63,11 +67,6 @@ def kernel_of(rule):
 def takes_weight_decay(rule):
     """Whether `rule`'s kernel takes `weight_decay=λ` (by its exact class)."""
     return type(rule) in _TAKES_WEIGHT_DECAY
-
-
-def takes_shaped_slots(rule):
-    """Whether `rule`'s kernel reads slots of their own shape (by its exact class)."""
-    return type(rule) in _TAKES_SHAPED_SLOTS
 
 
 def into_of(rule):

@@ -5,7 +5,7 @@ import torch
 
 from ..._identity import _same
 from .buffers import pack_slots, values
-from .registry import kernel_of, takes_shaped_slots
+from .registry import kernel_of
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
@@ -35,9 +35,9 @@ def _update(rule, grads, variables):
 def apply_kernel(rule, grads, variables, slots):
     """Run the kernel registered for `rule`'s exact class, if any, where `fusable` allows;
     True when it applied the update (a kernel may decline before writing anything)."""
-    kernel = kernel_of(rule)
-    if kernel is None or (getattr(rule, "_shaped_slots", False) and not takes_shaped_slots(rule)):
-        return False  # a slot not of its variable's shape (`Slot`), which the kernel does not expect
+    kernel = kernel_of(rule, getattr(rule, "_shaped_slots", False))
+    if kernel is None:
+        return False
     xs = values(variables)
     if not fusable(rule, grads, xs):
         return False

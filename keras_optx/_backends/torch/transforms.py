@@ -11,12 +11,12 @@ import torch
 
 from ..._identity import _same
 from ..._tensors import Many
-from ..._base import Slot, _current_variables, _step_variables
+from ..._base import _current_variables, _has_shaped_slots, _step_variables
 from ...chain import Optimiser, _own, _Scaled
 from ...partition import Frozen, Partition
 from ...transforms import ClipGlobalNorm, ClipNorm, ClipValue, WeightDecay
 from .buffers import gather, into, large, pack_of, scratch
-from .registry import into_of, kernel_of, register_into, register_kernel, takes_shaped_slots, takes_weight_decay
+from .registry import into_of, kernel_of, register_into, register_kernel, takes_weight_decay
 
 
 @register_into(WeightDecay)
@@ -155,7 +155,7 @@ def chain(rule, xs, gs, slots, t, lr):
 def partition(rule, xs, gs, slots, t, lr):
     """Each group runs its rule's kernel (or formula) on its own variables; frozen variables and
     `Frozen` groups are not touched at all. A rule with slots of their own shape (`Slot`: SOAP's
-    factors) runs its kernel only if that kernel reads such slots (`takes_shaped_slots`)."""
+    factors) runs its kernel only if that kernel reads such slots (`kernel_of`)."""
     variables = _current_variables()
     groups = rule._groups(variables)
     frozen = rule._frozen_flags(variables)
@@ -174,9 +174,7 @@ def partition(rule, xs, gs, slots, t, lr):
             own[name] = [slot_of[j] for j in keep if j in slot_of]
         kx, kg, kv = [xs[positions[j]] for j in keep], [gs[positions[j]] for j in keep], [sub[j] for j in keep]
         with _step_variables(kv):
-            kernel = kernel_of(member)
-            if kernel is not None and any(isinstance(initial, Slot) for initial, _ in owners.values()) and not takes_shaped_slots(member):
-                kernel = None
+            kernel = kernel_of(member, _has_shaped_slots(owners))
             if kernel is not None and kernel(member, kx, kg, own, t, member._rate(t - 1)):
                 continue
             delta, updated = member._transform(Many(kg), Many(kx), {n: Many(v) for n, v in own.items()}, t, t - 1)
